@@ -1,0 +1,88 @@
+//! The library's error type: every failure names the file, tensor, field or value at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in diffuse, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A JSON file is malformed or a field has the wrong type.
+    #[error("{path}: {message}")]
+    Json {
+        /// The JSON file.
+        path: PathBuf,
+        /// What serde said, naming the field and line.
+        message: String,
+    },
+    /// A configuration value that changes the math and is not supported.
+    #[error("{file}: unsupported value for `{key}`: {value} ({expected})")]
+    Unsupported {
+        /// The configuration file (or source) holding the value.
+        file: String,
+        /// The key.
+        key: String,
+        /// The value found.
+        value: String,
+        /// What is supported.
+        expected: String,
+    },
+    /// A weights file is missing a tensor, or a tensor has the wrong shape or is unreadable.
+    #[error("{file}: tensor `{tensor}`: {message}")]
+    Weights {
+        /// The weights file or folder.
+        file: String,
+        /// The tensor's name.
+        tensor: String,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// A user-supplied argument is out of range or malformed.
+    #[error("invalid {name}: {message}")]
+    InvalidArgument {
+        /// The argument, flag or field.
+        name: String,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// The operation was cancelled by a callback.
+    #[error("cancelled")]
+    Cancelled,
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// An [`Error::InvalidArgument`] for `name`.
+    pub fn invalid(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Unsupported`] configuration value.
+    pub fn unsupported(
+        file: impl Into<String>,
+        key: impl Into<String>,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::Unsupported {
+            file: file.into(),
+            key: key.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;

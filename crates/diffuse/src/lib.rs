@@ -1,0 +1,9 @@
+//! diffuse: a Stable Diffusion engine whose models, schedulers and pipelines equal diffusers'.
+//!
+//! The library knows nothing of the command line or the server: `diffuse-cli` is a thin layer on top.
+
+pub mod error;
+pub mod rng;
+pub mod schedulers;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Schedulers: the diffusers family.
