@@ -1,0 +1,3 @@
+//! CLIP: the tokenizer and the text transformer that condition the denoiser.
+
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! The CLIP tokenizer with transformers `CLIPTokenizer` semantics.

@@ -1,0 +1,3 @@
+//! The networks of a Stable Diffusion pipeline, with diffusers' weight names.
+
+pub mod clip;
