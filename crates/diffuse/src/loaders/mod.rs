@@ -1,0 +1,10 @@
+//! Loading pipelines: diffusers folders, the Hub cache and single files, down to memory-mapped tensors.
+
+pub mod folder;
+pub mod json;
+pub mod key_maps;
+pub mod model_index;
+pub mod weights;
+
+pub use folder::{LoadOptions, PipelineFolder};
+pub use weights::Variant;

@@ -1,0 +1,241 @@
+//! Weights from `*.safetensors` files, memory-mapped, with errors that name the file and the tensor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::{Error, Result};
+
+/// Where a tensor a model asks for is stored, when it is not under the model's own name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The name in the file.
+    pub name: String,
+    /// The stored tensor holds the same values in another shape (e.g. a 1×1 convolution kernel for a linear
+    /// layer) and is reshaped on load.
+    pub reshape: bool,
+}
+
+/// A renaming from the names the models ask for (diffusers' keys) to the names stored in the files.
+pub type KeyMap = HashMap<String, StoredKey>;
+
+/// A set of safetensors files that together hold one component's weights.
+pub struct WeightFiles {
+    tensors: MmapedSafetensors,
+    files: Vec<PathBuf>,
+    keys: KeyMap,
+}
+
+impl WeightFiles {
+    /// Memory-maps `files` and reads their headers; a tensor present in several files is taken from the last.
+    pub fn open(files: &[PathBuf]) -> Result<Self> {
+        for file in files {
+            if !file.is_file() {
+                return Err(Error::Io {
+                    path: file.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                });
+            }
+        }
+        // SAFETY: the files are mapped read-only; diffuse never writes to a weights file it has mapped, and a
+        // file changed by another process while mapped is outside what any mmap-based loader can guard against.
+        let tensors = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::Weights {
+            file: display_files(files),
+            tensor: "(header)".into(),
+            message: format!("not a readable safetensors file: {e}"),
+        })?;
+        Ok(Self {
+            tensors,
+            files: files.to_vec(),
+            keys: KeyMap::new(),
+        })
+    }
+
+    /// Uses `keys` to find tensors stored under other names.
+    pub fn with_keys(mut self, keys: KeyMap) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// The names and shapes of every stored tensor, with their stored dtypes.
+    pub fn stored(&self) -> Vec<(String, Vec<usize>, safetensors::Dtype)> {
+        let mut all: Vec<_> = self
+            .tensors
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec(), view.dtype()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// A [`VarBuilder`] reading these files, converting to `dtype` on `device`.
+    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+
+    fn label(&self) -> String {
+        display_files(&self.files)
+    }
+
+    fn lookup(&self, name: &str) -> (String, bool) {
+        match self.keys.get(name) {
+            Some(stored) => (stored.name.clone(), stored.reshape),
+            None => (name.to_string(), false),
+        }
+    }
+
+    fn weights_error(&self, tensor: &str, message: String) -> candle_core::Error {
+        candle_core::Error::Msg(format!("{}: tensor `{tensor}`: {message}", self.label()))
+    }
+
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<(Tensor, bool)> {
+        let (stored, reshape) = self.lookup(name);
+        let view = self.tensors.get(&stored).map_err(|_| {
+            let shown = if stored == name {
+                String::new()
+            } else {
+                format!(" (stored as `{stored}`)")
+            };
+            self.weights_error(name, format!("missing from the weights{shown}"))
+        })?;
+        let tensor = view
+            .load(dev)
+            .map_err(|e| self.weights_error(name, format!("cannot be read: {e}")))?;
+        Ok((tensor, reshape))
+    }
+}
+
+impl SimpleBackend for WeightFiles {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (tensor, reshape) = self.load(name, dev)?;
+        let tensor = if tensor.shape() == &shape {
+            tensor
+        } else if reshape && tensor.elem_count() == shape.elem_count() {
+            tensor.reshape(shape)?
+        } else {
+            return Err(self.weights_error(
+                name,
+                format!(
+                    "expected shape {:?}, found {:?}",
+                    shape.dims(),
+                    tensor.dims()
+                ),
+            ));
+        };
+        tensor.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dev)?.0.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.get(&self.lookup(name).0).is_ok()
+    }
+}
+
+fn display_files(files: &[PathBuf]) -> String {
+    match files {
+        [one] => one.display().to_string(),
+        [first, ..] => format!(
+            "{} (+{} more shards)",
+            first.display(),
+            files.len().saturating_sub(1)
+        ),
+        [] => "(no files)".into(),
+    }
+}
+
+/// Which stored precision variant of the weight files to prefer, as diffusers' `variant=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    /// The plain files (`model.safetensors`); falls back to the `fp16` variant when only that exists.
+    #[default]
+    Default,
+    /// The `fp16` variant files (`model.fp16.safetensors`), falling back to the plain ones.
+    Fp16,
+}
+
+/// Finds the weight files of a component folder whose weights are called `stem` (`diffusion_pytorch_model` or
+/// `model`): a single file, the `fp16` variant, or shards listed in a `*.safetensors.index.json`.
+pub fn find_weight_files(folder: &Path, stem: &str, variant: Variant) -> Result<Vec<PathBuf>> {
+    let plain = [
+        folder.join(format!("{stem}.safetensors")),
+        folder.join(format!("{stem}.safetensors.index.json")),
+    ];
+    let fp16 = [
+        folder.join(format!("{stem}.fp16.safetensors")),
+        folder.join(format!("{stem}.safetensors.index.fp16.json")),
+        folder.join(format!("{stem}.fp16.safetensors.index.json")),
+    ];
+    let order: Vec<&PathBuf> = match variant {
+        Variant::Default => plain.iter().chain(fp16.iter()).collect(),
+        Variant::Fp16 => fp16.iter().chain(plain.iter()).collect(),
+    };
+    for candidate in order {
+        if !candidate.is_file() {
+            continue;
+        }
+        let is_index = candidate
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".json"));
+        return if is_index {
+            shards_from_index(candidate)
+        } else {
+            Ok(vec![candidate.clone()])
+        };
+    }
+    Err(Error::Io {
+        path: folder.join(format!("{stem}.safetensors")),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no weights found (looked for .safetensors, the fp16 variant and sharded index files; .bin/.ckpt \
+             pickles are never loaded)",
+        ),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let parsed: ShardIndex = crate::loaders::json::read_json(index)?;
+    let folder = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<String> = parsed.weight_map.into_values().collect();
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(Error::Json {
+            path: index.to_path_buf(),
+            message: "`weight_map` lists no files".into(),
+        });
+    }
+    files
+        .into_iter()
+        .map(|name| {
+            if name.contains('/') || name.contains('\\') || name.contains("..") {
+                Err(Error::Json {
+                    path: index.to_path_buf(),
+                    message: format!("shard `{name}` is not a file name in the same folder"),
+                })
+            } else {
+                Ok(folder.join(name))
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,50 @@
+//! Scaled dot-product attention over `[batch, heads, tokens, head_dim]` tensors.
+
+use candle_core::{DType, Tensor};
+
+/// softmax(q·kᵀ · scale + mask) · v, the way PyTorch's `scaled_dot_product_attention` computes it.
+///
+/// `mask` is added to the scores (e.g. a causal mask of -inf above the diagonal). With `upcast`, scores and
+/// softmax are computed in f32 whatever the inputs' dtype (diffusers' `upcast_attention` / `upcast_softmax`).
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+    upcast: bool,
+) -> candle_core::Result<Tensor> {
+    let in_dtype = q.dtype();
+    let compute = if upcast { DType::F32 } else { in_dtype };
+    let q = q.to_dtype(compute)?;
+    let k = k.to_dtype(compute)?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(mask) => scores.broadcast_add(&mask.to_dtype(compute)?)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
+    probs.matmul(&v.contiguous()?)
+}
+
+/// Splits `[batch, tokens, heads · head_dim]` into `[batch, heads, tokens, head_dim]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, n, c) = x.dims3()?;
+    x.reshape((b, n, heads, c / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// Merges `[batch, heads, tokens, head_dim]` back into `[batch, tokens, heads · head_dim]`.
+pub fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, n, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, n, h * d))
+}
+
+/// A `[tokens, tokens]` additive causal mask: 0 on and below the diagonal, -inf above.
+pub fn causal_mask(tokens: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..tokens)
+        .flat_map(|i| (0..tokens).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (tokens, tokens), device)
+}

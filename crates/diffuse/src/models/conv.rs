@@ -1,0 +1,57 @@
+//! 2-D convolution layers with diffusers' weight names (`weight` `[out, in, k, k]`, `bias` `[out]`).
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::VarBuilder;
+
+/// A square-kernel 2-D convolution with zero padding.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    padding: usize,
+    stride: usize,
+}
+
+impl Conv2d {
+    /// Reads `weight` (and `bias`) under `vb` for a `kernel`×`kernel` convolution.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        padding: usize,
+        stride: usize,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_channels, in_channels, kernel, kernel), "weight")?,
+            bias: vb.get(out_channels, "bias")?,
+            padding,
+            stride,
+        })
+    }
+
+    /// The kernel `[out, in, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // candle has no bf16 convolution on the CPU: compute in f32 there and round back.
+        let widen = x.dtype() == DType::BF16 && x.device().is_cpu();
+        let (input, weight) = if widen {
+            (x.to_dtype(DType::F32)?, self.weight.to_dtype(DType::F32)?)
+        } else {
+            (x.clone(), self.weight.clone())
+        };
+        let y = input.conv2d(&weight, self.padding, self.stride, 1, 1)?;
+        let bias = self.bias.to_dtype(y.dtype())?.reshape((1, (), 1, 1))?;
+        let y = y.broadcast_add(&bias)?;
+        if widen {
+            y.to_dtype(DType::BF16)
+        } else {
+            Ok(y)
+        }
+    }
+}

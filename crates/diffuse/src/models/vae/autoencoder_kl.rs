@@ -1,0 +1,164 @@
+//! `AutoencoderKL`: compresses images 8× per side into latents and back.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::AutoencoderKLConfig;
+use super::decoder::Decoder;
+use super::encoder::Encoder;
+use crate::models::activations::Activation;
+use crate::models::conv::Conv2d;
+use crate::rng::{randn_tensor, NoiseSource};
+use crate::{Error, Result};
+
+const FILE: &str = "vae/config.json";
+
+/// The diagonal Gaussian the encoder produces for each latent pixel.
+#[derive(Debug, Clone)]
+pub struct LatentDistribution {
+    /// The mean: `[batch, latent_channels, h, w]`.
+    pub mean: Tensor,
+    /// The log-variance, clamped to [-30, 20] as diffusers does.
+    pub logvar: Tensor,
+}
+
+impl LatentDistribution {
+    /// `mean + std · ε` with ε drawn from `noise` in the mean's shape (diffusers' `latent_dist.sample`).
+    pub fn sample(&self, noise: &mut dyn NoiseSource) -> Result<Tensor> {
+        let eps = randn_tensor(
+            noise,
+            self.mean.dims(),
+            self.mean.device(),
+            self.mean.dtype(),
+        )?;
+        let std = (&self.logvar * 0.5)?.exp()?;
+        Ok((&self.mean + (std * eps)?)?)
+    }
+}
+
+/// The VAE, built from its diffusers config and weights.
+pub struct AutoencoderKL {
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    config: AutoencoderKLConfig,
+    dtype: DType,
+    device: Device,
+}
+
+fn check_block_types(types: &[String], key: &str, expected: &str, levels: usize) -> Result<()> {
+    if types.len() != levels {
+        return Err(Error::unsupported(
+            FILE,
+            key,
+            format!("{} entries", types.len()),
+            format!("{levels}, one per entry of block_out_channels"),
+        ));
+    }
+    match types.iter().find(|t| t.as_str() != expected) {
+        Some(bad) => Err(Error::unsupported(
+            FILE,
+            key,
+            bad,
+            format!("\"{expected}\""),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl AutoencoderKL {
+    /// Builds the VAE from weights under `vb` (the root of `diffusion_pytorch_model.safetensors`).
+    pub fn new(vb: VarBuilder, cfg: &AutoencoderKLConfig) -> Result<Self> {
+        let levels = cfg.block_out_channels.len();
+        if levels == 0 {
+            return Err(Error::unsupported(
+                FILE,
+                "block_out_channels",
+                "[]",
+                "at least one level",
+            ));
+        }
+        check_block_types(
+            &cfg.down_block_types,
+            "down_block_types",
+            "DownEncoderBlock2D",
+            levels,
+        )?;
+        check_block_types(
+            &cfg.up_block_types,
+            "up_block_types",
+            "UpDecoderBlock2D",
+            levels,
+        )?;
+        if let Some(bad) = cfg
+            .block_out_channels
+            .iter()
+            .find(|&&c| cfg.norm_num_groups == 0 || c % cfg.norm_num_groups != 0)
+        {
+            return Err(Error::unsupported(
+                FILE,
+                "norm_num_groups",
+                cfg.norm_num_groups,
+                format!("a divisor of every block's channels ({bad})"),
+            ));
+        }
+        let act = Activation::parse(&cfg.act_fn, FILE, "act_fn")?;
+        let lc = cfg.latent_channels;
+        let quant_conv = cfg
+            .use_quant_conv
+            .then(|| Conv2d::new(vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 0, 1))
+            .transpose()?;
+        let post_quant_conv = cfg
+            .use_post_quant_conv
+            .then(|| Conv2d::new(vb.pp("post_quant_conv"), lc, lc, 1, 0, 1))
+            .transpose()?;
+        Ok(Self {
+            encoder: Encoder::new(vb.pp("encoder"), cfg, act)?,
+            decoder: Decoder::new(vb.pp("decoder"), cfg, act)?,
+            quant_conv,
+            post_quant_conv,
+            config: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &AutoencoderKLConfig {
+        &self.config
+    }
+
+    /// The dtype the weights are held in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Encodes `image` (`[batch, 3, h, w]` in [-1, 1]) to its latent distribution.
+    pub fn encode(&self, image: &Tensor) -> Result<LatentDistribution> {
+        let h = self.encoder.forward(image)?;
+        let moments = match &self.quant_conv {
+            Some(conv) => conv.forward(&h)?,
+            None => h,
+        };
+        let parts = moments.chunk(2, 1)?;
+        Ok(LatentDistribution {
+            mean: parts[0].clone(),
+            logvar: parts[1].clamp(-30f32, 20f32)?,
+        })
+    }
+
+    /// Decodes raw latents `z` (already divided by the scaling factor) to an image in about [-1, 1].
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(z)?,
+            None => z.clone(),
+        };
+        Ok(self.decoder.forward(&z)?)
+    }
+}

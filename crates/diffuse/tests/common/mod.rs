@@ -1,0 +1,96 @@
+//! Helpers shared by the integration tests: fixture paths and tolerance checks.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+/// `tests/fixtures/<area>` at the repository root.
+pub fn fixtures(area: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(area)
+}
+
+/// Loads every tensor of a reference safetensors file onto the CPU.
+pub fn load_reference(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read reference {}: {e}", path.display()))
+}
+
+/// Fetches tensor `name` from a reference map.
+pub fn get<'a>(reference: &'a HashMap<String, Tensor>, name: &str) -> &'a Tensor {
+    reference
+        .get(name)
+        .unwrap_or_else(|| panic!("reference has no tensor `{name}`"))
+}
+
+/// The largest absolute difference between `actual` and `expected`, relative to the largest absolute value
+/// of `expected`.
+pub fn relative_error(actual: &Tensor, expected: &Tensor) -> f64 {
+    assert_eq!(actual.dims(), expected.dims(), "shapes differ");
+    let a = actual.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let e = expected
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let diff = (a - &e)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let scale = e.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    diff / scale.max(f64::MIN_POSITIVE)
+}
+
+/// Asserts `relative_error(actual, expected) <= tolerance`, naming `what` on failure.
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tolerance: f64) {
+    let err = relative_error(actual, expected);
+    assert!(
+        err <= tolerance,
+        "{what}: relative error {err:.3e} exceeds {tolerance:.0e}"
+    );
+}
+
+/// A fresh empty directory under the system temp dir, removed when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates the directory, unique to `name` and this process.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("diffuse-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies the folder `from` recursively to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
