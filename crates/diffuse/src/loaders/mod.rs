@@ -4,6 +4,7 @@ pub mod folder;
 pub mod json;
 pub mod key_maps;
 pub mod model_index;
+pub mod summary;
 pub mod weights;
 
 pub use folder::{LoadOptions, PipelineFolder};
