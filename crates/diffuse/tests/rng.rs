@@ -220,8 +220,10 @@ fn philox_matches_a1111_port() {
 
 #[test]
 fn philox_matches_the_cuda_values_a1111_publishes() {
-    // modules/rng_philox.py's docstring: `Generator(seed=0).randn(shape=(3, 4))`, which A1111 gives as the output of
-    // `torch.manual_seed(0); torch.randn((3, 4), device="cuda")`. Independent of our code and of the fixture script.
+    // The "Expected output" of `Generator(seed=0).randn(shape=(3, 4))` in modules/rng_philox.py's docstring, a file
+    // that imitates `torch.randn(..., device="cuda")`. These printed values are not the port's own double-precision
+    // result (which the test above reproduces exactly) but agree with it to a few float ulps, as the GPU's float
+    // arithmetic would. Independent of our code and of the fixture script.
     let published = [
         -0.924_662_59,
         -0.425_344_15,
@@ -243,7 +245,6 @@ fn philox_matches_the_cuda_values_a1111_publishes() {
         .map(|(a, b)| (f64::from(*a) - b).abs())
         .fold(0.0, f64::max);
     println!("Philox vs A1111's published CUDA values: max |diff| {max:e}");
-    // The port works in double precision, the GPU in float: they agree to a few float ulps.
     assert!(max <= 5e-7, "max |diff| {max:e}");
 }
 
