@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod loaders;
+pub mod metadata;
 pub mod models;
 pub mod rng;
 pub mod schedulers;
