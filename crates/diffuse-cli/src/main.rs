@@ -1,1 +1,42 @@
-fn main() {}
+//! `diffuse`: the command line over the diffuse library.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Stable Diffusion in Rust: text-to-image, image-to-image and inpainting, equal to diffusers.
+#[derive(Parser)]
+#[command(name = "diffuse", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a pipeline folder: components, key config values, parameter counts, stored dtypes.
+    Info(commands::info::InfoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DIFFUSE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => commands::info::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -46,13 +46,19 @@ fn weights_summary(
     for (_, shape, dtype) in files.stored() {
         let count = shape.iter().product::<usize>() as u64;
         total += count;
-        *dtypes.entry(format!("{dtype:?}").to_lowercase()).or_insert(0) += count;
+        *dtypes
+            .entry(format!("{dtype:?}").to_lowercase())
+            .or_insert(0) += count;
     }
     Ok((Some(total), dtypes))
 }
 
 fn list<T: fmt::Debug>(v: &T) -> String {
     format!("{v:?}")
+}
+
+fn opt<T: fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".to_string(), T::to_string)
 }
 
 fn component_details(folder: &PipelineFolder, name: &str) -> Result<Vec<(String, String)>> {
@@ -62,15 +68,18 @@ fn component_details(folder: &PipelineFolder, name: &str) -> Result<Vec<(String,
             let c = folder.unet_config()?;
             vec![
                 pair("in_channels", c.in_channels.to_string()),
-                pair("sample_size", list(&c.sample_size_hw())),
+                pair("sample_size", opt(&c.sample_size.as_ref())),
                 pair("block_out_channels", list(&c.block_out_channels)),
-                pair("layers_per_block", list(&c.layers_per_block)),
-                pair("attention_head_dim", list(&c.attention_head_dim)),
-                pair("cross_attention_dim", list(&c.cross_attention_dim)),
-                pair("transformer_layers_per_block", list(&c.transformer_layers_per_block)),
+                pair("layers_per_block", c.layers_per_block.to_string()),
+                pair("attention_head_dim", c.attention_head_dim.to_string()),
+                pair("cross_attention_dim", c.cross_attention_dim.to_string()),
+                pair(
+                    "transformer_layers_per_block",
+                    c.transformer_layers_per_block.to_string(),
+                ),
                 pair("use_linear_projection", c.use_linear_projection.to_string()),
-                pair("addition_embed_type", list(&c.addition_embed_type)),
-                pair("time_cond_proj_dim", list(&c.time_cond_proj_dim)),
+                pair("addition_embed_type", opt(&c.addition_embed_type)),
+                pair("time_cond_proj_dim", opt(&c.time_cond_proj_dim)),
             ]
         }
         "vae" => {
@@ -80,7 +89,7 @@ fn component_details(folder: &PipelineFolder, name: &str) -> Result<Vec<(String,
                 pair("latent_channels", c.latent_channels.to_string()),
                 pair("scale_factor", c.scale_factor().to_string()),
                 pair("scaling_factor", c.scaling_factor.to_string()),
-                pair("shift_factor", list(&c.shift_factor)),
+                pair("shift_factor", opt(&c.shift_factor)),
                 pair("force_upcast", c.force_upcast.to_string()),
             ]
         }
@@ -91,7 +100,7 @@ fn component_details(folder: &PipelineFolder, name: &str) -> Result<Vec<(String,
                 pair("num_hidden_layers", c.num_hidden_layers.to_string()),
                 pair("num_attention_heads", c.num_attention_heads.to_string()),
                 pair("hidden_act", c.hidden_act.clone()),
-                pair("projection_dim", list(&c.projection_dim)),
+                pair("projection_dim", opt(&c.projection_dim)),
                 pair("vocab_size", c.vocab_size.to_string()),
             ]
         }
@@ -138,7 +147,12 @@ impl fmt::Display for PipelineSummary {
             write!(f, "  {:<15} {}.{}", c.name, c.class.0, c.class.1)?;
             if let Some(p) = c.parameters {
                 let dtypes: Vec<String> = c.stored_dtypes.keys().cloned().collect();
-                write!(f, "  {} parameters, stored as {}", human(p), dtypes.join("+"))?;
+                write!(
+                    f,
+                    "  {} parameters, stored as {}",
+                    human(p),
+                    dtypes.join("+")
+                )?;
             }
             writeln!(f)?;
             for (k, v) in &c.details {

@@ -29,3 +29,12 @@ impl<T: Clone + std::fmt::Debug> PerBlock<T> {
         }
     }
 }
+
+impl<T: std::fmt::Debug> std::fmt::Display for PerBlock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PerBlock::One(v) => write!(f, "{v:?}"),
+            PerBlock::Each(list) => write!(f, "{list:?}"),
+        }
+    }
+}
