@@ -1,0 +1,135 @@
+//! What one generation asks for, validated before any work is done.
+
+use candle_core::Tensor;
+
+use super::images::RgbImage;
+use crate::schedulers::SchedulerConfig;
+use crate::{Error, Result};
+
+/// The largest width or height accepted, in pixels.
+pub const MAX_SIDE: usize = 4096;
+
+/// The starting image of image-to-image and inpainting.
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    /// The image to start from.
+    pub image: RgbImage,
+    /// How much of the schedule to run: 1.0 ignores the image's content, 0.0 keeps it unchanged.
+    pub strength: f64,
+    /// Inpainting: white pixels are repainted, black ones kept. Must match the image's size.
+    pub mask: Option<RgbImage>,
+}
+
+/// One generation request: diffusers' `__call__` arguments.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// What to draw.
+    pub prompt: String,
+    /// What to steer away from; "" when absent, as diffusers does.
+    pub negative_prompt: String,
+    /// Denoising steps of the full schedule (image-to-image runs `strength` of them).
+    pub steps: usize,
+    /// Classifier-free guidance scale; guidance is off at ≤ 1.
+    pub guidance_scale: f64,
+    /// φ of the guidance rescale (0 = off).
+    pub guidance_rescale: f64,
+    /// diffusers' `clip_skip` (A1111's "Clip skip: 2" is 1).
+    pub clip_skip: Option<usize>,
+    /// Output width in pixels (a multiple of 8); default: the UNet's sample size × the VAE factor, or the
+    /// input image's size.
+    pub width: Option<usize>,
+    /// Output height in pixels (a multiple of 8).
+    pub height: Option<usize>,
+    /// Images drawn in one batch from one noise stream.
+    pub num_images: usize,
+    /// DDIM's η (0 = deterministic).
+    pub eta: f64,
+    /// A scheduler to use instead of the pipeline's own.
+    pub scheduler: Option<SchedulerConfig>,
+    /// Image-to-image or inpainting input.
+    pub init: Option<InitImage>,
+    /// Initial latents `[num_images, C, h, w]` instead of drawing them (text-to-image only).
+    pub latents: Option<Tensor>,
+}
+
+impl Default for GenerationRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance_scale: 7.5,
+            guidance_rescale: 0.0,
+            clip_skip: None,
+            width: None,
+            height: None,
+            num_images: 1,
+            eta: 0.0,
+            scheduler: None,
+            init: None,
+            latents: None,
+        }
+    }
+}
+
+fn check_side(name: &str, value: Option<usize>) -> Result<()> {
+    match value {
+        Some(v) if v == 0 || v % 8 != 0 || v > MAX_SIDE => Err(Error::invalid(
+            name,
+            format!("{v}: must be a positive multiple of 8, at most {MAX_SIDE}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl GenerationRequest {
+    /// Rejects out-of-range values with a message naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::invalid("steps", "0: at least one step is needed"));
+        }
+        if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
+            return Err(Error::invalid(
+                "guidance",
+                format!("{}: must be a finite number ≥ 0", self.guidance_scale),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
+            return Err(Error::invalid(
+                "guidance_rescale",
+                format!("{}: must be in [0, 1]", self.guidance_rescale),
+            ));
+        }
+        if !self.eta.is_finite() || self.eta < 0.0 {
+            return Err(Error::invalid("eta", format!("{}: must be ≥ 0", self.eta)));
+        }
+        if self.num_images == 0 {
+            return Err(Error::invalid("num_images", "0: at least one image"));
+        }
+        check_side("width", self.width)?;
+        check_side("height", self.height)?;
+        if let Some(init) = &self.init {
+            if !(0.0..=1.0).contains(&init.strength) {
+                return Err(Error::invalid(
+                    "strength",
+                    format!("{}: must be in [0, 1]", init.strength),
+                ));
+            }
+            if let Some(mask) = &init.mask {
+                if (mask.width, mask.height) != (init.image.width, init.image.height) {
+                    return Err(Error::invalid(
+                        "mask",
+                        format!(
+                            "{}×{} does not match the image's {}×{}",
+                            mask.width, mask.height, init.image.width, init.image.height
+                        ),
+                    ));
+                }
+            }
+            if self.latents.is_some() {
+                return Err(Error::invalid("latents", "cannot be combined with an input image"));
+            }
+        }
+        Ok(())
+    }
+}
