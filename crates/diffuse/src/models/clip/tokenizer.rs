@@ -50,15 +50,15 @@ impl Tokens {
     /// The first position of the largest id, as `torch.argmax(input_ids)`: where transformers'
     /// `CLIPTextTransformer` reads the pooled output when the text encoder's config has the legacy
     /// `eos_token_id == 2`, which is the case for the SD 1.x, SD 2.x and SDXL text encoders. With CLIP's
-    /// vocabulary EOS is the largest id, so this is the first EOS.
+    /// vocabulary EOS is the largest id, so this is the first EOS. 0 when `ids` is empty.
     pub fn argmax_position(&self) -> usize {
-        let mut best = 0;
+        let mut best: Option<(usize, u32)> = None;
         for (i, &id) in self.ids.iter().enumerate() {
-            if id > self.ids[best] {
-                best = i;
+            if best.is_none_or(|(_, max)| id > max) {
+                best = Some((i, id));
             }
         }
-        best
+        best.map_or(0, |(i, _)| i)
     }
 
     /// The first position of `eos_id`: where `CLIPTextTransformer` reads the pooled output when the
