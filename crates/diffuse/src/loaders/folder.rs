@@ -10,6 +10,7 @@ use super::model_index::ModelIndex;
 use super::weights::{find_weight_files, Variant, WeightFiles};
 use crate::models::clip::config::ClipTextConfig;
 use crate::models::clip::text_model::ClipTextModel;
+use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::{Error, Result};
@@ -48,7 +49,7 @@ impl PipelineFolder {
         if !root.is_dir() {
             return Err(Error::Io {
                 path: root.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
+                cause: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
             });
         }
         let index = ModelIndex::read(&root.join("model_index.json"))?;
@@ -80,7 +81,7 @@ impl PipelineFolder {
         if !dir.is_dir() {
             return Err(Error::Io {
                 path: dir,
-                source: std::io::Error::new(
+                cause: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "component folder listed in model_index.json is missing",
                 ),
@@ -156,5 +157,10 @@ impl PipelineFolder {
             .weight_files(name, opts.variant)?
             .var_builder(opts.dtype, &opts.device);
         ClipTextModel::new(vb, &cfg, with_projection)
+    }
+
+    /// Loads tokenizer `name` (`tokenizer` or `tokenizer_2`).
+    pub fn load_tokenizer(&self, name: &str) -> Result<ClipTokenizer> {
+        ClipTokenizer::from_folder(self.component_dir(name)?)
     }
 }

@@ -37,7 +37,7 @@ impl WeightFiles {
             if !file.is_file() {
                 return Err(Error::Io {
                     path: file.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                    cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
                 });
             }
         }
@@ -200,7 +200,7 @@ pub fn find_weight_files(folder: &Path, stem: &str, variant: Variant) -> Result<
     }
     Err(Error::Io {
         path: folder.join(format!("{stem}.safetensors")),
-        source: std::io::Error::new(
+        cause: std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "no weights found (looked for .safetensors, the fp16 variant and sharded index files; .bin/.ckpt \
              pickles are never loaded)",

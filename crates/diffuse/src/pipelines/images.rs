@@ -25,7 +25,7 @@ impl RgbImage {
     pub fn open(path: &Path, what: &str) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::decode(&bytes, what).map_err(|e| match e {
             Error::InvalidArgument { name, message } => Error::invalid(name, format!("{}: {message}", path.display())),
@@ -161,7 +161,7 @@ impl RgbImage {
         let bytes = self.to_png(parameters)?;
         std::fs::write(path, bytes).map_err(|source| Error::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
     }
 }
@@ -170,7 +170,7 @@ impl RgbImage {
 pub fn read_png_parameters(path: &Path) -> Result<Option<String>> {
     let file = std::fs::File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let decoder = png::Decoder::new(std::io::BufReader::new(file));
     let reader = decoder

@@ -78,7 +78,7 @@ impl ClipTokenizer {
         if !folder.is_dir() {
             return Err(Error::Io {
                 path: folder.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
+                cause: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
             });
         }
         let config_path = folder.join("tokenizer_config.json");

@@ -27,7 +27,7 @@ pub(super) struct BpeTables {
 pub(super) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
