@@ -153,11 +153,7 @@ impl StableDiffusion {
         let mut scheduler = scheduler_config.build(&TimestepRequest::Steps(req.steps))?;
         let mut timesteps = scheduler.timesteps().to_vec();
         if let Some(init) = &req.init {
-            let strength = if matches!(mode, Mode::Inpaint9 | Mode::InpaintBlend) {
-                init.strength
-            } else {
-                init.strength
-            };
+            let strength = init.strength;
             let init_steps = ((req.steps as f64 * strength) as usize).min(req.steps);
             let t_start = req.steps - init_steps;
             let skip = t_start * scheduler.order();
@@ -214,7 +210,9 @@ impl StableDiffusion {
                 .unet
                 .forward(&input.to_dtype(self.dtype)?, &timestep, &context, &extra)?;
             let prediction = if guidance {
-                combine(&prediction, req.guidance_scale, req.guidance_rescale)?
+                // diffusers' inpainting pipeline has no guidance rescale.
+                let rescale = if prepared.inpaint.is_some() { 0.0 } else { req.guidance_rescale };
+                combine(&prediction, req.guidance_scale, rescale)?
             } else {
                 prediction
             };
@@ -245,9 +243,10 @@ impl StableDiffusion {
     fn output_size(&self, req: &GenerationRequest) -> Result<(usize, usize)> {
         let f = self.vae_scale_factor();
         let (default_w, default_h) = match &req.init {
-            // diffusers keeps the input image's size, rounded down to a multiple of the VAE factor.
-            Some(init) => (init.image.width / f * f, init.image.height / f * f),
-            None => self.default_size(),
+            // diffusers' image-to-image keeps the input image's size, rounded down to a multiple of the VAE
+            // factor; text-to-image and inpainting default to the UNet's sample size.
+            Some(init) if init.mask.is_none() => (init.image.width / f * f, init.image.height / f * f),
+            _ => self.default_size(),
         };
         let width = req.width.unwrap_or(default_w);
         let height = req.height.unwrap_or(default_h);
@@ -357,11 +356,8 @@ impl StableDiffusion {
         let keep = mask.lt(0.5)?.to_dtype(self.dtype)?;
         let masked_image = image.broadcast_mul(&keep)?;
         let small_mask = mask.upsample_nearest2d(height / f, width / f)?.repeat((n, 1, 1, 1))?;
-        let masked_latents = if matches!(mode, Mode::Inpaint9) {
-            Some(self.encode_image(&masked_image, noise)?.repeat((n, 1, 1, 1))?)
-        } else {
-            None
-        };
+        // diffusers encodes the masked image (another posterior draw) whatever the UNet.
+        let masked_latents = self.encode_image(&masked_image, noise)?.repeat((n, 1, 1, 1))?;
         let doubled = |t: &Tensor| -> Result<Tensor> {
             Ok(if guidance {
                 Tensor::cat(&[t, t], 0)?
@@ -373,10 +369,7 @@ impl StableDiffusion {
             latents,
             inpaint: Some(InpaintState {
                 mask_model_input: doubled(&small_mask)?,
-                masked_latents_model_input: match &masked_latents {
-                    Some(m) => doubled(m)?,
-                    None => small_mask.zeros_like()?,
-                },
+                masked_latents_model_input: doubled(&masked_latents)?,
                 mask: small_mask,
                 image_latents,
                 noise: eps,
