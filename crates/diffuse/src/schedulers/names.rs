@@ -1,0 +1,114 @@
+//! The scheduler name tables: diffusers class names to builders, and A1111 sampler names to a class plus
+//! option overrides, as diffusers' scheduler overview maps them.
+
+use super::config::{SchedulerConfig, TimestepRequest};
+use super::{ddim, dpm_multistep, euler, Scheduler};
+use crate::{Error, Result};
+
+/// Makes a scheduler for one generation.
+pub(crate) type BuildFn = fn(&SchedulerConfig, &TimestepRequest) -> Result<Box<dyn Scheduler>>;
+
+/// One row per scheduler: the diffusers class name and its builder.
+const CLASSES: &[(&str, BuildFn)] = &[
+    ("DDIMScheduler", ddim::build),
+    ("EulerDiscreteScheduler", euler::build),
+    ("DPMSolverMultistepScheduler", dpm_multistep::build),
+];
+
+/// An A1111 sampler name: its class, whether it uses Karras sigmas, and DPM-Solver's algorithm type.
+struct Sampler {
+    name: &'static str,
+    class: &'static str,
+    karras: bool,
+    algorithm: Option<&'static str>,
+}
+
+/// Shorthand for a row of [`A1111`].
+const fn sampler(
+    name: &'static str,
+    class: &'static str,
+    karras: bool,
+    algorithm: Option<&'static str>,
+) -> Sampler {
+    Sampler {
+        name,
+        class,
+        karras,
+        algorithm,
+    }
+}
+
+const DPM_MULTI: &str = "DPMSolverMultistepScheduler";
+const DPM_PP: Option<&str> = Some("dpmsolver++");
+const SDE_DPM_PP: Option<&str> = Some("sde-dpmsolver++");
+
+/// A1111 sampler names, as diffusers' scheduler overview maps them. A name fixes the sigma schedule (Karras
+/// or the model's default spacing) and the DPM-Solver algorithm; every other option comes from the model.
+const A1111: &[Sampler] = &[
+    sampler("DPM++ 2M", DPM_MULTI, false, DPM_PP),
+    sampler("DPM++ 2M Karras", DPM_MULTI, true, DPM_PP),
+    sampler("DPM++ 2M SDE", DPM_MULTI, false, SDE_DPM_PP),
+    sampler("DPM++ 2M SDE Karras", DPM_MULTI, true, SDE_DPM_PP),
+    sampler("DDIM", "DDIMScheduler", false, None),
+    sampler("Euler", "EulerDiscreteScheduler", false, None),
+];
+
+/// The builder of a diffusers class, if diffuse has it.
+pub(crate) fn builder_for_class(class: &str) -> Option<BuildFn> {
+    CLASSES
+        .iter()
+        .find(|(name, _)| *name == class)
+        .map(|(_, build)| *build)
+}
+
+/// The supported class names, comma-separated, for error messages.
+pub(crate) fn class_list() -> String {
+    CLASSES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every name [`scheduler_config_for`] accepts: the A1111 sampler names, then the diffusers class names.
+pub fn known_scheduler_names() -> Vec<&'static str> {
+    A1111
+        .iter()
+        .map(|s| s.name)
+        .chain(CLASSES.iter().map(|(name, _)| *name))
+        .collect()
+}
+
+/// The configuration for scheduler `name` (an A1111 sampler name or a diffusers class name, any case) on top
+/// of the model's `base` configuration, as diffusers' `Class.from_config(pipe.scheduler.config, **overrides)`
+/// does: the base's options carry over, the class changes, and the sampler's overrides are applied.
+pub fn scheduler_config_for(name: &str, base: &SchedulerConfig) -> Result<SchedulerConfig> {
+    let wanted = name.trim();
+    let mut config = base.clone();
+    if let Some(s) = A1111.iter().find(|s| s.name.eq_ignore_ascii_case(wanted)) {
+        config.class_name = Some(s.class.to_string());
+        config.use_karras_sigmas = Some(s.karras);
+        if s.karras {
+            config.use_exponential_sigmas = None;
+            config.use_beta_sigmas = None;
+        }
+        if let Some(algorithm) = s.algorithm {
+            config.algorithm_type = Some(algorithm.to_string());
+        }
+        return Ok(config);
+    }
+    if let Some((class, _)) = CLASSES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(wanted))
+    {
+        config.class_name = Some((*class).to_string());
+        return Ok(config);
+    }
+    Err(Error::invalid(
+        "scheduler",
+        format!(
+            "unknown scheduler {name:?}; known: {}",
+            known_scheduler_names().join(", ")
+        ),
+    ))
+}
