@@ -251,11 +251,9 @@ impl SchedulerConfig {
             Some("linspace") => Ok(TimestepSpacing::Linspace),
             Some("leading") => Ok(TimestepSpacing::Leading),
             Some("trailing") => Ok(TimestepSpacing::Trailing),
-            Some(other) => Err(self.unsupported(
-                "timestep_spacing",
-                other,
-                "linspace, leading, trailing",
-            )),
+            Some(other) => {
+                Err(self.unsupported("timestep_spacing", other, "linspace, leading, trailing"))
+            }
         }
     }
 

@@ -41,16 +41,17 @@ pub(crate) fn spacing_n_plus_one(
         }
         TimestepSpacing::Leading => {
             let ratio = (last_timestep / (n + 1)) as i64;
-            (1..=n as i64).rev().map(|i| (i * ratio + offset) as f64).collect()
+            (1..=n as i64)
+                .rev()
+                .map(|i| (i * ratio + offset) as f64)
+                .collect()
         }
-        TimestepSpacing::Trailing => schedule::np_arange(
-            last_timestep as f64,
-            0.0,
-            -(n_train as f64 / n as f64),
-        )
-        .into_iter()
-        .map(|t| schedule::np_round(t) - 1.0)
-        .collect(),
+        TimestepSpacing::Trailing => {
+            schedule::np_arange(last_timestep as f64, 0.0, -(n_train as f64 / n as f64))
+                .into_iter()
+                .map(|t| schedule::np_round(t) - 1.0)
+                .collect()
+        }
     }
 }
 

@@ -70,7 +70,11 @@ pub(crate) fn build(
         return Err(config.unsupported("solver_order", solver_order, "1, 2 or 3"));
     }
     if let Some(v) = &config.variance_type {
-        return Err(config.unsupported("variance_type", v, "null (learned variances are not supported)"));
+        return Err(config.unsupported(
+            "variance_type",
+            v,
+            "null (learned variances are not supported)",
+        ));
     }
     config.reject_flag("use_flow_sigmas", config.use_flow_sigmas)?;
     config.reject_flag("use_dynamic_shifting", config.use_dynamic_shifting)?;
@@ -390,7 +394,9 @@ impl Scheduler for DpmMultistep {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        let i = self.index.for_add_noise(&self.timesteps, t, Missing::Last)?;
+        let i = self
+            .index
+            .for_add_noise(&self.timesteps, t, Missing::Last)?;
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i] as f32);
         let noise = noise.to_dtype(original.dtype())?;
         Ok((scale(original, alpha_t)? + scale(&noise, sigma_t)?)?)

@@ -134,7 +134,9 @@ pub(crate) fn build(
 
 /// The k-diffusion ports' `init_noise_sigma`: the largest sigma, or `sqrt(max^2 + 1)` for leading spacing.
 pub(crate) fn k_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
-    let max = sigmas.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s as f32));
+    let max = sigmas
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &s| m.max(s as f32));
     match spacing {
         TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
         TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,

@@ -97,10 +97,7 @@ pub fn scheduler_config_for(name: &str, base: &SchedulerConfig) -> Result<Schedu
         }
         return Ok(config);
     }
-    if let Some((class, _)) = CLASSES
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(wanted))
-    {
+    if let Some((class, _)) = CLASSES.iter().find(|(n, _)| n.eq_ignore_ascii_case(wanted)) {
         config.class_name = Some((*class).to_string());
         return Ok(config);
     }

@@ -129,4 +129,3 @@ pub(crate) fn vp_add_noise(
     let noise = noise.to_dtype(original.dtype())?;
     Ok((scale(original, a.sqrt())? + scale(&noise, (1.0 - a).sqrt())?)?)
 }
-

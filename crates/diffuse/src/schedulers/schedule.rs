@@ -67,7 +67,9 @@ pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
         return Vec::new();
     }
     let delta = (start + step) - start;
-    (0..len as usize).map(|i| start + i as f64 * delta).collect()
+    (0..len as usize)
+        .map(|i| start + i as f64 * delta)
+        .collect()
 }
 
 /// `numpy.interp(x, arange(len(fp)), fp)`.
@@ -268,7 +270,13 @@ pub fn spaced_timesteps(
         TimestepSpacing::Linspace => np_linspace(0.0, (n_train - 1) as f64, n)
             .into_iter()
             .rev()
-            .map(|t| if round_linspace { np_round(t) } else { t as f32 as f64 })
+            .map(|t| {
+                if round_linspace {
+                    np_round(t)
+                } else {
+                    t as f32 as f64
+                }
+            })
             .collect(),
         TimestepSpacing::Leading => leading_timesteps(n_train, n, offset)
             .into_iter()
@@ -301,7 +309,11 @@ pub fn converted_sigmas(kind: SigmaSchedule, sigma_min: f64, sigma_max: f64, n: 
 
 /// `(sigma_min, sigma_max)` for a converted schedule: the configuration's `sigma_min`/`sigma_max` where the
 /// class registers them (`honors_bounds`), else the last and first of `in_sigmas` (descending).
-pub fn sigma_bounds(config: &SchedulerConfig, honors_bounds: bool, in_sigmas: &[f64]) -> (f64, f64) {
+pub fn sigma_bounds(
+    config: &SchedulerConfig,
+    honors_bounds: bool,
+    in_sigmas: &[f64],
+) -> (f64, f64) {
     let (cfg_min, cfg_max) = if honors_bounds {
         (config.sigma_min, config.sigma_max)
     } else {

@@ -57,7 +57,12 @@ impl StepIndex {
 
     /// The index `add_noise` uses: looked up from `t` without a begin index, else the current step index,
     /// else the begin index.
-    pub(crate) fn for_add_noise(&self, timesteps: &[f64], t: f64, missing: Missing) -> Result<usize> {
+    pub(crate) fn for_add_noise(
+        &self,
+        timesteps: &[f64],
+        t: f64,
+        missing: Missing,
+    ) -> Result<usize> {
         match (self.begin, self.step) {
             (None, _) => lookup(timesteps, t, missing),
             (Some(_), Some(step)) => Ok(step),
