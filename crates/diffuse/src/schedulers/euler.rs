@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use super::config::{
     PredictionType, SchedulerConfig, SigmaSchedule, TimestepRequest, TimestepSpacing,
 };
+use super::k_common::{k_add_noise, k_init_noise_sigma, k_predict_x0, k_scale_input};
 use super::ops::{self, div, scale};
 use super::schedule::{self, LINEAR_DEFAULTS};
 use super::step_index::{Missing, StepIndex};
@@ -132,39 +133,6 @@ pub(crate) fn build(
     }))
 }
 
-/// The k-diffusion ports' `init_noise_sigma`: the largest sigma, or `sqrt(max^2 + 1)` for leading spacing.
-pub(crate) fn k_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
-    let max = sigmas
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &s| m.max(s as f32));
-    match spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-        TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
-    }
-}
-
-/// `sample / sqrt(sigma^2 + 1)`: the k-diffusion ports' input scaling.
-pub(crate) fn k_scale_input(sample: &Tensor, sigma: f32) -> Result<Tensor> {
-    div(sample, (sigma * sigma + 1.0).sqrt())
-}
-
-/// The k-diffusion ports' predicted clean sample at noise level `sigma` (`sigma_hat` for epsilon).
-pub(crate) fn k_predict_x0(
-    prediction: PredictionType,
-    model_output: &Tensor,
-    sample: &Tensor,
-    sigma: f32,
-) -> Result<Tensor> {
-    match prediction {
-        PredictionType::Epsilon => Ok((sample - scale(model_output, sigma)?)?),
-        PredictionType::VPrediction => {
-            let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
-            Ok((scale(model_output, c_out)? + div(sample, sigma * sigma + 1.0)?)?)
-        }
-        PredictionType::Sample => Ok(model_output.clone()),
-    }
-}
-
 impl Scheduler for Euler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
@@ -214,10 +182,6 @@ impl Scheduler for Euler {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        let i = self
-            .index
-            .for_add_noise(&self.timesteps, t, Missing::Error)?;
-        let noise = noise.to_dtype(original.dtype())?;
-        Ok((original + scale(&noise, self.sigmas[i] as f32)?)?)
+        k_add_noise(&self.sigmas, &self.index, &self.timesteps, original, noise, t)
     }
 }

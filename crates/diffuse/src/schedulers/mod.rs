@@ -9,12 +9,20 @@
 mod beta_ppf;
 mod config;
 mod ddim;
+mod ddpm;
 mod dpm_common;
 mod dpm_multistep;
 mod euler;
+mod euler_ancestral;
+mod heun;
+mod k_common;
+mod kdpm2;
+mod kdpm2_ancestral;
+mod lms;
 mod names;
 mod noise_schedule;
 mod ops;
+mod pndm;
 mod schedule;
 mod step_index;
 

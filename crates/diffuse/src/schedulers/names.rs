@@ -2,7 +2,10 @@
 //! option overrides, as diffusers' scheduler overview maps them.
 
 use super::config::{SchedulerConfig, TimestepRequest};
-use super::{ddim, dpm_multistep, euler, Scheduler};
+use super::{
+    ddim, ddpm, dpm_multistep, euler, euler_ancestral, heun, kdpm2, kdpm2_ancestral, lms, pndm,
+    Scheduler,
+};
 use crate::{Error, Result};
 
 /// Makes a scheduler for one generation.
@@ -11,7 +14,14 @@ pub(crate) type BuildFn = fn(&SchedulerConfig, &TimestepRequest) -> Result<Box<d
 /// One row per scheduler: the diffusers class name and its builder.
 const CLASSES: &[(&str, BuildFn)] = &[
     ("DDIMScheduler", ddim::build),
+    ("DDPMScheduler", ddpm::build),
+    ("PNDMScheduler", pndm::build),
+    ("LMSDiscreteScheduler", lms::build),
     ("EulerDiscreteScheduler", euler::build),
+    ("EulerAncestralDiscreteScheduler", euler_ancestral::build),
+    ("HeunDiscreteScheduler", heun::build),
+    ("KDPM2DiscreteScheduler", kdpm2::build),
+    ("KDPM2AncestralDiscreteScheduler", kdpm2_ancestral::build),
     ("DPMSolverMultistepScheduler", dpm_multistep::build),
 ];
 
@@ -49,8 +59,18 @@ const A1111: &[Sampler] = &[
     sampler("DPM++ 2M Karras", DPM_MULTI, true, DPM_PP),
     sampler("DPM++ 2M SDE", DPM_MULTI, false, SDE_DPM_PP),
     sampler("DPM++ 2M SDE Karras", DPM_MULTI, true, SDE_DPM_PP),
-    sampler("DDIM", "DDIMScheduler", false, None),
+    sampler("DPM2", "KDPM2DiscreteScheduler", false, None),
+    sampler("DPM2 Karras", "KDPM2DiscreteScheduler", true, None),
+    sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", false, None),
+    sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", true, None),
     sampler("Euler", "EulerDiscreteScheduler", false, None),
+    sampler("Euler a", "EulerAncestralDiscreteScheduler", false, None),
+    sampler("Heun", "HeunDiscreteScheduler", false, None),
+    sampler("LMS", "LMSDiscreteScheduler", false, None),
+    sampler("LMS Karras", "LMSDiscreteScheduler", true, None),
+    sampler("DDIM", "DDIMScheduler", false, None),
+    sampler("PLMS", "PNDMScheduler", false, None),
+    sampler("DDPM", "DDPMScheduler", false, None),
 ];
 
 /// The builder of a diffusers class, if diffuse has it.

@@ -5,7 +5,7 @@
 use super::config::{SchedulerConfig, SigmaSchedule, TimestepSpacing};
 use crate::Result;
 
-/// The class defaults of the beta schedule, used where the configuration leaves a key out.
+/// A class's beta-schedule defaults (for keys the configuration leaves out) and the options it registers.
 #[derive(Debug, Clone, Copy)]
 pub struct BetaDefaults {
     /// Default `beta_start`.
@@ -14,20 +14,50 @@ pub struct BetaDefaults {
     pub beta_end: f64,
     /// Default `beta_schedule`.
     pub schedule: &'static str,
+    /// Whether the class has `rescale_betas_zero_snr` (the others ignore the key, as diffusers does).
+    pub zero_snr: bool,
+    /// Whether the class accepts the `sigmoid` schedule (DDPM).
+    pub sigmoid: bool,
 }
 
-/// The defaults of most classes: linear from 1e-4 to 0.02.
+/// Linear from 1e-4 to 0.02, with zero-SNR rescaling (DDIM, Euler, Euler Ancestral, DPM-Solver multistep,
+/// UniPC).
 pub const LINEAR_DEFAULTS: BetaDefaults = BetaDefaults {
     beta_start: 0.0001,
     beta_end: 0.02,
     schedule: "linear",
+    zero_snr: true,
+    sigmoid: false,
 };
 
-/// The defaults of the k-diffusion ports (Heun, KDPM2): linear from 0.00085 to 0.012.
+/// Linear from 1e-4 to 0.02, without zero-SNR rescaling (PNDM, LMS, DEIS, DPM-Solver singlestep).
+pub const LINEAR_PLAIN: BetaDefaults = BetaDefaults {
+    zero_snr: false,
+    ..LINEAR_DEFAULTS
+};
+
+/// DDPM: linear from 1e-4 to 0.02, zero-SNR rescaling and the sigmoid schedule.
+pub const DDPM_DEFAULTS: BetaDefaults = BetaDefaults {
+    sigmoid: true,
+    ..LINEAR_DEFAULTS
+};
+
+/// The k-diffusion ports (Heun, KDPM2, KDPM2 Ancestral): linear from 0.00085 to 0.012.
 pub const K_DEFAULTS: BetaDefaults = BetaDefaults {
     beta_start: 0.00085,
     beta_end: 0.012,
     schedule: "linear",
+    zero_snr: false,
+    sigmoid: false,
+};
+
+/// LCM: scaled_linear from 0.00085 to 0.012, with zero-SNR rescaling.
+pub const LCM_DEFAULTS: BetaDefaults = BetaDefaults {
+    beta_start: 0.00085,
+    beta_end: 0.012,
+    schedule: "scaled_linear",
+    zero_snr: true,
+    sigmoid: false,
 };
 
 /// `torch.linspace(a, b, n, dtype=torch.float32)`, bit for bit (torch evaluates it with fused multiply-adds).
@@ -110,10 +140,18 @@ pub fn betas(config: &SchedulerConfig, defaults: BetaDefaults, n_train: usize) -
             .map(|b| b * b)
             .collect()),
         "squaredcos_cap_v2" => Ok(cosine_betas(n_train)),
+        "sigmoid" if defaults.sigmoid => Ok(torch_linspace_f32(-6.0, 6.0, n_train)
+            .into_iter()
+            .map(|x| (1.0 / (1.0 + (-x).exp())) * (end - start) as f32 + start as f32)
+            .collect()),
         other => Err(config.unsupported(
             "beta_schedule",
             other,
-            "linear, scaled_linear, squaredcos_cap_v2",
+            if defaults.sigmoid {
+                "linear, scaled_linear, squaredcos_cap_v2, sigmoid"
+            } else {
+                "linear, scaled_linear, squaredcos_cap_v2"
+            },
         )),
     }
 }
@@ -169,14 +207,15 @@ pub fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The betas, rescaled to zero terminal SNR when `rescale_betas_zero_snr` is set, and their alphas_cumprod.
+/// The alphas_cumprod of the betas, rescaled to zero terminal SNR when the class has the option and
+/// `rescale_betas_zero_snr` is set.
 pub fn alphas_cumprod_for(
     config: &SchedulerConfig,
     defaults: BetaDefaults,
     n_train: usize,
 ) -> Result<Vec<f32>> {
     let mut b = betas(config, defaults, n_train)?;
-    if config.rescale_betas_zero_snr == Some(true) {
+    if defaults.zero_snr && config.rescale_betas_zero_snr == Some(true) {
         b = rescale_zero_terminal_snr(&b);
     }
     Ok(alphas_cumprod(&b))
@@ -328,4 +367,20 @@ pub fn sigma_bounds(
 /// Rounds each value to float32 (numpy's `.astype(np.float32)`), kept as f64.
 pub fn as_f32(values: &[f64]) -> Vec<f64> {
     values.iter().map(|&v| v as f32 as f64).collect()
+}
+
+/// `_sigma_to_t` as the KDPM2 schedulers evaluate it on a float32 tensor sigma: in float32 up to the final
+/// interpolation (NaN for a NaN sigma).
+pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let n = log_sigmas.len();
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[low_idx + 1]);
+    let w = (low - log_sigma) / (low - high);
+    let w = if w.is_nan() { w } else { w.clamp(0.0, 1.0) };
+    (1.0 - w) as f64 * low_idx as f64 + w as f64 * (low_idx + 1) as f64
 }
