@@ -3,7 +3,11 @@
 //! For every case: the timesteps, sigmas, `init_noise_sigma` and `order`, then a whole trajectory driven by
 //! the same closed-form stand-in model from the same initial noise, stochastic steps fed the same draws.
 //!
-//! Tolerances (max |rust - diffusers| / max |diffusers|): timesteps and sigmas 1e-6; samples 1e-5, or twice
+//! Tolerances: each timestep within 1e-6 of max(|t|, 100) (the KDPM2 schedulers' interpolated timesteps
+//! land within 1e-4 of 0 or of an integer, where one float32 ulp of a sigma moves them); each sigma within
+//! 4e-6 of itself (zero-SNR schedules reach 1.8e-6: `1 - alphas_cumprod` cancels near t = 0 and amplifies
+//! the one-ulp differences of torch's float32 `sqrt` in the rescaling; all other schedules agree to 1e-7);
+//! samples (max |rust - diffusers| / max |diffusers|) within 1e-5, or twice
 //! the case's `noise_floor` where that is larger. The noise floor is measured by the fixture script: how far
 //! diffusers' own float32 result moves when its schedule (sigmas / alphas_cumprod) moves by one float32 ulp.
 //! It matters because torch's CPU `sqrt`, `log` and `exp` are not correctly rounded (they differ from IEEE in
@@ -18,7 +22,10 @@ use diffuse::rng::NoiseSource;
 use diffuse::schedulers::{SchedulerConfig, TimestepRequest};
 use serde_json::Value;
 
-const SCHEDULE_TOL: f64 = 1e-6;
+/// Timesteps: |rust - diffusers| <= TIMESTEP_TOL * max(|diffusers|, 100) (0..1000 scale).
+const TIMESTEP_TOL: f64 = 1e-6;
+/// Sigmas: |rust - diffusers| <= SIGMA_TOL * |diffusers|, each on its own.
+const SIGMA_TOL: f64 = 4e-6;
 const SAMPLE_TOL: f64 = 1e-5;
 
 fn fixtures() -> PathBuf {
@@ -89,6 +96,20 @@ fn rel_err(got: &[f64], want: &[f64]) -> f64 {
         / scale
 }
 
+/// The worst elementwise error relative to `max(|want|, floor)`.
+fn elementwise_rel_err(got: &[f64], want: &[f64], floor: f64) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    got.iter().zip(want).fold(0f64, |m, (g, w)| {
+        if g == w || (g.is_nan() && w.is_nan()) {
+            m
+        } else {
+            m.max((g - w).abs() / w.abs().max(floor))
+        }
+    })
+}
+
 fn tensor_rel_err(got: &Tensor, want: &Tensor) -> f64 {
     let to_vec = |t: &Tensor| -> Vec<f64> {
         t.flatten_all()
@@ -130,8 +151,8 @@ fn run_case(case: &Value, shape: &[usize], refs: &BTreeMap<String, Tensor>) -> (
         Err(e) => return (f64::INFINITY, vec![format!("{name}: build failed: {e}")]),
     };
     let want_t = floats(&case["timesteps"]);
-    let err = rel_err(sched.timesteps(), &want_t);
-    if err > SCHEDULE_TOL {
+    let err = elementwise_rel_err(sched.timesteps(), &want_t, 100.0);
+    if err > TIMESTEP_TOL {
         failures.push(format!(
             "{name}: timesteps err {err:e}\n  got  {:?}\n  want {:?}",
             sched.timesteps(),
@@ -150,8 +171,8 @@ fn run_case(case: &Value, shape: &[usize], refs: &BTreeMap<String, Tensor>) -> (
             println!("t {i}: {g} {w}");
         }
     }
-    let err = rel_err(sched.sigmas(), &want_s);
-    if err > SCHEDULE_TOL {
+    let err = elementwise_rel_err(sched.sigmas(), &want_s, 1e-12);
+    if err > SIGMA_TOL {
         failures.push(format!(
             "{name}: sigmas err {err:e}\n  got  {:?}\n  want {:?}",
             sched.sigmas(),
@@ -159,7 +180,7 @@ fn run_case(case: &Value, shape: &[usize], refs: &BTreeMap<String, Tensor>) -> (
         ));
     }
     let want_init = case["init_noise_sigma"].as_f64().unwrap();
-    if (sched.init_noise_sigma() - want_init).abs() > SCHEDULE_TOL * want_init.abs() {
+    if (sched.init_noise_sigma() - want_init).abs() > SIGMA_TOL * want_init.abs() {
         failures.push(format!(
             "{name}: init_noise_sigma {} != {want_init}",
             sched.init_noise_sigma()

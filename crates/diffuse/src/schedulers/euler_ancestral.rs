@@ -99,11 +99,17 @@ impl Scheduler for EulerAncestral {
         let sigma = self.sigmas[i] as f32;
         let x0 = k_predict_x0(self.prediction, &model_output, &sample, sigma)?;
         let sigma_to = self.sigmas[i + 1] as f32;
-        let sigma_up = (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
+        let sigma_up =
+            (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
         let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
         let derivative = div(&(&sample - &x0)?, sigma)?;
         let prev = (&sample + scale(&derivative, sigma_down - sigma)?)?;
-        let z = randn_tensor(noise, model_output.dims(), model_output.device(), model_output.dtype())?;
+        let z = randn_tensor(
+            noise,
+            model_output.dims(),
+            model_output.device(),
+            model_output.dtype(),
+        )?;
         let prev = (prev + scale(&z, sigma_up)?)?;
         self.index.advance();
         Ok(SchedulerOutput {
@@ -113,6 +119,13 @@ impl Scheduler for EulerAncestral {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        k_add_noise(&self.sigmas, &self.index, &self.timesteps, original, noise, t)
+        k_add_noise(
+            &self.sigmas,
+            &self.index,
+            &self.timesteps,
+            original,
+            noise,
+            t,
+        )
     }
 }

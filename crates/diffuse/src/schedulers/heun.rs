@@ -129,7 +129,11 @@ impl Scheduler for Heun {
             None => (self.sigmas[i] as f32, self.sigmas[i + 1] as f32),
             Some(_) => (self.sigmas[i - 1] as f32, self.sigmas[i] as f32),
         };
-        let sigma_input = if self.first.is_none() { sigma } else { sigma_next };
+        let sigma_input = if self.first.is_none() {
+            sigma
+        } else {
+            sigma_next
+        };
         let mut x0 = k_predict_x0(self.prediction, &model_output, &sample, sigma_input)?;
         if let Some(range) = self.clip {
             x0 = x0.clamp(-range, range)?;
@@ -160,6 +164,13 @@ impl Scheduler for Heun {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        k_add_noise(&self.sigmas, &self.index, &self.timesteps, original, noise, t)
+        k_add_noise(
+            &self.sigmas,
+            &self.index,
+            &self.timesteps,
+            original,
+            noise,
+            t,
+        )
     }
 }

@@ -99,7 +99,6 @@ pub(crate) fn k_predict_x0(
     }
 }
 
-
 /// `original + sigma * noise` at the step index `add_noise` uses.
 pub(crate) fn k_add_noise(
     sigmas: &[f64],

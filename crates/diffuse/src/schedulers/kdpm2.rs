@@ -2,7 +2,9 @@
 
 use candle_core::Tensor;
 
-use super::config::{PredictionType, SchedulerConfig, SigmaSchedule, TimestepRequest, TimestepSpacing};
+use super::config::{
+    PredictionType, SchedulerConfig, SigmaSchedule, TimestepRequest, TimestepSpacing,
+};
 use super::k_common::{
     interleave_sigmas, k_add_noise, k_init_noise_sigma, k_predict_x0, k_scale_input, k_schedule,
     log_midpoint,
@@ -118,7 +120,11 @@ impl Scheduler for Kdpm2 {
         let (model_output, sample) = (ops::f32(model_output)?, ops::f32(sample)?);
         let first = self.sample.is_none();
         let (sigma, sigma_interpol, sigma_next) = if first {
-            (self.sigmas[i], self.sigmas_interpol[i + 1], self.sigmas[i + 1])
+            (
+                self.sigmas[i],
+                self.sigmas_interpol[i + 1],
+                self.sigmas[i + 1],
+            )
         } else {
             (self.sigmas[i - 1], self.sigmas_interpol[i], self.sigmas[i])
         };
@@ -146,6 +152,13 @@ impl Scheduler for Kdpm2 {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        k_add_noise(&self.sigmas, &self.index, &self.timesteps, original, noise, t)
+        k_add_noise(
+            &self.sigmas,
+            &self.index,
+            &self.timesteps,
+            original,
+            noise,
+            t,
+        )
     }
 }

@@ -2,7 +2,9 @@
 
 use candle_core::Tensor;
 
-use super::config::{PredictionType, SchedulerConfig, SigmaSchedule, TimestepRequest, TimestepSpacing};
+use super::config::{
+    PredictionType, SchedulerConfig, SigmaSchedule, TimestepRequest, TimestepSpacing,
+};
 use super::k_common::{
     interleave_sigmas, k_add_noise, k_init_noise_sigma, k_predict_x0, k_scale_input, k_schedule,
     log_midpoint,
@@ -84,7 +86,9 @@ pub(crate) fn build(
     for j in 1..t.len() {
         timesteps.extend([t_interpol[j - 1], t[j]]);
     }
-    let widen = |v: &[f32]| -> Vec<f64> { interleave_sigmas(&v.iter().map(|&x| x as f64).collect::<Vec<_>>()) };
+    let widen = |v: &[f32]| -> Vec<f64> {
+        interleave_sigmas(&v.iter().map(|&x| x as f64).collect::<Vec<_>>())
+    };
     let sigmas = widen(&s);
     Ok(Box::new(Kdpm2Ancestral {
         init_noise_sigma: k_init_noise_sigma(&sigmas, spacing),
@@ -173,6 +177,13 @@ impl Scheduler for Kdpm2Ancestral {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        k_add_noise(&self.sigmas, &self.index, &self.timesteps, original, noise, t)
+        k_add_noise(
+            &self.sigmas,
+            &self.index,
+            &self.timesteps,
+            original,
+            noise,
+            t,
+        )
     }
 }

@@ -150,6 +150,13 @@ impl Scheduler for Lms {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        k_add_noise(&self.sigmas, &self.index, &self.timesteps, original, noise, t)
+        k_add_noise(
+            &self.sigmas,
+            &self.index,
+            &self.timesteps,
+            original,
+            noise,
+            t,
+        )
     }
 }

@@ -62,7 +62,12 @@ const A1111: &[Sampler] = &[
     sampler("DPM2", "KDPM2DiscreteScheduler", false, None),
     sampler("DPM2 Karras", "KDPM2DiscreteScheduler", true, None),
     sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", false, None),
-    sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", true, None),
+    sampler(
+        "DPM2 a Karras",
+        "KDPM2AncestralDiscreteScheduler",
+        true,
+        None,
+    ),
     sampler("Euler", "EulerDiscreteScheduler", false, None),
     sampler("Euler a", "EulerAncestralDiscreteScheduler", false, None),
     sampler("Heun", "HeunDiscreteScheduler", false, None),

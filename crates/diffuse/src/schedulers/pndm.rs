@@ -59,7 +59,9 @@ pub(crate) fn build(
         if base.len() < 4 {
             return Err(Error::invalid(
                 "num_inference_steps",
-                format!("{n}: PNDM's Runge-Kutta warm-up needs at least 4 steps (or skip_prk_steps)"),
+                format!(
+                    "{n}: PNDM's Runge-Kutta warm-up needs at least 4 steps (or skip_prk_steps)"
+                ),
             ));
         }
         let half = ((n_train / n) / 2) as f64;
@@ -152,8 +154,7 @@ impl Pndm {
                 model_output.clone()
             }
             _ => {
-                let combined =
-                    accumulate(&self.cur_model_output, scale(model_output, 1.0 / 6.0)?)?;
+                let combined = accumulate(&self.cur_model_output, scale(model_output, 1.0 / 6.0)?)?;
                 self.cur_model_output = None;
                 combined
             }

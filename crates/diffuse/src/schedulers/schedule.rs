@@ -369,8 +369,8 @@ pub fn as_f32(values: &[f64]) -> Vec<f64> {
     values.iter().map(|&v| v as f32 as f64).collect()
 }
 
-/// `_sigma_to_t` as the KDPM2 schedulers evaluate it on a float32 tensor sigma: in float32 up to the final
-/// interpolation (NaN for a NaN sigma).
+/// `_sigma_to_t` as the KDPM2 schedulers evaluate it on float32 tensors: entirely in float32 (NaN for a
+/// NaN sigma).
 pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     let n = log_sigmas.len();
@@ -382,5 +382,5 @@ pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
     let (low, high) = (log_sigmas[low_idx], log_sigmas[low_idx + 1]);
     let w = (low - log_sigma) / (low - high);
     let w = if w.is_nan() { w } else { w.clamp(0.0, 1.0) };
-    (1.0 - w) as f64 * low_idx as f64 + w as f64 * (low_idx + 1) as f64
+    ((1.0 - w) * low_idx as f32 + w * (low_idx + 1) as f32) as f64
 }
