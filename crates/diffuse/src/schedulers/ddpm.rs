@@ -12,12 +12,12 @@ use crate::{Error, Result};
 /// DDPM's fixed variance choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variance {
-    /// The posterior variance.
-    FixedSmall,
-    /// The posterior variance, via its log (`exp(0.5 * log(var))` is the standard deviation).
-    FixedSmallLog,
-    /// beta_t.
-    FixedLarge,
+    /// `fixed_small`: the posterior variance.
+    Small,
+    /// `fixed_small_log`: the posterior variance, via its log (`exp(0.5 * log(var))` is the std).
+    SmallLog,
+    /// `fixed_large`: beta_t.
+    Large,
 }
 
 /// diffusers' `DDPMScheduler`.
@@ -38,9 +38,9 @@ pub(crate) fn build(
     let n_train = config.train_timesteps()?;
     let alphas_cumprod = schedule::alphas_cumprod_for(config, DDPM_DEFAULTS, n_train)?;
     let variance = match config.variance_type.as_deref() {
-        None | Some("fixed_small") => Variance::FixedSmall,
-        Some("fixed_small_log") => Variance::FixedSmallLog,
-        Some("fixed_large") => Variance::FixedLarge,
+        None | Some("fixed_small") => Variance::Small,
+        Some("fixed_small_log") => Variance::SmallLog,
+        Some("fixed_large") => Variance::Large,
         Some(other) => {
             return Err(config.unsupported(
                 "variance_type",
@@ -167,9 +167,9 @@ impl Scheduler for Ddpm {
             )?;
             let variance = ((1.0 - a_prev) / (1.0 - a_t) * cur_beta).max(1e-20);
             let std = match self.variance {
-                Variance::FixedSmall => variance.sqrt(),
-                Variance::FixedSmallLog => (0.5 * variance.ln()).exp(),
-                Variance::FixedLarge => cur_beta.sqrt(),
+                Variance::Small => variance.sqrt(),
+                Variance::SmallLog => (0.5 * variance.ln()).exp(),
+                Variance::Large => cur_beta.sqrt(),
             };
             prev = (prev + scale(&z, std)?)?;
         }

@@ -76,3 +76,16 @@ pub(crate) fn data_prediction(
 pub(crate) fn truncate(values: Vec<f64>) -> Vec<f64> {
     values.into_iter().map(f64::trunc).collect()
 }
+
+/// `searchsorted(flip(lambda_t), lambda_min_clipped)`: how many training timesteps `lambda_min_clipped` cuts.
+pub(crate) fn clipped_index(alphas_cumprod: &[f32], lambda_min_clipped: Option<f64>) -> usize {
+    let Some(min) = lambda_min_clipped else {
+        return 0;
+    };
+    alphas_cumprod
+        .iter()
+        .rev()
+        .map(|&a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
+        .filter(|&l| (l as f64) < min)
+        .count()
+}

@@ -112,7 +112,7 @@ pub(crate) fn build(
         _ => {
             let n = config.steps_only("DPMSolverMultistepScheduler", request)?;
             schedule::check_steps(n, n_train)?;
-            let clipped = clipped_index(&alphas_cumprod, config.lambda_min_clipped);
+            let clipped = dpm_common::clipped_index(&alphas_cumprod, config.lambda_min_clipped);
             let last = n_train - clipped;
             (
                 dpm_common::spacing_n_plus_one(spacing, n_train, last, n, config.offset()),
@@ -175,19 +175,6 @@ pub(crate) fn build(
         lower_order_nums: 0,
         index: StepIndex::default(),
     }))
-}
-
-/// `searchsorted(flip(lambda_t), lambda_min_clipped)`: how many training timesteps `lambda_min_clipped` cuts.
-fn clipped_index(alphas_cumprod: &[f32], lambda_min_clipped: Option<f64>) -> usize {
-    let Some(min) = lambda_min_clipped else {
-        return 0;
-    };
-    alphas_cumprod
-        .iter()
-        .rev()
-        .map(|&a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
-        .filter(|&l| (l as f64) < min)
-        .count()
 }
 
 impl DpmMultistep {

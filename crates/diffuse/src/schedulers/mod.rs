@@ -10,14 +10,17 @@ mod beta_ppf;
 mod config;
 mod ddim;
 mod ddpm;
+mod deis;
 mod dpm_common;
 mod dpm_multistep;
+mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
 mod heun;
 mod k_common;
 mod kdpm2;
 mod kdpm2_ancestral;
+mod lcm;
 mod lms;
 mod names;
 mod noise_schedule;
@@ -25,6 +28,7 @@ mod ops;
 mod pndm;
 mod schedule;
 mod step_index;
+mod unipc;
 
 use candle_core::Tensor;
 

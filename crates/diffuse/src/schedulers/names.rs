@@ -3,8 +3,8 @@
 
 use super::config::{SchedulerConfig, TimestepRequest};
 use super::{
-    ddim, ddpm, dpm_multistep, euler, euler_ancestral, heun, kdpm2, kdpm2_ancestral, lms, pndm,
-    Scheduler,
+    ddim, ddpm, deis, dpm_multistep, dpm_singlestep, euler, euler_ancestral, heun, kdpm2,
+    kdpm2_ancestral, lcm, lms, pndm, unipc, Scheduler,
 };
 use crate::{Error, Result};
 
@@ -23,14 +23,20 @@ const CLASSES: &[(&str, BuildFn)] = &[
     ("KDPM2DiscreteScheduler", kdpm2::build),
     ("KDPM2AncestralDiscreteScheduler", kdpm2_ancestral::build),
     ("DPMSolverMultistepScheduler", dpm_multistep::build),
+    ("DPMSolverSinglestepScheduler", dpm_singlestep::build),
+    ("UniPCMultistepScheduler", unipc::build),
+    ("DEISMultistepScheduler", deis::build),
+    ("LCMScheduler", lcm::build),
 ];
 
-/// An A1111 sampler name: its class, whether it uses Karras sigmas, and DPM-Solver's algorithm type.
+/// An A1111 sampler name: its class, whether it uses Karras sigmas, DPM-Solver's algorithm type, and
+/// whether it is PNDM without the Runge-Kutta warm-up (PLMS).
 struct Sampler {
     name: &'static str,
     class: &'static str,
     karras: bool,
     algorithm: Option<&'static str>,
+    plms: bool,
 }
 
 /// Shorthand for a row of [`A1111`].
@@ -45,10 +51,12 @@ const fn sampler(
         class,
         karras,
         algorithm,
+        plms: false,
     }
 }
 
 const DPM_MULTI: &str = "DPMSolverMultistepScheduler";
+const DPM_SINGLE: &str = "DPMSolverSinglestepScheduler";
 const DPM_PP: Option<&str> = Some("dpmsolver++");
 const SDE_DPM_PP: Option<&str> = Some("sde-dpmsolver++");
 
@@ -59,6 +67,8 @@ const A1111: &[Sampler] = &[
     sampler("DPM++ 2M Karras", DPM_MULTI, true, DPM_PP),
     sampler("DPM++ 2M SDE", DPM_MULTI, false, SDE_DPM_PP),
     sampler("DPM++ 2M SDE Karras", DPM_MULTI, true, SDE_DPM_PP),
+    sampler("DPM++ SDE", DPM_SINGLE, false, DPM_PP),
+    sampler("DPM++ SDE Karras", DPM_SINGLE, true, DPM_PP),
     sampler("DPM2", "KDPM2DiscreteScheduler", false, None),
     sampler("DPM2 Karras", "KDPM2DiscreteScheduler", true, None),
     sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", false, None),
@@ -74,8 +84,14 @@ const A1111: &[Sampler] = &[
     sampler("LMS", "LMSDiscreteScheduler", false, None),
     sampler("LMS Karras", "LMSDiscreteScheduler", true, None),
     sampler("DDIM", "DDIMScheduler", false, None),
-    sampler("PLMS", "PNDMScheduler", false, None),
+    Sampler {
+        plms: true,
+        ..sampler("PLMS", "PNDMScheduler", false, None)
+    },
     sampler("DDPM", "DDPMScheduler", false, None),
+    sampler("UniPC", "UniPCMultistepScheduler", false, None),
+    sampler("DEIS", "DEISMultistepScheduler", false, None),
+    sampler("LCM", "LCMScheduler", false, None),
 ];
 
 /// The builder of a diffusers class, if diffuse has it.
@@ -119,6 +135,9 @@ pub fn scheduler_config_for(name: &str, base: &SchedulerConfig) -> Result<Schedu
         }
         if let Some(algorithm) = s.algorithm {
             config.algorithm_type = Some(algorithm.to_string());
+        }
+        if s.plms {
+            config.skip_prk_steps = Some(true);
         }
         return Ok(config);
     }

@@ -45,11 +45,6 @@ impl StepIndex {
         Ok(i)
     }
 
-    /// The current step index, if a step or `scale_model_input` has set it.
-    pub(crate) fn current(&self) -> Option<usize> {
-        self.step
-    }
-
     /// Advances by one step.
     pub(crate) fn advance(&mut self) {
         self.step = self.step.map(|i| i + 1);
