@@ -1,1 +1,90 @@
-//! Schedulers: the diffusers family.
+//! Schedulers: the diffusers family, each equal to its diffusers 0.42 class.
+//!
+//! A loaded pipeline holds an immutable [`SchedulerConfig`] (read from `scheduler/scheduler_config.json`);
+//! every generation calls [`SchedulerConfig::build`] to get its own [`Scheduler`], so per-generation state
+//! (step index, multistep history) never lives in the loaded model.
+//!
+//! Adding a scheduler means adding one file and one row in [`names`]' class table.
+
+mod beta_ppf;
+mod config;
+mod ddim;
+mod ddpm;
+mod deis;
+mod dpm_common;
+mod dpm_multistep;
+mod dpm_singlestep;
+mod euler;
+mod euler_ancestral;
+mod heun;
+mod k_common;
+mod kdpm2;
+mod kdpm2_ancestral;
+mod lcm;
+mod lms;
+mod names;
+mod noise_schedule;
+mod ops;
+mod pndm;
+mod schedule;
+mod step_index;
+mod unipc;
+
+use candle_core::Tensor;
+
+pub use config::{PredictionType, SchedulerConfig, TimestepRequest, TimestepSpacing};
+pub use names::{known_scheduler_names, scheduler_config_for};
+pub use noise_schedule::NoiseSchedule;
+
+use crate::rng::NoiseSource;
+use crate::Result;
+
+/// What one scheduler step returns.
+#[derive(Debug, Clone)]
+pub struct SchedulerOutput {
+    /// The sample at the previous (less noisy) timestep.
+    pub prev_sample: Tensor,
+    /// The model's estimate of the clean sample, for the schedulers that compute one.
+    pub pred_original_sample: Option<Tensor>,
+}
+
+/// One generation's scheduler: the timesteps and the state that carries from step to step.
+///
+/// Call order, as diffusers' pipelines do: `init_noise_sigma` scales the initial noise; for img2img,
+/// `set_begin_index` then `add_noise`; then for each `t` in `timesteps()`: `scale_model_input`, the model,
+/// `step`. Timesteps are `f64` because the sigma-based schedulers produce fractional ones.
+pub trait Scheduler: Send {
+    /// The timesteps to visit, in order (diffusers' `scheduler.timesteps`).
+    fn timesteps(&self) -> &[f64];
+
+    /// The sigmas, one more than the timesteps, for the sigma-based schedulers; empty for the others.
+    fn sigmas(&self) -> &[f64];
+
+    /// The factor the initial noise is multiplied by.
+    fn init_noise_sigma(&self) -> f64;
+
+    /// How many model evaluations one "step" of the algorithm takes (2 for Heun and KDPM2).
+    ///
+    /// img2img starts at `timesteps()[(N - init_timestep) * order]`, as diffusers' pipelines do.
+    fn order(&self) -> usize;
+
+    /// Sets the index of the first timestep used (img2img); a no-op where diffusers has none.
+    fn set_begin_index(&mut self, begin_index: usize);
+
+    /// Scales the denoising model's input for timestep `t`.
+    fn scale_model_input(&mut self, sample: &Tensor, t: f64) -> Result<Tensor>;
+
+    /// One step back from timestep `t`: from the model's output and the current sample to the previous sample.
+    ///
+    /// Stochastic schedulers draw their noise from `noise` in the order and shapes diffusers draws it.
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<SchedulerOutput>;
+
+    /// Noises a clean sample to timestep `t` (img2img's starting point).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor>;
+}
