@@ -6,6 +6,7 @@ pub mod error;
 pub mod loaders;
 pub mod metadata;
 pub mod models;
+pub mod pipelines;
 pub mod rng;
 pub mod schedulers;
 

@@ -204,3 +204,22 @@ fn vaes_match_diffusers_f16_bf16() {
         check_vae(name, DType::BF16, BF16_TOLERANCE);
     }
 }
+
+/// Every item of a batch decodes as it would alone (candle 0.11's `Linear` on a transposed batched input
+/// computes wrong values past the first item; the VAE attention must not feed it one).
+#[test]
+fn vae_decodes_each_batch_item_as_alone() {
+    let reference = load_reference(&fixtures("models").join("sd1.reference.safetensors"));
+    let vae = folder("sd1").load_vae(&opts(DType::F32)).unwrap();
+    let one = get(&reference, "vae.decoder.latents");
+    let other = (one * -0.5).unwrap();
+    let batch = Tensor::cat(&[one, &other], 0).unwrap();
+    let decoded = vae.decode(&batch).unwrap();
+    let alone = vae.decode(&other).unwrap();
+    assert_close(
+        "second item",
+        &decoded.narrow(0, 1, 1).unwrap(),
+        &alone,
+        1e-6,
+    );
+}

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{fixtures, get, load_reference, relative_error};
 use diffuse::loaders::{LoadOptions, PipelineFolder};
 use diffuse::pipelines::{GenerationRequest, InitImage, RgbImage, StableDiffusion};
-use diffuse::rng::torch_cpu::{BoxMullerKernel, TorchCpuRng};
+use diffuse::rng::{BoxMullerKernel, TorchCpuRng};
 use diffuse::schedulers::scheduler_config_for;
 use serde_json::Value;
 
@@ -54,7 +54,10 @@ fn request(case: &Value, pipe: &StableDiffusion) -> GenerationRequest {
 
 fn close_pixel_share(actual: &[RgbImage], expected: &Tensor) -> f64 {
     let expected = expected.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-    let actual: Vec<u8> = actual.iter().flat_map(|img| img.pixels.iter().copied()).collect();
+    let actual: Vec<u8> = actual
+        .iter()
+        .flat_map(|img| img.pixels.iter().copied())
+        .collect();
     assert_eq!(actual.len(), expected.len(), "image sizes differ");
     let close = actual
         .iter()
@@ -66,8 +69,10 @@ fn close_pixel_share(actual: &[RgbImage], expected: &Tensor) -> f64 {
 
 #[test]
 fn pipelines_match_diffusers() {
-    let cases: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures("pipelines").join("cases.json")).unwrap()).unwrap();
+    let cases: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures("pipelines").join("cases.json")).unwrap(),
+    )
+    .unwrap();
     assert!(cases.len() >= 10);
     let mut pipes: HashMap<String, StableDiffusion> = HashMap::new();
     let mut failures = Vec::new();
@@ -79,16 +84,22 @@ fn pipelines_match_diffusers() {
             StableDiffusion::load(&folder, &LoadOptions::default()).unwrap()
         });
         let req = request(case, pipe);
-        let mut rng = TorchCpuRng::with_kernel(case["seed"].as_u64().unwrap(), BoxMullerKernel::Avx2);
+        let mut rng =
+            TorchCpuRng::with_kernel(case["seed"].as_u64().unwrap(), BoxMullerKernel::Avx2);
         let out = pipe
             .generate(&req, &mut rng, &mut |_| ControlFlow::Continue(()))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let reference = load_reference(&fixtures("pipelines").join(format!("{name}.safetensors")));
         let latent_error = relative_error(&out.latents, get(&reference, "latents"));
         let share = close_pixel_share(&out.images, get(&reference, "images"));
-        eprintln!("{name}: latents {latent_error:.2e}, pixels within 1/255: {:.4}", share);
+        eprintln!(
+            "{name}: latents {latent_error:.2e}, pixels within 1/255: {:.4}",
+            share
+        );
         if latent_error > LATENT_TOLERANCE || share < PIXEL_SHARE {
-            failures.push(format!("{name}: latents {latent_error:.2e}, pixel share {share:.4}"));
+            failures.push(format!(
+                "{name}: latents {latent_error:.2e}, pixel share {share:.4}"
+            ));
         }
     }
     assert!(failures.is_empty(), "cases off diffusers: {failures:#?}");
@@ -121,21 +132,34 @@ fn given_latents_replace_the_drawn_ones() {
     let folder = PipelineFolder::open(&fixtures("models").join("sd1")).unwrap();
     let pipe = StableDiffusion::load(&folder, &LoadOptions::default()).unwrap();
     let shape = (1, 4, 8, 8);
-    let drawn = diffuse::rng::randn_tensor(&mut TorchCpuRng::new(9), &[1, 4, 8, 8], &Device::Cpu, DType::F32).unwrap();
+    let drawn = diffuse::rng::randn_tensor(
+        &mut TorchCpuRng::new(9),
+        &[1, 4, 8, 8],
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     let base = GenerationRequest {
         prompt: "a blue square".into(),
         steps: 3,
         ..Default::default()
     };
     let from_seed = pipe
-        .generate(&base, &mut TorchCpuRng::new(9), &mut |_| ControlFlow::Continue(()))
+        .generate(&base, &mut TorchCpuRng::new(9), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .unwrap();
     let given = GenerationRequest {
         latents: Some(drawn.reshape(shape).unwrap()),
         ..base
     };
     let from_latents = pipe
-        .generate(&given, &mut TorchCpuRng::new(12345), &mut |_| ControlFlow::Continue(()))
+        .generate(&given, &mut TorchCpuRng::new(12345), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .unwrap();
-    assert_eq!(relative_error(&from_latents.latents, &from_seed.latents), 0.0);
+    assert_eq!(
+        relative_error(&from_latents.latents, &from_seed.latents),
+        0.0
+    );
 }

@@ -40,7 +40,13 @@ fn per_sample_std(x: &Tensor) -> Result<Tensor> {
 
 /// LCM's `get_guidance_scale_embedding` for guidance `w` (the pipeline passes `guidance_scale − 1`), repeated
 /// `batch` times: `[batch, dim]`.
-pub fn guidance_scale_embedding(w: f64, dim: usize, batch: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+pub fn guidance_scale_embedding(
+    w: f64,
+    dim: usize,
+    batch: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
     let half = dim / 2;
     let w = w as f32 * 1000.0;
     let step = 10000f32.ln() / (half as f32 - 1.0);

@@ -28,7 +28,9 @@ impl RgbImage {
             cause: source,
         })?;
         Self::decode(&bytes, what).map_err(|e| match e {
-            Error::InvalidArgument { name, message } => Error::invalid(name, format!("{}: {message}", path.display())),
+            Error::InvalidArgument { name, message } => {
+                Error::invalid(name, format!("{}: {message}", path.display()))
+            }
             other => other,
         })
     }
@@ -56,7 +58,8 @@ impl RgbImage {
         else {
             return self.clone();
         };
-        let out = image::imageops::resize(&buffer, width as u32, height as u32, FilterType::Lanczos3);
+        let out =
+            image::imageops::resize(&buffer, width as u32, height as u32, FilterType::Lanczos3);
         Self {
             width,
             height,
@@ -85,7 +88,9 @@ impl RgbImage {
             .pixels
             .chunks_exact(3)
             .map(|px| {
-                let l = (px[0] as u32 * 19595 + px[1] as u32 * 38470 + px[2] as u32 * 7471 + 0x8000) >> 16;
+                let l =
+                    (px[0] as u32 * 19595 + px[1] as u32 * 38470 + px[2] as u32 * 7471 + 0x8000)
+                        >> 16;
                 if l as f32 / 255.0 >= 0.5 {
                     1.0
                 } else {
@@ -93,9 +98,11 @@ impl RgbImage {
                 }
             })
             .collect();
-        Ok(Tensor::from_vec(values, (1, 1, self.height, self.width), &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?)
+        Ok(
+            Tensor::from_vec(values, (1, 1, self.height, self.width), &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?,
+        )
     }
 
     /// Converts decoded VAE output `[n, 3, h, w]` (about [-1, 1]) to images: (x / 2 + 0.5) clamped to [0, 1],
@@ -103,7 +110,10 @@ impl RgbImage {
     pub fn from_decoded(decoded: &Tensor) -> Result<Vec<Self>> {
         let (n, c, h, w) = decoded.dims4()?;
         if c != 3 {
-            return Err(Error::invalid("decoded image", format!("{c} channels, expected 3")));
+            return Err(Error::invalid(
+                "decoded image",
+                format!("{c} channels, expected 3"),
+            ));
         }
         let values = ((decoded.to_dtype(DType::F32)? / 2.0)? + 0.5)?
             .clamp(0f32, 1f32)?
@@ -173,14 +183,25 @@ pub fn read_png_parameters(path: &Path) -> Result<Option<String>> {
         cause: source,
     })?;
     let decoder = png::Decoder::new(std::io::BufReader::new(file));
-    let reader = decoder
-        .read_info()
-        .map_err(|e| Error::invalid("image", format!("{}: not a readable PNG ({e})", path.display())))?;
+    let reader = decoder.read_info().map_err(|e| {
+        Error::invalid(
+            "image",
+            format!("{}: not a readable PNG ({e})", path.display()),
+        )
+    })?;
     let info = reader.info();
-    if let Some(t) = info.uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
+    if let Some(t) = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+    {
         return Ok(Some(t.text.clone()));
     }
-    if let Some(t) = info.compressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
+    if let Some(t) = info
+        .compressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+    {
         return Ok(t.get_text().ok());
     }
     if let Some(t) = info.utf8_text.iter().find(|t| t.keyword == "parameters") {

@@ -35,7 +35,10 @@ pub fn encode_text(
             let index = layers.checked_sub(k + 1).ok_or_else(|| {
                 crate::Error::invalid(
                     "clip_skip",
-                    format!("{k} skips more layers than the text encoder's {}", layers - 1),
+                    format!(
+                        "{k} skips more layers than the text encoder's {}",
+                        layers - 1
+                    ),
                 )
             })?;
             encoder.final_layer_norm(&out.hidden_states[index])
@@ -55,11 +58,13 @@ pub fn encode_prompts(
     clip_skip: Option<usize>,
 ) -> Result<Tensor> {
     let device = encoder.device().clone();
-    let positive = encode_text(tokenizer, encoder, prompt, clip_skip, &device)?.repeat((images, 1, 1))?;
+    let positive =
+        encode_text(tokenizer, encoder, prompt, clip_skip, &device)?.repeat((images, 1, 1))?;
     if !guidance {
         return Ok(positive);
     }
     // diffusers encodes the negative prompt without clip_skip.
-    let negative = encode_text(tokenizer, encoder, negative_prompt, None, &device)?.repeat((images, 1, 1))?;
+    let negative =
+        encode_text(tokenizer, encoder, negative_prompt, None, &device)?.repeat((images, 1, 1))?;
     Ok(Tensor::cat(&[negative, positive], 0)?)
 }

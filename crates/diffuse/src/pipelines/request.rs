@@ -127,7 +127,10 @@ impl GenerationRequest {
                 }
             }
             if self.latents.is_some() {
-                return Err(Error::invalid("latents", "cannot be combined with an input image"));
+                return Err(Error::invalid(
+                    "latents",
+                    "cannot be combined with an input image",
+                ));
             }
         }
         Ok(())

@@ -84,7 +84,9 @@ impl StableDiffusion {
         } else {
             opts.clone()
         };
-        let scheduler_path = folder.component_dir("scheduler")?.join("scheduler_config.json");
+        let scheduler_path = folder
+            .component_dir("scheduler")?
+            .join("scheduler_config.json");
         Ok(Self {
             tokenizer: folder.load_tokenizer("tokenizer")?,
             text_encoder: folder.load_text_encoder("text_encoder", opts)?,
@@ -148,7 +150,10 @@ impl StableDiffusion {
         )?
         .to_dtype(self.dtype)?;
 
-        let mut scheduler_config = req.scheduler.clone().unwrap_or_else(|| self.scheduler.clone());
+        let mut scheduler_config = req
+            .scheduler
+            .clone()
+            .unwrap_or_else(|| self.scheduler.clone());
         scheduler_config.eta = Some(req.eta);
         let mut scheduler = scheduler_config.build(&TimestepRequest::Steps(req.steps))?;
         let mut timesteps = scheduler.timesteps().to_vec();
@@ -157,7 +162,10 @@ impl StableDiffusion {
             let init_steps = ((req.steps as f64 * strength) as usize).min(req.steps);
             let t_start = req.steps - init_steps;
             let skip = t_start * scheduler.order();
-            timesteps = timesteps.get(skip..).map(<[f64]>::to_vec).unwrap_or_default();
+            timesteps = timesteps
+                .get(skip..)
+                .map(<[f64]>::to_vec)
+                .unwrap_or_default();
             scheduler.set_begin_index(skip);
             if req.steps - t_start < 1 {
                 return Err(Error::invalid(
@@ -186,7 +194,15 @@ impl StableDiffusion {
 
         let extra = ExtraConditioning {
             timestep_cond: time_cond_dim
-                .map(|dim| guidance_scale_embedding(req.guidance_scale - 1.0, dim, n, &self.device, self.dtype))
+                .map(|dim| {
+                    guidance_scale_embedding(
+                        req.guidance_scale - 1.0,
+                        dim,
+                        n,
+                        &self.device,
+                        self.dtype,
+                    )
+                })
                 .transpose()?,
             ..Default::default()
         };
@@ -200,25 +216,35 @@ impl StableDiffusion {
             };
             let input = scheduler.scale_model_input(&input, t)?;
             let input = match &prepared.inpaint {
-                Some(inpaint) if unet_channels == 9 => {
-                    Tensor::cat(&[&input, &inpaint.mask_model_input, &inpaint.masked_latents_model_input], 1)?
-                }
+                Some(inpaint) if unet_channels == 9 => Tensor::cat(
+                    &[
+                        &input,
+                        &inpaint.mask_model_input,
+                        &inpaint.masked_latents_model_input,
+                    ],
+                    1,
+                )?,
                 _ => input,
             };
             let timestep = Tensor::new(&[t as f32], &self.device)?;
-            let prediction = self
-                .unet
-                .forward(&input.to_dtype(self.dtype)?, &timestep, &context, &extra)?;
+            let prediction =
+                self.unet
+                    .forward(&input.to_dtype(self.dtype)?, &timestep, &context, &extra)?;
             let prediction = if guidance {
                 // diffusers' inpainting pipeline has no guidance rescale.
-                let rescale = if prepared.inpaint.is_some() { 0.0 } else { req.guidance_rescale };
+                let rescale = if prepared.inpaint.is_some() {
+                    0.0
+                } else {
+                    req.guidance_rescale
+                };
                 combine(&prediction, req.guidance_scale, rescale)?
             } else {
                 prediction
             };
             latents = scheduler.step(&prediction, t, &latents, noise)?.prev_sample;
             if let (Some(inpaint), true) = (&prepared.inpaint, unet_channels != 9) {
-                latents = inpaint.blend(&latents, timesteps.get(i + 1).copied(), scheduler.as_ref())?;
+                latents =
+                    inpaint.blend(&latents, timesteps.get(i + 1).copied(), scheduler.as_ref())?;
             }
             let info = Progress {
                 step: i + 1,
@@ -231,9 +257,9 @@ impl StableDiffusion {
             }
         }
 
-        let decoded = self.vae.decode(
-            &(latents.to_dtype(self.vae.dtype())? / self.vae.config().scaling_factor)?,
-        )?;
+        let decoded = self
+            .vae
+            .decode(&(latents.to_dtype(self.vae.dtype())? / self.vae.config().scaling_factor)?)?;
         Ok(Generated {
             images: RgbImage::from_decoded(&decoded)?,
             latents,
@@ -245,7 +271,9 @@ impl StableDiffusion {
         let (default_w, default_h) = match &req.init {
             // diffusers' image-to-image keeps the input image's size, rounded down to a multiple of the VAE
             // factor; text-to-image and inpainting default to the UNet's sample size.
-            Some(init) if init.mask.is_none() => (init.image.width / f * f, init.image.height / f * f),
+            Some(init) if init.mask.is_none() => {
+                (init.image.width / f * f, init.image.height / f * f)
+            }
             _ => self.default_size(),
         };
         let width = req.width.unwrap_or(default_w);
@@ -299,9 +327,17 @@ impl StableDiffusion {
                 });
             }
             (Some(init), _) => init,
-            (None, _) => return Err(Error::invalid("image", "required for image-to-image and inpainting")),
+            (None, _) => {
+                return Err(Error::invalid(
+                    "image",
+                    "required for image-to-image and inpainting",
+                ))
+            }
         };
-        let image = init.image.resized(width, height).to_tensor(&self.device, self.dtype)?;
+        let image = init
+            .image
+            .resized(width, height)
+            .to_tensor(&self.device, self.dtype)?;
         let t0 = timesteps.first().copied().unwrap_or(0.0);
         match mode {
             Mode::TextToImage => unreachable!("handled above"),
@@ -313,9 +349,17 @@ impl StableDiffusion {
                     inpaint: None,
                 })
             }
-            Mode::Inpaint9 | Mode::InpaintBlend => {
-                self.prepare_inpaint(init, &image, mode, shape, t0, scheduler, noise, (width, height), guidance)
-            }
+            Mode::Inpaint9 | Mode::InpaintBlend => self.prepare_inpaint(
+                init,
+                &image,
+                mode,
+                shape,
+                t0,
+                scheduler,
+                noise,
+                (width, height),
+                guidance,
+            ),
         }
     }
 
@@ -338,7 +382,9 @@ impl StableDiffusion {
             .mask
             .as_ref()
             .ok_or_else(|| Error::invalid("mask", "required for inpainting"))?;
-        let mask = mask_image.resized(width, height).to_mask_tensor(&self.device, self.dtype)?;
+        let mask = mask_image
+            .resized(width, height)
+            .to_mask_tensor(&self.device, self.dtype)?;
         let full_strength = init.strength >= 1.0;
         let blend = matches!(mode, Mode::InpaintBlend);
         // The image latents are drawn (posterior sample) before the noise, as diffusers does.
@@ -355,9 +401,13 @@ impl StableDiffusion {
         // Masked image: kept pixels only (mask < 0.5), then its latents (another posterior draw).
         let keep = mask.lt(0.5)?.to_dtype(self.dtype)?;
         let masked_image = image.broadcast_mul(&keep)?;
-        let small_mask = mask.upsample_nearest2d(height / f, width / f)?.repeat((n, 1, 1, 1))?;
+        let small_mask = mask
+            .upsample_nearest2d(height / f, width / f)?
+            .repeat((n, 1, 1, 1))?;
         // diffusers encodes the masked image (another posterior draw) whatever the UNet.
-        let masked_latents = self.encode_image(&masked_image, noise)?.repeat((n, 1, 1, 1))?;
+        let masked_latents = self
+            .encode_image(&masked_image, noise)?
+            .repeat((n, 1, 1, 1))?;
         let doubled = |t: &Tensor| -> Result<Tensor> {
             Ok(if guidance {
                 Tensor::cat(&[t, t], 0)?
@@ -438,7 +488,12 @@ struct InpaintState {
 impl InpaintState {
     /// diffusers' blending for ordinary UNets: keep the original (noised to the next timestep) where the mask
     /// is 0, the denoised latents where it is 1.
-    fn blend(&self, latents: &Tensor, next_t: Option<f64>, scheduler: &dyn Scheduler) -> Result<Tensor> {
+    fn blend(
+        &self,
+        latents: &Tensor,
+        next_t: Option<f64>,
+        scheduler: &dyn Scheduler,
+    ) -> Result<Tensor> {
         let Some(original) = &self.image_latents else {
             return Ok(latents.clone());
         };

@@ -160,7 +160,7 @@ impl SchedulerConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let mut config: Self = serde_json::from_str(&text).map_err(|e| Error::Json {
             path: path.to_path_buf(),

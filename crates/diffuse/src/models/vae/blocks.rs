@@ -35,7 +35,8 @@ impl SpatialSelfAttention {
             .group_norm
             .forward(x)?
             .reshape((b, c, h * w))?
-            .transpose(1, 2)?;
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = self.to_q.forward(&tokens)?.unsqueeze(1)?;
         let k = self.to_k.forward(&tokens)?.unsqueeze(1)?;
         let v = self.to_v.forward(&tokens)?.unsqueeze(1)?;
