@@ -278,7 +278,7 @@ impl StableDiffusion {
         };
         let width = req.width.unwrap_or(default_w);
         let height = req.height.unwrap_or(default_h);
-        if width == 0 || height == 0 || width % f != 0 || height % f != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(f) || !height.is_multiple_of(f) {
             return Err(Error::invalid(
                 "width/height",
                 format!("{width}×{height}: must be positive multiples of {f}"),
