@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Describe a pipeline folder: components, key config values, parameter counts, stored dtypes.
     Info(commands::info::InfoArgs),
+    /// Train a pipeline from scratch (shapes or a captioned image folder) or fine-tune a pipeline's UNet.
+    Train(Box<commands::train::TrainArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +33,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
+        Command::Train(args) => commands::train::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

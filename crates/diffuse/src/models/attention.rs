@@ -23,7 +23,13 @@ pub fn scaled_dot_product_attention(
         Some(mask) => scores.broadcast_add(&mask.to_dtype(compute)?)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
+    // candle's fused softmax has no backward pass: use the composed one when a gradient is tracked.
+    let probs = if scores.track_op() {
+        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    }
+    .to_dtype(in_dtype)?;
     probs.matmul(&v.contiguous()?)
 }
 

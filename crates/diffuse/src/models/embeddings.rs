@@ -1,7 +1,8 @@
 //! Timestep embeddings: the sinusoidal projection and the MLP that widens it.
 
+use super::linear::{linear, linear_no_bias, Linear};
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::activations::Activation;
 

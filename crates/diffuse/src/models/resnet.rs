@@ -1,10 +1,12 @@
 //! `ResnetBlock2D`: two GroupNorm → activation → 3×3 convolutions with an optional timestep injection.
 
+use super::linear::{linear, Linear};
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::activations::Activation;
 use super::conv::Conv2d;
+use super::group_norm::{group_norm, GroupNorm};
 
 /// The shape of one residual block.
 #[derive(Debug, Clone, Copy)]

@@ -1,12 +1,13 @@
 //! `Transformer2DModel`: the spatial transformer that injects the text into the UNet by cross-attention.
 
+use super::linear::{linear, linear_no_bias, Linear};
 use candle_core::{Module, Tensor};
-use candle_nn::{
-    group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::VarBuilder;
 
 use super::attention::{merge_heads, scaled_dot_product_attention, split_heads};
 use super::conv::Conv2d;
+use super::group_norm::{group_norm, GroupNorm};
+use super::layer_norm::{layer_norm, LayerNorm};
 
 /// The shape of one spatial transformer.
 #[derive(Debug, Clone, Copy)]

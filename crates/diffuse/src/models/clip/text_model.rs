@@ -1,15 +1,15 @@
 //! CLIPTextModel and CLIPTextModelWithProjection, with transformers' weight names.
 
+use crate::models::linear::{linear, linear_no_bias, Linear};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
-use candle_nn::{
-    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
 use super::config::ClipTextConfig;
 use crate::models::activations::Activation;
 use crate::models::attention::{
     causal_mask, merge_heads, scaled_dot_product_attention, split_heads,
 };
+use crate::models::layer_norm::{layer_norm, LayerNorm};
 use crate::{Error, Result};
 
 /// What one forward pass of the text encoder yields.

@@ -1,7 +1,8 @@
 //! `UNet2DConditionModel`: the denoiser, conditioned on the timestep and, by cross-attention, on the text.
 
+use crate::models::group_norm::{group_norm, GroupNorm};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{group_norm, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
 use super::config::UNet2DConditionConfig;

@@ -1,7 +1,9 @@
 //! The VAE's building blocks: resnet stacks with a resolution change, and the self-attention mid block.
 
+use crate::models::group_norm::{group_norm, GroupNorm};
+use crate::models::linear::{linear, Linear};
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::models::attention::scaled_dot_product_attention;
 use crate::models::resnet::{ResnetBlock2D, ResnetConfig};

@@ -1,7 +1,8 @@
 //! The VAE decoder: latents → image in [-1, 1].
 
+use crate::models::group_norm::{group_norm, GroupNorm};
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::blocks::{resnet_stack, VaeMidBlock};
 use super::config::AutoencoderKLConfig;

@@ -1,0 +1,295 @@
+//! `diffuse train`: train a pipeline from scratch on the shapes set or a captioned image folder, or fine-tune the
+//! UNet of an existing pipeline, and write a diffusers folder.
+
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use diffuse::training::export::parse_save_dtype;
+use diffuse::training::objectives::Prediction;
+use diffuse::training::optimizer::LrShape;
+use diffuse::training::trainer::Stage;
+use diffuse::training::{
+    default_resolution, train, ModelSource, StepReport, TrainConfig, TrainEvent, TrainingData,
+};
+
+/// The stored dtype of trained weights.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SaveDtype {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// The learning-rate shape after warm-up.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Schedule {
+    /// Constant.
+    Constant,
+    /// Cosine decay to 0.
+    Cosine,
+}
+
+/// What the UNet predicts.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Target {
+    /// The noise.
+    Epsilon,
+    /// The velocity.
+    #[value(name = "v_prediction")]
+    VPrediction,
+}
+
+/// Arguments of `diffuse train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training data: `shapes` (or `shapes:COUNT`) for the procedural captioned shapes, or a folder of images
+    /// with captions (`a.png` + `a.txt`, or a `metadata.jsonl` with `file_name` and `text`).
+    #[arg(long)]
+    data: String,
+    /// The pipeline folder to write (checkpoints go to its `checkpoints/`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Fine-tune the UNet of this pipeline folder (VAE and text encoder frozen) instead of training from
+    /// scratch.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// From scratch: the CLIP tokenizer folder (or a pipeline folder holding `tokenizer/`) whose vocabulary
+    /// and length the new text encoder uses.
+    #[arg(long, required_unless_present = "from")]
+    tokenizer: Option<PathBuf>,
+    /// Image side in pixels (default: 32 from scratch, the pipeline's size when fine-tuning).
+    #[arg(long)]
+    resolution: Option<usize>,
+    /// UNet (denoiser) optimizer steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// VAE optimizer steps (from scratch only).
+    #[arg(long, default_value_t = 1000)]
+    vae_steps: usize,
+    /// Images per UNet step.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Images per VAE step.
+    #[arg(long, default_value_t = 16)]
+    vae_batch_size: usize,
+    /// Peak learning rate of the UNet stage (default: 5e-4 from scratch, 1e-5 fine-tuning).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Peak learning rate of the VAE stage.
+    #[arg(long, default_value_t = 1e-3)]
+    vae_lr: f64,
+    /// Linear warm-up steps of the UNet stage.
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// Learning-rate shape after warm-up.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    lr_schedule: Schedule,
+    /// Prediction target (default: the pipeline's `prediction_type`; epsilon from scratch).
+    #[arg(long, value_enum)]
+    prediction: Option<Target>,
+    /// γ of min-SNR-γ loss weighting (0 turns the weighting off).
+    #[arg(long, default_value_t = 5.0)]
+    min_snr_gamma: f64,
+    /// Offset-noise scale.
+    #[arg(long, default_value_t = 0.05)]
+    noise_offset: f64,
+    /// Weight of the VAE's KL term.
+    #[arg(long, default_value_t = 1e-4)]
+    kl_weight: f64,
+    /// Fraction of captions dropped (replaced by "") for classifier-free guidance.
+    #[arg(long, default_value_t = 0.1)]
+    caption_dropout: f64,
+    /// Fine-tuning: train the text encoder too (it is always trained from scratch).
+    #[arg(long)]
+    train_text_encoder: bool,
+    /// EMA decay of the exported weights (0 exports the raw weights).
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    /// Clip gradients to this global norm (0 turns clipping off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Save a checkpoint every N steps (counted over both stages).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue from a checkpoint file, or `latest` for the newest in OUT/checkpoints.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Seed of the initialization, the data order and the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stored dtype of the trained weights.
+    #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
+    save_dtype: SaveDtype,
+}
+
+/// Runs the training and prints progress on stderr.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let source = match (&args.from, &args.tokenizer) {
+        (Some(folder), None) => ModelSource::Pretrained {
+            folder: folder.clone(),
+        },
+        (None, Some(tokenizer)) => ModelSource::Scratch {
+            tokenizer: tokenizer.clone(),
+        },
+        (Some(_), Some(_)) => {
+            bail!("--tokenizer is for training from scratch; --from uses the pipeline's")
+        }
+        (None, None) => bail!("give --tokenizer (from scratch) or --from (fine-tuning)"),
+    };
+    let resolution = match args.resolution {
+        Some(r) => r,
+        None => default_resolution(&source)?,
+    };
+    let data = TrainingData::from_spec(&args.data, resolution, args.seed)?;
+    let mut config = TrainConfig::new(data, args.out.clone(), source);
+    config.seed = args.seed;
+    config.batch_size = args.batch_size;
+    config.vae.steps = args.vae_steps;
+    config.vae.batch_size = args.vae_batch_size;
+    config.vae.learning_rate = args.vae_lr;
+    config.vae.kl_weight = args.kl_weight;
+    config.denoiser.steps = args.steps;
+    if let Some(lr) = args.lr {
+        config.denoiser.learning_rate = lr;
+    }
+    config.denoiser.warmup_steps = args.warmup;
+    config.denoiser.lr_shape = match args.lr_schedule {
+        Schedule::Constant => LrShape::Constant,
+        Schedule::Cosine => LrShape::Cosine,
+    };
+    config.denoiser.prediction = args.prediction.map(|p| match p {
+        Target::Epsilon => Prediction::Epsilon,
+        Target::VPrediction => Prediction::VPrediction,
+    });
+    config.denoiser.min_snr_gamma = (args.min_snr_gamma > 0.0).then_some(args.min_snr_gamma);
+    config.denoiser.noise_offset = args.noise_offset;
+    config.denoiser.caption_dropout = args.caption_dropout;
+    config.denoiser.train_text_encoder |= args.train_text_encoder;
+    config.ema_decay = (args.ema_decay > 0.0).then_some(args.ema_decay);
+    config.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
+    config.checkpoint_every = args.checkpoint_every;
+    config.resume = args.resume;
+    config.save_dtype = parse_save_dtype(match args.save_dtype {
+        SaveDtype::F32 => "f32",
+        SaveDtype::F16 => "f16",
+        SaveDtype::Bf16 => "bf16",
+    })?;
+
+    let started = Instant::now();
+    let mut bar = ProgressBar::new();
+    let report = train(&config, &mut |event| {
+        bar.show(event);
+        ControlFlow::Continue(())
+    })?;
+    bar.finish();
+    let last = |losses: &[f32]| {
+        let tail = &losses[losses.len().saturating_sub(50)..];
+        tail.iter().sum::<f32>() / tail.len().max(1) as f32
+    };
+    eprintln!(
+        "done in {}: {} (VAE scaling factor {:.5}; final losses: vae {:.4}, unet {:.4})",
+        format_duration(started.elapsed()),
+        report.output.display(),
+        report.scaling_factor,
+        last(&report.vae_losses),
+        last(&report.denoiser_losses)
+    );
+    Ok(())
+}
+
+/// A one-line progress display: redrawn in place on a terminal, a line every 100 steps otherwise.
+struct ProgressBar {
+    terminal: bool,
+    last_draw: Option<Instant>,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            last_draw: None,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, event: &TrainEvent) {
+        match event {
+            TrainEvent::Message(text) => {
+                self.finish();
+                eprintln!("{text}");
+            }
+            TrainEvent::Checkpoint(path) => {
+                self.finish();
+                eprintln!("checkpoint {}", path.display());
+            }
+            TrainEvent::Step(report) => self.step(report),
+        }
+    }
+
+    fn step(&mut self, r: &StepReport) {
+        let last = r.stage_step == r.stage_total;
+        let line = format_step(r);
+        if self.terminal {
+            let due = self
+                .last_draw
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+            if due || last {
+                eprint!("\r{line}\x1b[K");
+                let _ = std::io::stderr().flush();
+                self.last_draw = Some(Instant::now());
+                self.drawn = true;
+            }
+            if last {
+                self.finish();
+            }
+        } else if r.stage_step.is_multiple_of(100) || last || r.stage_step == 1 {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+fn format_step(r: &StepReport) -> String {
+    const WIDTH: usize = 24;
+    let filled = (r.stage_step * WIDTH) / r.stage_total.max(1);
+    let bar: String = (0..WIDTH)
+        .map(|i| if i < filled { '█' } else { '░' })
+        .collect();
+    let remaining = if r.steps_per_second > 0.0 {
+        (r.total - r.step) as f64 / r.steps_per_second
+    } else {
+        0.0
+    };
+    let stage = match r.stage {
+        Stage::Vae => "vae ",
+        Stage::Denoiser => "unet",
+    };
+    format!(
+        "{stage} {bar} {}/{}  loss {:.4}  lr {:.2e}  {:.2} steps/s  ETA {}",
+        r.stage_step,
+        r.stage_total,
+        r.loss,
+        r.learning_rate,
+        r.steps_per_second,
+        format_duration(Duration::from_secs_f64(remaining))
+    )
+}
+
+fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}

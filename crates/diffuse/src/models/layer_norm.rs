@@ -1,0 +1,30 @@
+//! LayerNorm over the last dimension: candle's fused kernel for inference, plain differentiable ops when a
+//! gradient is being tracked (candle's fused kernel has no backward pass).
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+/// A LayerNorm with weight and bias (transformers' and diffusers' `nn.LayerNorm`).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    inner: candle_nn::LayerNorm,
+}
+
+/// Reads `weight` and `bias` (`[size]`) under `vb`.
+pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+    Ok(LayerNorm {
+        inner: candle_nn::layer_norm(size, eps, vb)?,
+    })
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = self.inner.weight();
+        match self.inner.bias() {
+            Some(bias) if x.track_op() || weight.track_op() || bias.track_op() => {
+                candle_nn::ops::layer_norm_slow(x, weight, bias, self.inner.eps() as f32)
+            }
+            _ => self.inner.forward(x),
+        }
+    }
+}

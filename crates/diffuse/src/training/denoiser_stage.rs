@@ -1,0 +1,345 @@
+//! The denoiser stage: encode the data once with the frozen VAE, then train the UNet (and the text encoder
+//! when asked) to predict the noise, with caption dropout, EMA and checkpoints.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::checkpoint::{self, Checkpoint};
+use super::config::TrainConfig;
+use super::ema::Ema;
+use super::init::{initialize, name_hash, sorted_vars};
+use super::objectives::DenoisingObjective;
+use super::optimizer::{clip_scale, grad_norm, AdamW, LrSchedule};
+use super::shapes::SplitMix;
+use super::trainer::{
+    emit, prefixed, set_vars, snapshot, step_seed, Events, Setup, Stage, StepReport, TrainEvent,
+};
+use super::vae_stage::TrainedVae;
+use crate::loaders::{LoadOptions, PipelineFolder, Variant};
+use crate::models::clip::text_model::ClipTextModel;
+use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
+use crate::rng::TorchCpuRng;
+use crate::schedulers::{NoiseSchedule, SchedulerConfig};
+use crate::{Error, Result};
+
+/// Images encoded per VAE call when caching the latents.
+const ENCODE_CHUNK: usize = 64;
+
+/// The trained denoiser's exported weights.
+#[derive(Clone)]
+pub(crate) struct TrainedDenoiser {
+    /// The UNet's weights (EMA when enabled).
+    pub unet: Vec<(String, Tensor)>,
+    /// The text encoder's weights when it was trained.
+    pub text_encoder: Option<Vec<(String, Tensor)>>,
+    /// The loss of each step this run made.
+    pub losses: Vec<f32>,
+}
+
+/// The posterior of every training image and its caption.
+struct LatentCache {
+    mean: Tensor,
+    std: Tensor,
+    captions: Vec<String>,
+}
+
+fn encode_all(config: &TrainConfig, vae: &TrainedVae, events: &mut Events) -> Result<LatentCache> {
+    let n = config.data.len();
+    emit(
+        events,
+        TrainEvent::Message(format!("encoding {n} images with the frozen VAE")),
+    )?;
+    let mut means = Vec::new();
+    let mut stds = Vec::new();
+    let mut captions = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(ENCODE_CHUNK) {
+        let (images, texts) = config.data.batch(chunk, &config.device)?;
+        let posterior = vae.model.encode(&images)?;
+        means.push(posterior.mean);
+        stds.push((posterior.logvar * 0.5)?.exp()?);
+        captions.extend(texts);
+    }
+    Ok(LatentCache {
+        mean: Tensor::cat(&means, 0)?.contiguous()?,
+        std: Tensor::cat(&stds, 0)?.contiguous()?,
+        captions,
+    })
+}
+
+/// A text encoder, trainable (its variables) or frozen.
+struct TextEncoder {
+    model: ClipTextModel,
+    vars: Option<VarMap>,
+}
+
+/// Copies the weights of component `name` of `folder` into `vars` (names as the diffuse model asks for them;
+/// the Hub's `text_model.` prefix is tried too).
+fn load_pretrained(
+    vars: &VarMap,
+    folder: &PipelineFolder,
+    name: &str,
+    device: &Device,
+) -> Result<()> {
+    let vb = folder
+        .weight_files(name, Variant::Default)?
+        .var_builder(DType::F32, device);
+    for (key, var) in sorted_vars(vars)? {
+        let stored =
+            if !vb.contains_tensor(&key) && vb.contains_tensor(&format!("text_model.{key}")) {
+                format!("text_model.{key}")
+            } else {
+                key
+            };
+        var.set(&vb.get(var.dims(), &stored)?)?;
+    }
+    Ok(())
+}
+
+fn text_encoder(config: &TrainConfig, setup: &Setup) -> Result<TextEncoder> {
+    let device = &config.device;
+    let cfg = setup.architecture.text_encoder_config()?;
+    if !config.denoiser.train_text_encoder && !config.from_scratch() {
+        if let Some(folder) = &setup.pretrained {
+            let model = folder.load_text_encoder(
+                "text_encoder",
+                &LoadOptions {
+                    dtype: DType::F32,
+                    device: device.clone(),
+                    variant: Variant::Default,
+                },
+            )?;
+            return Ok(TextEncoder { model, vars: None });
+        }
+    }
+    let vars = VarMap::new();
+    let model = ClipTextModel::new(
+        VarBuilder::from_varmap(&vars, DType::F32, device),
+        &cfg,
+        false,
+    )?;
+    match &setup.pretrained {
+        Some(folder) => load_pretrained(&vars, folder, "text_encoder", device)?,
+        None => initialize(&vars, setup.seed ^ name_hash("text_encoder"), false)?,
+    }
+    Ok(TextEncoder {
+        model,
+        vars: Some(vars),
+    })
+}
+
+/// The token ids of `captions` as a `[n, max_length]` u32 tensor.
+fn token_ids(setup: &Setup, captions: &[String], device: &Device) -> Result<Tensor> {
+    let tokens = setup.tokenizer.encode_batch(captions)?;
+    let length = setup.tokenizer.max_length();
+    let ids: Vec<u32> = tokens.iter().flat_map(|t| t.ids.iter().copied()).collect();
+    Ok(Tensor::from_vec(ids, (captions.len(), length), device)?)
+}
+
+/// Trains the denoiser.
+pub(crate) fn run(
+    config: &TrainConfig,
+    setup: &Setup,
+    vae: &TrainedVae,
+    resume: Option<&Checkpoint>,
+    events: &mut Events,
+) -> Result<TrainedDenoiser> {
+    let device = &config.device;
+    let settings = &config.denoiser;
+    let offset = config.vae_steps();
+    let cache = encode_all(config, vae, events)?;
+
+    let text = text_encoder(config, setup)?;
+    let unet_vars = VarMap::new();
+    let unet = UNet2DConditionModel::new(
+        VarBuilder::from_varmap(&unet_vars, DType::F32, device),
+        &setup.architecture.unet_config()?,
+    )?;
+    match &setup.pretrained {
+        Some(folder) => load_pretrained(&unet_vars, folder, "unet", device)?,
+        None => initialize(&unet_vars, setup.seed ^ name_hash("unet"), true)?,
+    }
+    let mut trainable: Vec<(String, Var)> = prefixed(sorted_vars(&unet_vars)?, "unet");
+    if let Some(vars) = &text.vars {
+        trainable.extend(prefixed(sorted_vars(vars)?, "text_encoder"));
+    }
+    let mut optimizer = AdamW::new(trainable.clone(), config.adamw)?;
+    let mut ema = config
+        .ema_decay
+        .map(|decay| Ema::new(&trainable, decay))
+        .transpose()?;
+
+    let mut start = 0;
+    if let Some(ckpt) = resume.filter(|c| c.state.step > offset) {
+        let source = ckpt.path.display().to_string();
+        set_vars(
+            &unet_vars,
+            &checkpoint::with_prefix(&ckpt.tensors, "unet"),
+            &source,
+        )?;
+        if let Some(vars) = &text.vars {
+            set_vars(
+                vars,
+                &checkpoint::with_prefix(&ckpt.tensors, "text_encoder"),
+                &source,
+            )?;
+        }
+        optimizer.load_state(
+            &checkpoint::with_prefix(&ckpt.tensors, "optimizer"),
+            ckpt.state.optimizer_steps,
+            &source,
+        )?;
+        if let Some(ema) = &mut ema {
+            ema.load(&ckpt.tensors, ckpt.state.ema_updates, &source)?;
+        }
+        start = ckpt.state.step - offset;
+    }
+
+    let scheduler = SchedulerConfig::from_json_str(&setup.scheduler.to_string())?;
+    let objective = DenoisingObjective {
+        schedule: NoiseSchedule::from_config(&scheduler)?,
+        prediction: setup.prediction,
+        min_snr_gamma: settings.min_snr_gamma,
+        noise_offset: settings.noise_offset,
+    };
+    let steps = settings.steps;
+    let schedule = LrSchedule {
+        base: settings.learning_rate,
+        warmup: settings.warmup_steps,
+        total: steps,
+        shape: settings.lr_shape,
+    };
+    let n = cache.captions.len();
+    let mut losses = Vec::new();
+    let started = Instant::now();
+    for step in start..steps {
+        let seed = step_seed(setup.seed, offset + step);
+        let mut picks = SplitMix::new(seed);
+        let indices: Vec<usize> = (0..config.batch_size).map(|_| picks.below(n)).collect();
+        let captions: Vec<String> = indices
+            .iter()
+            .map(|&i| {
+                if (picks.unit() as f64) < settings.caption_dropout {
+                    String::new()
+                } else {
+                    cache.captions[i].clone()
+                }
+            })
+            .collect();
+        let mut rng = TorchCpuRng::new(seed);
+        let index = Tensor::from_vec(
+            indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            indices.len(),
+            device,
+        )?;
+        let mean = cache.mean.index_select(&index, 0)?;
+        let std = cache.std.index_select(&index, 0)?;
+        let eps = Tensor::from_vec(rng.randn_f32(mean.dims()), mean.dims(), device)?;
+        let latents = ((mean + (std * eps)?)? - vae.shift)?.affine(vae.scaling_factor, 0.0)?;
+        let context = text
+            .model
+            .forward(&token_ids(setup, &captions, device)?)?
+            .last_hidden_state;
+        let noised = objective.noise(&latents, &mut rng)?;
+        let prediction = unet.forward(
+            &noised.noisy,
+            &noised.timesteps,
+            &context,
+            &ExtraConditioning::default(),
+        )?;
+        let loss = objective.loss(&prediction, &noised)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(Error::invalid(
+                "--lr",
+                format!(
+                    "the loss became {value} at step {}; lower the learning rate",
+                    step + 1
+                ),
+            ));
+        }
+        let grads = loss.backward()?;
+        let scale = clip_scale(grad_norm(&grads, &trainable)?, config.max_grad_norm);
+        let lr = schedule.at(step);
+        optimizer.step(&grads, lr, scale)?;
+        if let Some(ema) = &mut ema {
+            ema.update(&trainable)?;
+        }
+        losses.push(value);
+        emit(
+            events,
+            TrainEvent::Step(StepReport {
+                stage: Stage::Denoiser,
+                step: offset + step + 1,
+                total: config.total_steps(),
+                stage_step: step + 1,
+                stage_total: steps,
+                loss: value,
+                learning_rate: lr,
+                steps_per_second: (step + 1 - start) as f64 / started.elapsed().as_secs_f64(),
+            }),
+        )?;
+        if config
+            .checkpoint_every
+            .is_some_and(|every| (offset + step + 1).is_multiple_of(every))
+        {
+            let path = checkpoint::checkpoint_path(&setup.checkpoints, offset + step + 1);
+            let mut tensors = snapshot(&trainable)?;
+            if let Some(weights) = &vae.weights {
+                tensors.extend(weights.iter().map(|(k, v)| (format!("vae.{k}"), v.clone())));
+            }
+            tensors.extend(
+                optimizer
+                    .state()
+                    .into_iter()
+                    .map(|(k, v)| (format!("optimizer.{k}"), v)),
+            );
+            if let Some(ema) = &ema {
+                tensors.extend(
+                    ema.weights()
+                        .iter()
+                        .map(|(k, v)| (format!("ema.{k}"), v.clone())),
+                );
+            }
+            let state = checkpoint::new_state(
+                offset + step + 1,
+                setup.seed,
+                &setup.architecture,
+                Some(vae.scaling_factor),
+                optimizer.steps(),
+                ema.as_ref().map_or(0, Ema::updates),
+            );
+            checkpoint::save(&path, &state, &tensors)?;
+            emit(events, TrainEvent::Checkpoint(path))?;
+        }
+    }
+
+    let finals: Vec<(String, Tensor)> = match &ema {
+        Some(ema) => ema.weights().to_vec(),
+        None => snapshot(&trainable)?,
+    };
+    let mut by_component: HashMap<&str, Vec<(String, Tensor)>> = HashMap::new();
+    for (name, t) in finals {
+        if let Some((component, rest)) = name.split_once('.') {
+            let key = if component == "unet" {
+                "unet"
+            } else {
+                "text_encoder"
+            };
+            by_component
+                .entry(key)
+                .or_default()
+                .push((rest.to_string(), t));
+        }
+    }
+    Ok(TrainedDenoiser {
+        unet: by_component.remove("unet").unwrap_or_default(),
+        text_encoder: text
+            .vars
+            .as_ref()
+            .map(|_| by_component.remove("text_encoder").unwrap_or_default()),
+        losses,
+    })
+}

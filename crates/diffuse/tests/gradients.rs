@@ -1,0 +1,287 @@
+//! The layers that switch to other kernels when a gradient is tracked (convolution through im2col, composed
+//! softmax and layer norm) compute the same values and the same gradients as candle's reference ops.
+
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use diffuse::models::activations::Activation;
+use diffuse::models::attention::scaled_dot_product_attention;
+use diffuse::models::conv::Conv2d;
+use diffuse::models::group_norm::group_norm;
+use diffuse::models::im2col::conv2d_im2col;
+use diffuse::models::layer_norm::layer_norm;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = diffuse::rng::TorchCpuRng::new(seed);
+    Tensor::from_vec(rng.randn_f32(shape), shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Tolerance for f32 sums of a few hundred products of N(0, 1) values taken in another order.
+const TOL: f32 = 1e-4;
+
+#[test]
+fn im2col_convolution_matches_candle_values_and_gradients() {
+    for (kernel, padding, stride, size) in [(3, 1, 1, 9), (3, 1, 2, 8), (3, 0, 2, 9), (1, 0, 1, 5)]
+    {
+        let x = Var::from_tensor(&randn(&[2, 3, size, size], 1)).unwrap();
+        let w = Var::from_tensor(&randn(&[4, 3, kernel, kernel], 2)).unwrap();
+        let b = Var::from_tensor(&randn(&[4], 3)).unwrap();
+        let ours = conv2d_im2col(&x, &w, &b, padding, stride).unwrap();
+        let reference = x
+            .conv2d(&w, padding, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        let case = format!("k{kernel} p{padding} s{stride} {size}×{size}");
+        assert!(max_abs_diff(&ours, &reference) < TOL, "{case}: values");
+        // A loss that weighs every output differently, so that each gradient entry is checked.
+        let weights = randn(ours.dims(), 4);
+        let g_ours = (&ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_ref = (&reference * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, var) in [("input", &x), ("weight", &w), ("bias", &b)] {
+            let a = g_ours.get(var).unwrap();
+            let r = g_ref.get(var).unwrap();
+            assert!(max_abs_diff(a, r) < TOL, "{case}: gradient of the {name}");
+        }
+    }
+}
+
+#[test]
+fn conv2d_layer_trains_through_im2col_and_infers_through_candle() {
+    let vars = VarMap::new();
+    let conv = Conv2d::new(
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        3,
+        5,
+        3,
+        1,
+        1,
+    )
+    .unwrap();
+    for var in vars.all_vars() {
+        var.set(&randn(var.dims(), 9)).unwrap();
+    }
+    let x = randn(&[1, 3, 6, 6], 5);
+    let tracked = conv.forward(&x).unwrap();
+    let frozen = x
+        .conv2d(&conv.weight().detach(), 1, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(
+            &vars
+                .all_vars()
+                .iter()
+                .find(|v| v.rank() == 1)
+                .unwrap()
+                .as_tensor()
+                .detach()
+                .reshape((1, 5, 1, 1))
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(max_abs_diff(&tracked, &frozen) < TOL);
+    let grads = tracked
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(vars.all_vars().iter().all(|v| grads.get(v).is_some()));
+}
+
+#[test]
+fn tracked_softmax_and_layer_norm_match_the_fused_kernels() {
+    let q = randn(&[2, 2, 5, 4], 11);
+    let k = randn(&[2, 2, 5, 4], 12);
+    let v = randn(&[2, 2, 5, 4], 13);
+    let fused = scaled_dot_product_attention(&q, &k, &v, 0.5, None, false).unwrap();
+    let qv = Var::from_tensor(&q).unwrap();
+    let composed = scaled_dot_product_attention(&qv, &k, &v, 0.5, None, false).unwrap();
+    assert!(max_abs_diff(&fused, &composed) < 1e-6);
+    let grads = composed.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&qv).is_some(), "no gradient reached the queries");
+    let reference = candle_nn::ops::softmax(
+        &(q.matmul(&k.t().unwrap()).unwrap() * 0.5).unwrap(),
+        D::Minus1,
+    )
+    .unwrap()
+    .matmul(&v)
+    .unwrap();
+    assert!(max_abs_diff(&fused, &reference) < 1e-6);
+
+    let vars = VarMap::new();
+    let norm = layer_norm(
+        4,
+        1e-5,
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    for (i, var) in vars.all_vars().iter().enumerate() {
+        var.set(&randn(var.dims(), 20 + i as u64)).unwrap();
+    }
+    let x = randn(&[3, 7, 4], 30);
+    let tracked = norm.forward(&x).unwrap();
+    let weights: Vec<Tensor> = {
+        let data = vars.data().lock().unwrap();
+        ["weight", "bias"]
+            .map(|n| data[n].as_tensor().detach())
+            .to_vec()
+    };
+    let fused = candle_nn::ops::layer_norm(&x, &weights[0], &weights[1], 1e-5).unwrap();
+    assert!(max_abs_diff(&tracked, &fused) < 1e-5);
+    let grads = tracked
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(vars.all_vars().iter().all(|v| grads.get(v).is_some()));
+}
+
+#[test]
+fn fused_group_norm_matches_candle_values_and_gradients() {
+    let x = Var::from_tensor(&randn(&[2, 6, 3, 5], 40).affine(2.0, 0.5).unwrap()).unwrap();
+    let vars = VarMap::new();
+    let ours = group_norm(
+        3,
+        6,
+        1e-5,
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    for (i, var) in vars.all_vars().iter().enumerate() {
+        var.set(&randn(var.dims(), 41 + i as u64)).unwrap();
+    }
+    let (weight, bias) = {
+        let data = vars.data().lock().unwrap();
+        (data["weight"].clone(), data["bias"].clone())
+    };
+    let reference = candle_nn::GroupNorm::new(
+        weight.as_tensor().clone(),
+        bias.as_tensor().clone(),
+        6,
+        3,
+        1e-5,
+    )
+    .unwrap();
+    let (y, y_ref) = (ours.forward(&x).unwrap(), reference.forward(&x).unwrap());
+    assert!(max_abs_diff(&y, &y_ref) < 1e-5, "values");
+    let weights = randn(y.dims(), 44);
+    let g = (&y * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_ref = (&y_ref * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in [
+        ("input", x.as_tensor()),
+        ("weight", weight.as_tensor()),
+        ("bias", bias.as_tensor()),
+    ] {
+        let diff = max_abs_diff(g.get(var).unwrap(), g_ref.get(var).unwrap());
+        assert!(diff < 1e-4, "gradient of the {name} differs by {diff}");
+    }
+}
+
+#[test]
+fn training_silu_matches_candle_values_and_gradients() {
+    let x = Var::from_tensor(&randn(&[3, 4, 5], 50).affine(3.0, 0.0).unwrap()).unwrap();
+    let ours = Activation::Silu.forward(&x).unwrap();
+    let reference = candle_nn::ops::silu(x.as_tensor()).unwrap();
+    assert!(max_abs_diff(&ours, &reference) < 1e-5);
+    let weights = randn(ours.dims(), 51);
+    let g = (&ours * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_ref = (&reference * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max_abs_diff(g.get(&x).unwrap(), g_ref.get(&x).unwrap()) < 1e-5);
+}
+
+#[test]
+fn training_linear_matches_plain_ops_values_and_gradients() {
+    let vars = VarMap::new();
+    let layer = diffuse::models::linear::linear(
+        4,
+        6,
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    for (i, var) in vars.all_vars().iter().enumerate() {
+        var.set(&randn(var.dims(), 60 + i as u64)).unwrap();
+    }
+    let (weight, bias) = {
+        let data = vars.data().lock().unwrap();
+        (data["weight"].clone(), data["bias"].clone())
+    };
+    // A non-contiguous batched input, the case candle's own Linear gets wrong.
+    let x = Var::from_tensor(&randn(&[3, 4, 5], 62)).unwrap();
+    let input = x.transpose(1, 2).unwrap();
+    let ours = layer.forward(&input).unwrap();
+    let reference = input
+        .contiguous()
+        .unwrap()
+        .broadcast_matmul(&weight.t().unwrap())
+        .unwrap()
+        .broadcast_add(bias.as_tensor())
+        .unwrap();
+    assert!(max_abs_diff(&ours, &reference) < 1e-5, "values");
+    let weights = randn(ours.dims(), 63);
+    let g = (&ours * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_ref = (&reference * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in [
+        ("input", x.as_tensor()),
+        ("weight", weight.as_tensor()),
+        ("bias", bias.as_tensor()),
+    ] {
+        let diff = max_abs_diff(g.get(var).unwrap(), g_ref.get(var).unwrap());
+        assert!(diff < 1e-4, "gradient of the {name} differs by {diff}");
+    }
+}

@@ -1,0 +1,398 @@
+//! `diffuse::training`: short runs lower the loss and write a pipeline diffuse loads; the same seed gives the
+//! same weights; a resumed run ends where an uninterrupted one does; fine-tuning trains only the UNet; bad
+//! input gives clear errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use common::ScratchDir;
+use diffuse::loaders::{LoadOptions, PipelineFolder};
+use diffuse::pipelines::{GenerationRequest, RgbImage, StableDiffusion};
+use diffuse::rng::TorchCpuRng;
+use diffuse::training::shapes::{ShapeSpec, ShapesDataset};
+use diffuse::training::{train, ModelSource, TrainConfig, TrainEvent, TrainReport, TrainingData};
+use diffuse::Error;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// A small from-scratch run: 16×16 shapes, 64 images, 4 per step.
+fn small_config(out: &Path, vae_steps: usize, steps: usize) -> TrainConfig {
+    let data = TrainingData::from_spec("shapes:64", 16, 3).unwrap();
+    let source = ModelSource::Scratch {
+        tokenizer: repo("assets/clip-tokenizer-14k"),
+    };
+    let mut config = TrainConfig::new(data, out.to_path_buf(), source);
+    config.seed = 3;
+    config.batch_size = 4;
+    config.vae.batch_size = 4;
+    config.vae.steps = vae_steps;
+    config.denoiser.steps = steps;
+    config.denoiser.warmup_steps = 2;
+    config.denoiser.learning_rate = 1e-3;
+    config
+}
+
+fn run(config: &TrainConfig) -> diffuse::Result<TrainReport> {
+    train(config, &mut |_: &TrainEvent| ControlFlow::Continue(()))
+}
+
+fn weights(folder: &Path, component: &str) -> HashMap<String, Tensor> {
+    let file = if component == "text_encoder" {
+        "model.safetensors"
+    } else {
+        "diffusion_pytorch_model.safetensors"
+    };
+    candle_core::safetensors::load(folder.join(component).join(file), &Device::Cpu).unwrap()
+}
+
+fn assert_same_weights(a: &Path, b: &Path, component: &str) {
+    let (wa, wb) = (weights(a, component), weights(b, component));
+    assert_eq!(wa.len(), wb.len(), "{component}: tensor counts differ");
+    for (name, ta) in &wa {
+        let tb = &wb[name];
+        let same = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == tb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(same, "{component}: `{name}` differs");
+    }
+}
+
+fn mean(values: &[f32]) -> f32 {
+    values.iter().sum::<f32>() / values.len() as f32
+}
+
+#[test]
+fn short_run_lowers_both_losses_and_writes_a_pipeline_diffuse_runs() {
+    let out = ScratchDir::new("train-short");
+    let report = run(&small_config(out.path(), 40, 40)).unwrap();
+    let (vae, unet) = (&report.vae_losses, &report.denoiser_losses);
+    assert_eq!((vae.len(), unet.len()), (40, 40));
+    assert!(
+        mean(&vae[30..]) < 0.7 * mean(&vae[..10]),
+        "VAE loss did not fall: first {:.4}, last {:.4}",
+        mean(&vae[..10]),
+        mean(&vae[30..])
+    );
+    assert!(
+        mean(&unet[30..]) < 0.7 * mean(&unet[..10]),
+        "denoising loss did not fall: first {:.4}, last {:.4}",
+        mean(&unet[..10]),
+        mean(&unet[30..])
+    );
+    let folder = PipelineFolder::open(out.path()).unwrap();
+    let vae_config = folder.vae_config().unwrap();
+    assert!((vae_config.scaling_factor - report.scaling_factor).abs() < 1e-12);
+    let pipeline = StableDiffusion::load(&folder, &LoadOptions::default()).unwrap();
+    let request = GenerationRequest {
+        prompt: "a small red circle".into(),
+        steps: 2,
+        ..Default::default()
+    };
+    let generated = pipeline
+        .generate(&request, &mut TorchCpuRng::new(0), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(
+        (generated.images[0].width, generated.images[0].height),
+        (16, 16)
+    );
+}
+
+#[test]
+fn same_seed_same_weights_and_resume_continues_exactly() {
+    let first = ScratchDir::new("train-seed-a");
+    let second = ScratchDir::new("train-seed-b");
+    let mut config = small_config(first.path(), 6, 6);
+    config.checkpoint_every = Some(4);
+    run(&config).unwrap();
+    let mut again = small_config(second.path(), 6, 6);
+    again.checkpoint_every = Some(4);
+    run(&again).unwrap();
+    for component in ["unet", "vae", "text_encoder"] {
+        assert_same_weights(first.path(), second.path(), component);
+    }
+    // Resuming from step 4 (inside the VAE stage) and step 8 (inside the denoiser stage) ends on the same
+    // weights as the uninterrupted run.
+    for step in [4, 8] {
+        let resumed = ScratchDir::new(&format!("train-resume-{step}"));
+        let mut config = small_config(resumed.path(), 6, 6);
+        config.resume = Some(
+            first
+                .path()
+                .join("checkpoints")
+                .join(format!("step-{step:06}.safetensors")),
+        );
+        let report = run(&config).unwrap();
+        assert_eq!(
+            report.vae_losses.len() + report.denoiser_losses.len(),
+            12 - step
+        );
+        for component in ["unet", "vae", "text_encoder"] {
+            assert_same_weights(first.path(), resumed.path(), component);
+        }
+    }
+}
+
+#[test]
+fn resuming_a_checkpoint_of_another_architecture_is_a_clear_error() {
+    let dir = ScratchDir::new("train-arch");
+    let mut config = small_config(&dir.path().join("a"), 2, 0);
+    config.checkpoint_every = Some(2);
+    run(&config).unwrap();
+    let data = TrainingData::from_spec("shapes:64", 32, 3).unwrap();
+    let mut other = small_config(&dir.path().join("b"), 2, 2);
+    other.data = data;
+    other.resume = Some(dir.path().join("a/checkpoints/step-000002.safetensors"));
+    let err = run(&other).unwrap_err().to_string();
+    assert!(
+        err.contains("another architecture")
+            && err.contains("sample_size")
+            && err.contains("step-000002"),
+        "{err}"
+    );
+    let mut not_a_checkpoint = small_config(&dir.path().join("c"), 2, 2);
+    not_a_checkpoint.resume = Some(repo(
+        "tests/fixtures/models/sd1/unet/diffusion_pytorch_model.safetensors",
+    ));
+    let err = run(&not_a_checkpoint).unwrap_err().to_string();
+    assert!(err.contains("not a diffuse training checkpoint"), "{err}");
+}
+
+fn write_png(path: &Path, width: usize, height: usize, pixel: impl Fn(usize, usize) -> [u8; 3]) {
+    let mut pixels = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            pixels.extend(pixel(x, y));
+        }
+    }
+    RgbImage {
+        width,
+        height,
+        pixels,
+    }
+    .save_png(path, None)
+    .unwrap();
+}
+
+fn open_error(folder: &Path) -> String {
+    TrainingData::from_spec(folder.to_str().unwrap(), 16, 0)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn bad_data_folders_are_clear_errors() {
+    let dir = ScratchDir::new("train-bad-data");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(
+        open_error(&empty).contains("no images found"),
+        "{}",
+        open_error(&empty)
+    );
+
+    let missing = dir.path().join("missing");
+    let err = open_error(&missing);
+    assert!(
+        err.contains("missing") && err.contains("no such data folder"),
+        "{err}"
+    );
+
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    assert!(
+        open_error(&file).contains("not a folder"),
+        "{}",
+        open_error(&file)
+    );
+
+    let uncaptioned = dir.path().join("uncaptioned");
+    std::fs::create_dir(&uncaptioned).unwrap();
+    write_png(&uncaptioned.join("a.png"), 4, 4, |_, _| [1, 2, 3]);
+    std::fs::write(uncaptioned.join("a.txt"), "a caption").unwrap();
+    write_png(&uncaptioned.join("b.png"), 4, 4, |_, _| [1, 2, 3]);
+    let err = open_error(&uncaptioned);
+    assert!(
+        err.contains("b.png") && err.contains("has no caption"),
+        "{err}"
+    );
+
+    let listed = dir.path().join("listed");
+    std::fs::create_dir(&listed).unwrap();
+    std::fs::write(
+        listed.join("metadata.jsonl"),
+        "{\"file_name\": \"gone.png\", \"text\": \"x\"}\n",
+    )
+    .unwrap();
+    let err = open_error(&listed);
+    assert!(
+        err.contains("metadata.jsonl") && err.contains("gone.png"),
+        "{err}"
+    );
+    std::fs::write(listed.join("metadata.jsonl"), "{\"file_name\": \"a.png\"\n").unwrap();
+    let err = open_error(&listed);
+    assert!(
+        err.contains("metadata.jsonl") && err.contains("line 1"),
+        "{err}"
+    );
+
+    // An image that cannot be decoded is named when training reads it.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("a.png"), b"not a png").unwrap();
+    std::fs::write(broken.join("a.txt"), "a caption").unwrap();
+    let mut config = small_config(&dir.path().join("out"), 2, 2);
+    config.data = TrainingData::from_spec(broken.to_str().unwrap(), 16, 0).unwrap();
+    let err = run(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("a.png") && err.contains("not a readable image"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_non_writable_output_folder_is_a_clear_error() {
+    let dir = ScratchDir::new("train-bad-out");
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let config = small_config(&blocker.join("out"), 2, 2);
+    let err = run(&config).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("a-file/out"), "{err}");
+}
+
+#[test]
+fn folder_images_are_resized_and_center_cropped_with_their_captions() {
+    let dir = ScratchDir::new("train-folder");
+    // 48×16: red left third, green middle third, blue right third; the 16×16 center crop is green.
+    write_png(&dir.path().join("wide.png"), 48, 16, |x, _| match x / 16 {
+        0 => [255, 0, 0],
+        1 => [0, 255, 0],
+        _ => [0, 0, 255],
+    });
+    std::fs::write(dir.path().join("wide.txt"), "a green square\n").unwrap();
+    let data = TrainingData::from_spec(dir.path().to_str().unwrap(), 8, 0).unwrap();
+    let (image, caption) = data.get(0).unwrap();
+    assert_eq!(caption, "a green square");
+    assert_eq!((image.width, image.height), (8, 8));
+    assert!(image
+        .pixels
+        .chunks(3)
+        .all(|p| p[1] > 200 && p[0] < 60 && p[2] < 60));
+
+    std::fs::write(
+        dir.path().join("metadata.jsonl"),
+        "{\"file_name\": \"wide.png\", \"text\": \"listed caption\"}\n",
+    )
+    .unwrap();
+    let data = TrainingData::from_spec(dir.path().to_str().unwrap(), 8, 0).unwrap();
+    assert_eq!(
+        (data.len(), data.get(0).unwrap().1.as_str()),
+        (1, "listed caption")
+    );
+}
+
+#[test]
+fn fine_tuning_trains_the_unet_and_keeps_the_text_encoder_and_vae() {
+    let dir = ScratchDir::new("train-finetune");
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    for (i, color) in [[200, 30, 30], [30, 30, 200]].iter().enumerate() {
+        write_png(&data_dir.join(format!("{i}.png")), 64, 64, |x, y| {
+            if (16..48).contains(&x) && (16..48).contains(&y) {
+                *color
+            } else {
+                [240, 240, 240]
+            }
+        });
+        std::fs::write(data_dir.join(format!("{i}.txt")), "a square").unwrap();
+    }
+    let source = repo("tests/fixtures/models/sd1");
+    let out = dir.path().join("out");
+    let data = TrainingData::from_spec(data_dir.to_str().unwrap(), 64, 0).unwrap();
+    let mut config = TrainConfig::new(
+        data,
+        out.clone(),
+        ModelSource::Pretrained {
+            folder: source.clone(),
+        },
+    );
+    config.batch_size = 2;
+    config.denoiser.steps = 3;
+    config.denoiser.learning_rate = 1e-3;
+    config.denoiser.warmup_steps = 0;
+    config.ema_decay = None;
+    let report = run(&config).unwrap();
+    assert!(report.vae_losses.is_empty());
+    assert_eq!(report.denoiser_losses.len(), 3);
+    for (component, file) in [
+        ("vae", "diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "model.safetensors"),
+    ] {
+        let a = std::fs::read(source.join(component).join(file)).unwrap();
+        let b = std::fs::read(out.join(component).join(file)).unwrap();
+        assert!(a == b, "{component} changed");
+    }
+    let before = weights(&source, "unet");
+    let after = weights(&out, "unet");
+    assert_eq!(before.len(), after.len());
+    let changed = before.iter().any(|(name, t)| {
+        let a = t.to_dtype(candle_core::DType::F32).unwrap();
+        (a - &after[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    });
+    assert!(changed, "the UNet did not change");
+    StableDiffusion::load(
+        &PipelineFolder::open(&out).unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn shapes_items_are_deterministic_captioned_and_never_held_out() {
+    let data = ShapesDataset::new(500, 32, 11);
+    let again = ShapesDataset::new(500, 32, 11);
+    for i in 0..data.len() {
+        let (spec, parts, _) = data.spec(i);
+        assert!(!spec.is_held_out(), "item {i} is a held-out combination");
+        assert_eq!(data.get(i), again.get(i));
+        assert_eq!(data.get(i).1, spec.caption_with(parts));
+    }
+    let held = ShapeSpec::held_out();
+    assert!(
+        held.len() > 100,
+        "only {} held-out combinations",
+        held.len()
+    );
+    assert_eq!(
+        held[0].caption().split(' ').count(),
+        held[0].caption().split_whitespace().count()
+    );
+    let spec = ShapeSpec {
+        shape: diffuse::training::shapes::Shape::Circle,
+        color: 0,
+        background: 4,
+        position: diffuse::training::shapes::Position::TopLeft,
+        large: false,
+    };
+    assert_eq!(
+        spec.caption(),
+        "a small red circle at the top left on a blue background"
+    );
+}
