@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use diffuse::training::export::parse_save_dtype;
-use diffuse::training::objectives::Prediction;
+use diffuse::training::objectives::{Prediction, Reconstruction};
 use diffuse::training::optimizer::LrShape;
 use diffuse::training::trainer::Stage;
 use diffuse::training::{
@@ -34,6 +34,15 @@ pub enum Schedule {
     Constant,
     /// Cosine decay to 0.
     Cosine,
+}
+
+/// The VAE's reconstruction error.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum VaeLoss {
+    /// Mean absolute error.
+    L1,
+    /// Mean squared error.
+    Mse,
 }
 
 /// What the UNet predicts.
@@ -100,15 +109,24 @@ pub struct TrainArgs {
     /// Offset-noise scale.
     #[arg(long, default_value_t = 0.05)]
     noise_offset: f64,
+    /// The VAE's reconstruction error.
+    #[arg(long, value_enum, default_value_t = VaeLoss::L1)]
+    vae_loss: VaeLoss,
     /// Weight of the VAE's KL term.
     #[arg(long, default_value_t = 1e-4)]
     kl_weight: f64,
     /// Fraction of captions dropped (replaced by "") for classifier-free guidance.
     #[arg(long, default_value_t = 0.1)]
     caption_dropout: f64,
-    /// Fine-tuning: train the text encoder too (it is always trained from scratch).
-    #[arg(long)]
+    /// Fine-tuning: train the text encoder too (from scratch it is trained unless frozen).
+    #[arg(long, conflicts_with = "freeze_text_encoder")]
     train_text_encoder: bool,
+    /// From scratch: keep the text encoder at its random initialization.
+    #[arg(long)]
+    freeze_text_encoder: bool,
+    /// Peak learning rate of the text encoder when it is trained (default: --lr).
+    #[arg(long)]
+    text_encoder_lr: Option<f64>,
     /// EMA decay of the exported weights (0 exports the raw weights).
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
@@ -155,6 +173,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.vae.batch_size = args.vae_batch_size;
     config.vae.learning_rate = args.vae_lr;
     config.vae.kl_weight = args.kl_weight;
+    config.vae.reconstruction = match args.vae_loss {
+        VaeLoss::L1 => Reconstruction::L1,
+        VaeLoss::Mse => Reconstruction::Mse,
+    };
     config.denoiser.steps = args.steps;
     if let Some(lr) = args.lr {
         config.denoiser.learning_rate = lr;
@@ -171,7 +193,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.denoiser.min_snr_gamma = (args.min_snr_gamma > 0.0).then_some(args.min_snr_gamma);
     config.denoiser.noise_offset = args.noise_offset;
     config.denoiser.caption_dropout = args.caption_dropout;
-    config.denoiser.train_text_encoder |= args.train_text_encoder;
+    config.denoiser.train_text_encoder = (config.denoiser.train_text_encoder
+        || args.train_text_encoder)
+        && !args.freeze_text_encoder;
+    config.denoiser.text_encoder_learning_rate = args.text_encoder_lr;
     config.ema_decay = (args.ema_decay > 0.0).then_some(args.ema_decay);
     config.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
     config.checkpoint_every = args.checkpoint_every;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 
 use super::data::TrainingData;
-use super::objectives::Prediction;
+use super::objectives::{Prediction, Reconstruction};
 use super::optimizer::{AdamWSettings, LrShape};
 use crate::{Error, Result};
 
@@ -35,6 +35,8 @@ pub struct VaeSettings {
     pub batch_size: usize,
     /// Peak learning rate.
     pub learning_rate: f64,
+    /// The reconstruction error.
+    pub reconstruction: Reconstruction,
     /// Weight of the KL term against the per-pixel reconstruction error.
     pub kl_weight: f64,
 }
@@ -59,8 +61,11 @@ pub struct DenoiserSettings {
     /// The fraction of captions replaced by "" so that the model also learns the unconditional prediction
     /// classifier-free guidance needs.
     pub caption_dropout: f64,
-    /// Train the text encoder jointly with the UNet (always when training from scratch).
+    /// Train the text encoder jointly with the UNet (the default from scratch; off when fine-tuning). From
+    /// scratch, a text encoder that is not trained keeps its random initialization.
     pub train_text_encoder: bool,
+    /// The text encoder's peak learning rate when it is trained; `None` uses the UNet's.
+    pub text_encoder_learning_rate: Option<f64>,
 }
 
 /// A training run.
@@ -112,6 +117,7 @@ impl TrainConfig {
                 steps: 1000,
                 batch_size: 16,
                 learning_rate: 1e-3,
+                reconstruction: Reconstruction::L1,
                 kl_weight: 1e-4,
             },
             denoiser: DenoiserSettings {
@@ -124,6 +130,7 @@ impl TrainConfig {
                 noise_offset: 0.05,
                 caption_dropout: 0.1,
                 train_text_encoder: from_scratch,
+                text_encoder_learning_rate: None,
             },
             adamw: AdamWSettings::default(),
             max_grad_norm: Some(1.0),
@@ -165,6 +172,12 @@ impl TrainConfig {
         let rates = [
             ("--vae-lr", self.vae.learning_rate),
             ("--lr", self.denoiser.learning_rate),
+            (
+                "--text-encoder-lr",
+                self.denoiser
+                    .text_encoder_learning_rate
+                    .unwrap_or(self.denoiser.learning_rate),
+            ),
         ];
         for (name, lr) in rates {
             if !lr.is_finite() || lr <= 0.0 {

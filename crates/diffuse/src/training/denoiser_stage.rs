@@ -69,10 +69,11 @@ fn encode_all(config: &TrainConfig, vae: &TrainedVae, events: &mut Events) -> Re
     })
 }
 
-/// A text encoder, trainable (its variables) or frozen.
+/// The text encoder: its variables when built here (from scratch, or to be trained), and whether it trains.
 struct TextEncoder {
     model: ClipTextModel,
     vars: Option<VarMap>,
+    trained: bool,
 }
 
 /// Copies the weights of component `name` of `folder` into `vars` (names as the diffuse model asks for them;
@@ -111,7 +112,11 @@ fn text_encoder(config: &TrainConfig, setup: &Setup) -> Result<TextEncoder> {
                     variant: Variant::Default,
                 },
             )?;
-            return Ok(TextEncoder { model, vars: None });
+            return Ok(TextEncoder {
+                model,
+                vars: None,
+                trained: false,
+            });
         }
     }
     let vars = VarMap::new();
@@ -127,6 +132,7 @@ fn text_encoder(config: &TrainConfig, setup: &Setup) -> Result<TextEncoder> {
     Ok(TextEncoder {
         model,
         vars: Some(vars),
+        trained: config.denoiser.train_text_encoder,
     })
 }
 
@@ -162,10 +168,13 @@ pub(crate) fn run(
         None => initialize(&unet_vars, setup.seed ^ name_hash("unet"), true)?,
     }
     let mut trainable: Vec<(String, Var)> = prefixed(sorted_vars(&unet_vars)?, "unet");
-    if let Some(vars) = &text.vars {
+    if let Some(vars) = text.vars.as_ref().filter(|_| text.trained) {
         trainable.extend(prefixed(sorted_vars(vars)?, "text_encoder"));
     }
     let mut optimizer = AdamW::new(trainable.clone(), config.adamw)?;
+    if let Some(lr) = settings.text_encoder_learning_rate {
+        optimizer.scale_learning_rate("text_encoder.", lr / settings.learning_rate);
+    }
     let mut ema = config
         .ema_decay
         .map(|decay| Ema::new(&trainable, decay))
@@ -179,7 +188,7 @@ pub(crate) fn run(
             &checkpoint::with_prefix(&ckpt.tensors, "unet"),
             &source,
         )?;
-        if let Some(vars) = &text.vars {
+        if let Some(vars) = text.vars.as_ref().filter(|_| text.trained) {
             set_vars(
                 vars,
                 &checkpoint::with_prefix(&ckpt.tensors, "text_encoder"),
@@ -334,12 +343,15 @@ pub(crate) fn run(
                 .push((rest.to_string(), t));
         }
     }
+    // A text encoder built here but not trained is exported as it was initialized.
+    let text_encoder = match &text.vars {
+        Some(_) if text.trained => Some(by_component.remove("text_encoder").unwrap_or_default()),
+        Some(vars) => Some(snapshot(&sorted_vars(vars)?)?),
+        None => None,
+    };
     Ok(TrainedDenoiser {
         unet: by_component.remove("unet").unwrap_or_default(),
-        text_encoder: text
-            .vars
-            .as_ref()
-            .map(|_| by_component.remove("text_encoder").unwrap_or_default()),
+        text_encoder,
         losses,
     })
 }

@@ -123,25 +123,39 @@ impl DenoisingObjective {
     }
 }
 
+/// How the VAE's reconstruction error is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconstruction {
+    /// Mean absolute error (latent diffusion's choice: sharper edges than MSE).
+    L1,
+    /// Mean squared error.
+    Mse,
+}
+
 /// The parts of the VAE loss.
 pub struct VaeLoss {
     /// `reconstruction + kl_weight · kl`, to minimize.
     pub total: Tensor,
-    /// The mean squared error of the reconstruction, per pixel value.
+    /// The reconstruction error per pixel value.
     pub reconstruction: Tensor,
     /// The KL divergence of the posterior from N(0, 1), per latent value.
     pub kl: Tensor,
 }
 
-/// The VAE objective: the reconstruction's mean squared error in [-1, 1] units plus `kl_weight` times the
-/// mean KL divergence `½(μ² + σ² − 1 − log σ²)` of the posterior from the standard normal.
+/// The VAE objective: the reconstruction error in [-1, 1] units (`error`) plus `kl_weight` times the mean
+/// KL divergence `½(μ² + σ² − 1 − log σ²)` of the posterior from the standard normal.
 pub fn vae_loss(
     reconstruction: &Tensor,
     target: &Tensor,
     posterior: &LatentDistribution,
+    error: Reconstruction,
     kl_weight: f64,
 ) -> Result<VaeLoss> {
-    let mse = (reconstruction - target)?.sqr()?.mean_all()?;
+    let diff = (reconstruction - target)?;
+    let mse = match error {
+        Reconstruction::L1 => diff.abs()?.mean_all()?,
+        Reconstruction::Mse => diff.sqr()?.mean_all()?,
+    };
     let logvar = &posterior.logvar;
     let kl = ((posterior.mean.sqr()? + logvar.exp()?)? - logvar)?
         .affine(0.5, -0.5)?

@@ -37,6 +37,7 @@ struct Param {
     var: Var,
     m: Tensor,
     v: Tensor,
+    lr_scale: f64,
 }
 
 /// AdamW over named variables.
@@ -58,6 +59,7 @@ impl AdamW {
                     var,
                     m: zeros.clone(),
                     v: zeros,
+                    lr_scale: 1.0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -66,6 +68,17 @@ impl AdamW {
             steps: 0,
             settings,
         })
+    }
+
+    /// Multiplies the learning rate of every variable whose name starts with `prefix` by `scale`.
+    pub fn scale_learning_rate(&mut self, prefix: &str, scale: f64) {
+        for p in self
+            .params
+            .iter_mut()
+            .filter(|p| p.name.starts_with(prefix))
+        {
+            p.lr_scale = scale;
+        }
     }
 
     /// Updates done so far.
@@ -94,6 +107,7 @@ impl AdamW {
             p.v = ((&p.v * s.beta2)? + (g.sqr()? * (1.0 - s.beta2))?)?;
             let denom = ((&p.v / bias2)?.sqrt()? + s.eps)?;
             let update = ((&p.m / bias1)? / denom)?;
+            let lr = lr * p.lr_scale;
             let theta = (p.var.as_tensor() * (1.0 - lr * s.weight_decay))?;
             p.var.set(&(theta - (update * lr)?)?)?;
         }

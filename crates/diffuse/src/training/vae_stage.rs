@@ -106,7 +106,13 @@ pub(crate) fn run(
         let posterior = vae.encode(&images)?;
         let z = posterior.sample(&mut TorchCpuRng::new(seed))?;
         let reconstruction = vae.decode(&z)?;
-        let loss = vae_loss(&reconstruction, &images, &posterior, config.vae.kl_weight)?;
+        let loss = vae_loss(
+            &reconstruction,
+            &images,
+            &posterior,
+            config.vae.reconstruction,
+            config.vae.kl_weight,
+        )?;
         let value = loss.total.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(Error::invalid(

@@ -99,29 +99,48 @@ pub fn read(image: &RgbImage) -> Reading {
     // Soft mask: each pixel's position between the background and the foreground color.
     let axis = [0, 1, 2].map(|c| fg[c] - bg[c]);
     let norm2 = distance2(fg, bg).max(1.0);
-    let weights: Vec<f32> = (0..n)
+    let closeness: Vec<f32> = (0..n)
         .map(|i| {
             let p = pixel(image, i);
             let t: f32 = (0..3).map(|c| (p[c] - bg[c]) * axis[c]).sum::<f32>() / norm2;
             t.clamp(0.0, 1.0)
         })
         .collect();
+    // The shape is the largest 4-connected region of pixels nearer the foreground color, with the pixels
+    // around it (its anti-aliased edge); stray specks elsewhere are ignored.
+    let region = largest_region(&closeness, image.width, image.height);
+    if region.len() < 4 {
+        return empty;
+    }
+    let mut weights = vec![0f32; n];
+    for &i in &region {
+        let (col, row) = ((i % image.width) as isize, (i / image.width) as isize);
+        for dy in -1..=1 {
+            for dx in -1..=1 {
+                let (x, y) = (col + dx, row + dy);
+                if x >= 0 && y >= 0 && (x as usize) < image.width && (y as usize) < image.height {
+                    let j = y as usize * image.width + x as usize;
+                    weights[j] = closeness[j];
+                }
+            }
+        }
+    }
     let (w, h) = (image.width as f32, image.height as f32);
     let area: f32 = weights.iter().sum();
     let (mut cx, mut cy) = (0f32, 0f32);
     let mut column_max = vec![0f32; image.width];
     let mut row_max = vec![0f32; image.height];
-    let mut top = f32::MAX;
     for (i, &wt) in weights.iter().enumerate() {
         let (col, row) = (i % image.width, i / image.width);
         cx += wt * (col as f32 + 0.5) / area;
         cy += wt * (row as f32 + 0.5) / area;
         column_max[col] = column_max[col].max(wt);
         row_max[row] = row_max[row].max(wt);
-        if wt > 0.0 {
-            top = top.min(row as f32 + 1.0 - wt);
-        }
     }
+    let top = row_max
+        .iter()
+        .position(|&m| m > 0.0)
+        .map_or(0.0, |r| r as f32 + 1.0 - row_max[r]);
     // The bounding box's sides, to sub-pixel precision: the sum of each column's (row's) largest weight.
     let width: f32 = column_max.iter().sum();
     let height: f32 = row_max.iter().sum();
@@ -156,6 +175,41 @@ pub fn read(image: &RgbImage) -> Reading {
         centroid_height,
         area,
     }
+}
+
+/// The pixel indices of the largest 4-connected region where `closeness` exceeds ½.
+fn largest_region(closeness: &[f32], width: usize, height: usize) -> Vec<usize> {
+    let mut seen = vec![false; closeness.len()];
+    let mut best = Vec::new();
+    for start in 0..closeness.len() {
+        if seen[start] || closeness[start] <= 0.5 {
+            continue;
+        }
+        seen[start] = true;
+        let mut region = vec![start];
+        let mut next = 0;
+        while next < region.len() {
+            let i = region[next];
+            next += 1;
+            let (x, y) = (i % width, i / width);
+            let neighbours = [
+                (x > 0).then(|| i - 1),
+                (x + 1 < width).then(|| i + 1),
+                (y > 0).then(|| i - width),
+                (y + 1 < height).then(|| i + width),
+            ];
+            for j in neighbours.into_iter().flatten() {
+                if !seen[j] && closeness[j] > 0.5 {
+                    seen[j] = true;
+                    region.push(j);
+                }
+            }
+        }
+        if region.len() > best.len() {
+            best = region;
+        }
+    }
+    best
 }
 
 /// The fraction of pixels nearer to the palette's red than to any other palette color.
