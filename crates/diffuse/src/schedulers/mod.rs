@@ -65,7 +65,8 @@ pub trait Scheduler: Send {
     /// The timesteps to visit, in order (diffusers' `scheduler.timesteps`).
     fn timesteps(&self) -> &[f64];
 
-    /// The sigmas, one more than the timesteps, for the sigma-based schedulers; empty for the others.
+    /// diffusers' `scheduler.sigmas` for the sigma-based schedulers (one per timestep plus the final one;
+    /// interleaved like the timesteps for Heun and KDPM2); empty for the others.
     fn sigmas(&self) -> &[f64];
 
     /// The factor the initial noise is multiplied by.
