@@ -14,7 +14,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Describe a pipeline folder: components, key config values, parameter counts, stored dtypes.
+    /// Generate images: text-to-image, image-to-image (--image) or inpainting (--image --mask).
+    Generate(Box<commands::generate::GenerateArgs>),
+    /// Describe a pipeline folder (components, configs, parameter counts, stored dtypes) or print a PNG's
+    /// generation parameters.
     Info(commands::info::InfoArgs),
 }
 
@@ -30,6 +33,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(*args),
         Command::Info(args) => commands::info::run(args),
     };
     match result {

@@ -495,3 +495,26 @@ fn scheduler_names_resolve() {
         config.build(&TimestepRequest::Steps(20)).unwrap();
     }
 }
+
+/// Every A1111 name maps to a config that maps back to the same name (as PNG metadata writes it).
+#[test]
+fn a1111_names_round_trip() {
+    let base = diffuse::schedulers::SchedulerConfig::from_json_str(
+        r#"{"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "skip_prk_steps": true}"#,
+    )
+    .unwrap();
+    for name in diffuse::schedulers::known_scheduler_names() {
+        if name.ends_with("Scheduler") {
+            continue;
+        }
+        let config = diffuse::schedulers::scheduler_config_for(name, &base).unwrap();
+        let (sampler, schedule) = diffuse::schedulers::a1111_sampler_of(&config);
+        let full = match schedule {
+            Some(s) => format!("{sampler} {s}"),
+            None => sampler,
+        };
+        assert_eq!(full, name);
+    }
+    let (default, _) = diffuse::schedulers::a1111_sampler_of(&base);
+    assert_eq!(default, "PLMS");
+}

@@ -1,6 +1,8 @@
 //! Loading pipelines: diffusers folders, the Hub cache and single files, down to memory-mapped tensors.
 
 pub mod folder;
+pub mod hash;
+pub mod hub;
 pub mod json;
 pub mod key_maps;
 pub mod model_index;

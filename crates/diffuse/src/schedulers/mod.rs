@@ -41,7 +41,7 @@ mod unipc;
 use candle_core::Tensor;
 
 pub use config::{PredictionType, SchedulerConfig, TimestepRequest, TimestepSpacing};
-pub use names::{known_scheduler_names, scheduler_config_for};
+pub use names::{a1111_sampler_of, known_scheduler_names, scheduler_config_for};
 pub use noise_schedule::NoiseSchedule;
 
 use crate::rng::NoiseSource;
