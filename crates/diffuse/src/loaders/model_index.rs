@@ -17,6 +17,8 @@ pub struct ModelIndex {
     pub diffusers_version: Option<String>,
     /// Each present component's subfolder name → (library, class).
     pub components: BTreeMap<String, (String, String)>,
+    /// The pipeline's own options (e.g. SDXL's `force_zeros_for_empty_prompt`).
+    pub options: BTreeMap<String, Value>,
 }
 
 impl ModelIndex {
@@ -40,14 +42,20 @@ impl ModelIndex {
             .and_then(Value::as_str)
             .map(String::from);
         let mut components = BTreeMap::new();
+        let mut options = BTreeMap::new();
         for (key, value) in &raw {
             if key.starts_with('_') {
                 continue;
             }
             // Components are [library, class]; [null, null] marks an absent optional component.
-            if let Value::Array(pair) = value {
-                if let [Value::String(lib), Value::String(class)] = pair.as_slice() {
-                    components.insert(key.clone(), (lib.clone(), class.clone()));
+            match value {
+                Value::Array(pair) => {
+                    if let [Value::String(lib), Value::String(class)] = pair.as_slice() {
+                        components.insert(key.clone(), (lib.clone(), class.clone()));
+                    }
+                }
+                other => {
+                    options.insert(key.clone(), other.clone());
                 }
             }
         }
@@ -55,7 +63,16 @@ impl ModelIndex {
             class_name,
             diffusers_version,
             components,
+            options,
         })
+    }
+
+    /// The boolean pipeline option `key`, or `default` when absent.
+    pub fn flag(&self, key: &str, default: bool) -> bool {
+        self.options
+            .get(key)
+            .and_then(Value::as_bool)
+            .unwrap_or(default)
     }
 
     /// The class of component `name`, if present.

@@ -7,11 +7,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::guidance::{combine, guidance_scale_embedding};
 use super::images::RgbImage;
-use super::prompt::encode_prompts;
+use super::prompt::TextEncoders;
 use super::request::{GenerationRequest, InitImage};
 use crate::loaders::{LoadOptions, PipelineFolder};
-use crate::models::clip::text_model::ClipTextModel;
-use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::rng::{randn_tensor, NoiseSource};
@@ -19,25 +17,26 @@ use crate::schedulers::{Scheduler, SchedulerConfig, TimestepRequest};
 use crate::{Error, Result};
 
 /// The pipeline classes whose folders [`StableDiffusion::load`] accepts.
-pub const SUPPORTED_PIPELINES: [&str; 3] = [
+pub const SUPPORTED_PIPELINES: [&str; 5] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
 ];
 
 /// A loaded pipeline: immutable, so one instance (behind an `Arc`) serves many generations at once; all
 /// per-generation state lives in [`StableDiffusion::generate`]'s own values.
 pub struct StableDiffusion {
-    /// The CLIP tokenizer.
-    pub tokenizer: ClipTokenizer,
-    /// The CLIP text encoder.
-    pub text_encoder: ClipTextModel,
+    /// The tokenizer(s) and text encoder(s).
+    pub text: TextEncoders,
     /// The denoiser.
     pub unet: UNet2DConditionModel,
     /// The VAE (kept in f32 when the pipeline runs in f16 and the VAE config asks for `force_upcast`).
     pub vae: AutoencoderKL,
     /// The folder's scheduler configuration, the default for every generation.
     pub scheduler: SchedulerConfig,
+    requires_aesthetics_score: bool,
     dtype: DType,
     device: Device,
 }
@@ -88,11 +87,11 @@ impl StableDiffusion {
             .component_dir("scheduler")?
             .join("scheduler_config.json");
         Ok(Self {
-            tokenizer: folder.load_tokenizer("tokenizer")?,
-            text_encoder: folder.load_text_encoder("text_encoder", opts)?,
+            text: TextEncoders::load(folder, opts)?,
             unet: folder.load_unet(opts)?,
             vae: folder.load_vae(&vae_opts)?,
             scheduler: SchedulerConfig::from_file(&scheduler_path)?,
+            requires_aesthetics_score: folder.index().flag("requires_aesthetics_score", false),
             dtype: opts.dtype,
             device: opts.device.clone(),
         })
@@ -139,16 +138,14 @@ impl StableDiffusion {
         let guidance = req.guidance_scale > 1.0 && time_cond_dim.is_none();
         let mode = Mode::of(req, unet_channels, latent_channels)?;
 
-        let context = encode_prompts(
-            &self.tokenizer,
-            &self.text_encoder,
+        let conditioning = self.text.encode(
             &req.prompt,
             &req.negative_prompt,
             n,
             guidance,
             req.clip_skip,
-        )?
-        .to_dtype(self.dtype)?;
+        )?;
+        let context = conditioning.context.to_dtype(self.dtype)?;
 
         let mut scheduler_config = req
             .scheduler
@@ -204,7 +201,14 @@ impl StableDiffusion {
                     )
                 })
                 .transpose()?,
-            ..Default::default()
+            time_ids: match conditioning.text_embeds {
+                Some(_) => Some(self.time_ids(width, height, guidance, context.dim(0)?)?),
+                None => None,
+            },
+            text_embeds: conditioning
+                .text_embeds
+                .map(|t| t.to_dtype(self.dtype))
+                .transpose()?,
         };
 
         let total = timesteps.len();
@@ -257,9 +261,11 @@ impl StableDiffusion {
             }
         }
 
-        let decoded = self
-            .vae
-            .decode(&(latents.to_dtype(self.vae.dtype())? / self.vae.config().scaling_factor)?)?;
+        let decoded = self.vae.decode(
+            &self
+                .vae
+                .unscale_latents(&latents.to_dtype(self.vae.dtype())?)?,
+        )?;
         Ok(Generated {
             images: RgbImage::from_decoded(&decoded)?,
             latents,
@@ -290,7 +296,25 @@ impl StableDiffusion {
     fn encode_image(&self, image: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor> {
         let dist = self.vae.encode(&image.to_dtype(self.vae.dtype())?)?;
         let latents = dist.sample(noise)?;
-        Ok((latents * self.vae.config().scaling_factor)?.to_dtype(self.dtype)?)
+        Ok(self.vae.scale_latents(&latents)?.to_dtype(self.dtype)?)
+    }
+
+    /// SDXL's micro-conditioning rows: (original size, crop top-left, target size) — or, for refiners, the
+    /// aesthetic score (6 positive, 2.5 negative) in place of the target size — for each row of the batch.
+    fn time_ids(&self, width: usize, height: usize, guidance: bool, rows: usize) -> Result<Tensor> {
+        let (h, w) = (height as f32, width as f32);
+        let (positive, negative) = if self.requires_aesthetics_score {
+            (vec![h, w, 0.0, 0.0, 6.0], vec![h, w, 0.0, 0.0, 2.5])
+        } else {
+            (vec![h, w, 0.0, 0.0, h, w], vec![h, w, 0.0, 0.0, h, w])
+        };
+        let per_row = positive.len();
+        let mut values: Vec<f32> = Vec::with_capacity(rows * per_row);
+        for r in 0..rows {
+            let negative_row = guidance && r < rows / 2;
+            values.extend(if negative_row { &negative } else { &positive });
+        }
+        Ok(Tensor::from_vec(values, (rows, per_row), &self.device)?)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -153,6 +153,48 @@ impl AutoencoderKL {
         })
     }
 
+    /// Maps a posterior sample to diffusion latents: `(z − mean) · scaling_factor / std` when the config has
+    /// per-channel statistics, else `(z − shift_factor) · scaling_factor`.
+    pub fn scale_latents(&self, z: &Tensor) -> Result<Tensor> {
+        let sf = self.config.scaling_factor;
+        if let Some((mean, std)) = self.channel_stats(z)? {
+            return Ok((z.broadcast_sub(&mean)? * sf)?.broadcast_div(&std)?);
+        }
+        Ok(z.affine(sf, -self.config.shift_factor.unwrap_or(0.0) * sf)?)
+    }
+
+    /// The inverse of [`AutoencoderKL::scale_latents`]: diffusion latents to the decoder's input.
+    pub fn unscale_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        let sf = self.config.scaling_factor;
+        if let Some((mean, std)) = self.channel_stats(latents)? {
+            return Ok((latents.broadcast_mul(&std)? / sf)?.broadcast_add(&mean)?);
+        }
+        Ok(latents.affine(1.0 / sf, self.config.shift_factor.unwrap_or(0.0))?)
+    }
+
+    fn channel_stats(&self, like: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let (Some(mean), Some(std)) = (&self.config.latents_mean, &self.config.latents_std) else {
+            return Ok(None);
+        };
+        let channels = self.config.latent_channels;
+        if mean.len() != channels || std.len() != channels {
+            return Err(Error::unsupported(
+                FILE,
+                "latents_mean/latents_std",
+                format!("{}/{} values", mean.len(), std.len()),
+                format!("{channels}, one per latent channel"),
+            ));
+        }
+        let as_tensor = |v: &[f64]| -> Result<Tensor> {
+            let values: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Ok(
+                Tensor::from_vec(values, (1, channels, 1, 1), like.device())?
+                    .to_dtype(like.dtype())?,
+            )
+        };
+        Ok(Some((as_tensor(mean)?, as_tensor(std)?)))
+    }
+
     /// Decodes raw latents `z` (already divided by the scaling factor) to an image in about [-1, 1].
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
