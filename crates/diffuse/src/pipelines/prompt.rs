@@ -10,28 +10,25 @@ use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 
-/// The text side of a pipeline.
-pub enum TextEncoders {
-    /// SD 1.x / 2.x: one tokenizer and CLIPTextModel.
-    Single {
-        /// The tokenizer.
-        tokenizer: ClipTokenizer,
-        /// The text encoder.
-        encoder: ClipTextModel,
-    },
-    /// SDXL: CLIP ViT-L and OpenCLIP ViT-bigG (with projection), their hidden states concatenated.
-    Dual {
-        /// The first tokenizer.
-        tokenizer: ClipTokenizer,
-        /// The first text encoder (CLIPTextModel).
-        encoder: ClipTextModel,
-        /// The second tokenizer.
-        tokenizer_2: ClipTokenizer,
-        /// The second text encoder (CLIPTextModelWithProjection).
-        encoder_2: ClipTextModel,
-        /// With no negative prompt, the unconditional embeddings are zeros (SDXL base's pipeline option).
-        force_zeros_for_empty_prompt: bool,
-    },
+/// The text side of a pipeline: SD 1.x/2.x's one CLIP, or SDXL's two.
+pub struct TextEncoders {
+    /// The (first) tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The (first) text encoder, a CLIPTextModel.
+    pub encoder: ClipTextModel,
+    /// SDXL's second tokenizer and encoder.
+    pub second: Option<Box<SecondEncoder>>,
+}
+
+/// SDXL's OpenCLIP ViT-bigG text encoder (with projection), whose hidden states are concatenated to the first
+/// encoder's and whose pooled projection conditions the UNet.
+pub struct SecondEncoder {
+    /// The second tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The second text encoder, a CLIPTextModelWithProjection.
+    pub encoder: ClipTextModel,
+    /// With no negative prompt, the unconditional embeddings are zeros (SDXL base's pipeline option).
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 /// What the UNet is conditioned on, batched as `[negative; positive]` when guidance is on.
@@ -45,33 +42,21 @@ pub struct Conditioning {
 impl TextEncoders {
     /// Loads the tokenizer(s) and text encoder(s) the folder's `model_index.json` lists.
     pub fn load(folder: &PipelineFolder, opts: &LoadOptions) -> Result<Self> {
-        let tokenizer = folder.load_tokenizer("tokenizer")?;
-        let encoder = folder.load_text_encoder("text_encoder", opts)?;
-        if folder.index().class_of("text_encoder_2").is_none() {
-            return Ok(TextEncoders::Single { tokenizer, encoder });
-        }
-        Ok(TextEncoders::Dual {
-            tokenizer,
-            encoder,
-            tokenizer_2: folder.load_tokenizer("tokenizer_2")?,
-            encoder_2: folder.load_text_encoder("text_encoder_2", opts)?,
-            force_zeros_for_empty_prompt: folder.index().flag("force_zeros_for_empty_prompt", true),
+        let second = match folder.index().class_of("text_encoder_2") {
+            None => None,
+            Some(_) => Some(Box::new(SecondEncoder {
+                tokenizer: folder.load_tokenizer("tokenizer_2")?,
+                encoder: folder.load_text_encoder("text_encoder_2", opts)?,
+                force_zeros_for_empty_prompt: folder
+                    .index()
+                    .flag("force_zeros_for_empty_prompt", true),
+            })),
+        };
+        Ok(Self {
+            tokenizer: folder.load_tokenizer("tokenizer")?,
+            encoder: folder.load_text_encoder("text_encoder", opts)?,
+            second,
         })
-    }
-
-    /// The first text encoder (its device and dtype are the pipeline's).
-    pub fn primary(&self) -> &ClipTextModel {
-        match self {
-            TextEncoders::Single { encoder, .. } | TextEncoders::Dual { encoder, .. } => encoder,
-        }
-    }
-
-    /// The width of SDXL's pooled embedding (the second encoder's projection), if any.
-    pub fn pooled_dim(&self) -> Option<usize> {
-        match self {
-            TextEncoders::Single { .. } => None,
-            TextEncoders::Dual { encoder_2, .. } => encoder_2.config().projection_dim,
-        }
     }
 
     /// Encodes `prompt` (and `negative_prompt` when `guidance`) for `images` images.
@@ -86,8 +71,9 @@ impl TextEncoders {
         guidance: bool,
         clip_skip: Option<usize>,
     ) -> Result<Conditioning> {
-        match self {
-            TextEncoders::Single { tokenizer, encoder } => {
+        let (tokenizer, encoder) = (&self.tokenizer, &self.encoder);
+        match &self.second {
+            None => {
                 let positive = single_embedding(tokenizer, encoder, prompt, clip_skip)?;
                 let context = if guidance {
                     // diffusers encodes the negative prompt without clip_skip.
@@ -101,16 +87,10 @@ impl TextEncoders {
                     text_embeds: None,
                 })
             }
-            TextEncoders::Dual {
-                tokenizer,
-                encoder,
-                tokenizer_2,
-                encoder_2,
-                force_zeros_for_empty_prompt,
-            } => {
+            Some(xl) => {
                 let encode = |text: &str, skip: Option<usize>| -> Result<(Tensor, Tensor)> {
                     let first = run(tokenizer, encoder, text)?;
-                    let second = run(tokenizer_2, encoder_2, text)?;
+                    let second = run(&xl.tokenizer, &xl.encoder, text)?;
                     let pooled = second.text_embeds.clone().ok_or_else(|| {
                         Error::invalid("text_encoder_2", "has no text_projection")
                     })?;
@@ -123,7 +103,7 @@ impl TextEncoders {
                 let (positive, pooled) = encode(prompt, clip_skip)?;
                 let (context, text_embeds) = if !guidance {
                     (positive, pooled)
-                } else if negative_prompt.is_empty() && *force_zeros_for_empty_prompt {
+                } else if negative_prompt.is_empty() && xl.force_zeros_for_empty_prompt {
                     (
                         Tensor::cat(&[positive.zeros_like()?, positive], 0)?,
                         Tensor::cat(&[pooled.zeros_like()?, pooled], 0)?,
