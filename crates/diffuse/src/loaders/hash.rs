@@ -1,6 +1,7 @@
 //! The model hash written into PNG metadata: AUTOMATIC1111 records the first 10 hex digits of the sha256 of the
-//! checkpoint file; for a diffusers folder diffuse hashes the UNet's weight files, in name order. Hashes are
-//! cached by path, size and modification time, so a multi-GB model is read once.
+//! checkpoint file, and so does diffuse for a single-file checkpoint; for a diffusers folder it hashes the
+//! UNet's weight files, in name order. Hashes are cached by path, size and modification time, so a multi-GB
+//! model is read once.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -65,11 +66,18 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<String> {
         .collect())
 }
 
-/// The 10-hex-digit model hash of a pipeline folder (see the module docs), from the cache when it is fresh.
+/// The 10-hex-digit model hash of a pipeline folder (see the module docs) or of a single-file checkpoint (the
+/// whole file, exactly AUTOMATIC1111's hash), from the cache when it is fresh.
 pub fn model_hash(folder: &PipelineFolder) -> Result<String> {
-    let unet = folder.component_dir("unet")?;
-    let mut files = find_weight_files(&unet, "diffusion_pytorch_model", Variant::Default)?;
-    files.sort();
+    let files = match folder.single_file() {
+        Some(file) => vec![file.path().to_path_buf()],
+        None => {
+            let unet = folder.component_dir("unet")?;
+            let mut files = find_weight_files(&unet, "diffusion_pytorch_model", Variant::Default)?;
+            files.sort();
+            files
+        }
+    };
     let key = files
         .iter()
         .filter_map(|f| file_key(f))

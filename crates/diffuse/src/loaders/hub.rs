@@ -1,11 +1,15 @@
 //! Models from the Hugging Face Hub: a repo id resolved to a snapshot folder in the standard HF cache
-//! (shared with Python's `huggingface_hub`), downloading what a diffusers pipeline needs unless offline.
+//! (shared with Python's `huggingface_hub`), downloading what a diffusers pipeline needs unless offline; and
+//! the `--config` of single-file checkpoints, resolved to a folder or to built-in configurations.
 
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
+use super::folder::ConfigSource;
+use super::single_file::builtin;
+use super::single_file::{is_pickle_path, pickle_refusal};
 use super::weights::Variant;
 use crate::{Error, Result};
 
@@ -55,19 +59,56 @@ pub fn looks_like_repo_id(spec: &str) -> bool {
         })
 }
 
-/// Resolves `spec` to a pipeline folder: an existing local folder as is, else a Hub repo id (`org/name` or
-/// `org/name@revision`) to its snapshot in the HF cache, downloaded first unless `HF_HUB_OFFLINE` is set.
+/// Resolves `spec` to a model path: an existing local folder or `.safetensors` single-file checkpoint as is,
+/// else a Hub repo id (`org/name` or `org/name@revision`) to its snapshot in the HF cache, downloaded first
+/// unless `HF_HUB_OFFLINE` is set. Pickled checkpoints (`.ckpt`, ...) are refused.
 pub fn resolve_model(spec: &str, variant: Variant) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    if is_pickle_path(path) {
+        return Err(pickle_refusal(path));
+    }
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    resolve_repo(spec, variant, Wanted::Pipeline)
+}
+
+/// Resolves the `--config` of a single-file checkpoint, as diffusers' `config=`: an existing local diffusers
+/// folder; a Hub id whose configurations are built in (no network); or another Hub repo id, whose
+/// configuration and tokenizer files (no weights) come from the HF cache, downloaded first unless
+/// `HF_HUB_OFFLINE` is set.
+pub fn resolve_config(spec: &str) -> Result<ConfigSource> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(ConfigSource::Folder(path.to_path_buf()));
+    }
+    let id = spec.split('@').next().unwrap_or(spec);
+    if let Some(config) = builtin::named(id).filter(|_| !spec.contains('@')) {
+        return Ok(ConfigSource::Builtin(config));
+    }
+    resolve_repo(spec, Variant::Default, Wanted::Configs).map(ConfigSource::Folder)
+}
+
+/// What of a Hub repo to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// Configurations, tokenizers and weights.
+    Pipeline,
+    /// Configurations and tokenizers only.
+    Configs,
+}
+
+fn resolve_repo(spec: &str, variant: Variant, wanted: Wanted) -> Result<PathBuf> {
+    let path = Path::new(spec);
     if !looks_like_repo_id(spec) {
         return Err(Error::Io {
             path: path.to_path_buf(),
             cause: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "no such folder, and not a Hub repo id (org/name)",
+                "no such folder or file, and not a Hub repo id (org/name)",
             ),
         });
     }
@@ -78,7 +119,7 @@ pub fn resolve_model(spec: &str, variant: Variant) -> Result<PathBuf> {
     let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
     let cache = Cache::new(hub_cache_dir());
     if let Some(index) = cache.repo(repo.clone()).get("model_index.json") {
-        if hub_offline() || snapshot_complete(&index) {
+        if hub_offline() || snapshot_complete(&index, wanted) {
             return snapshot_of(&index);
         }
     }
@@ -91,7 +132,7 @@ pub fn resolve_model(spec: &str, variant: Variant) -> Result<PathBuf> {
             ),
         ));
     }
-    download(spec, repo, variant)
+    download(spec, repo, variant, wanted)
 }
 
 fn snapshot_of(model_index: &Path) -> Result<PathBuf> {
@@ -101,8 +142,10 @@ fn snapshot_of(model_index: &Path) -> Result<PathBuf> {
         .ok_or_else(|| Error::invalid("model", "cache snapshot without a folder"))
 }
 
-/// A cached snapshot counts as complete when every component folder named in its index exists.
-fn snapshot_complete(model_index: &Path) -> bool {
+/// A cached snapshot counts as complete when every component folder named in its index exists and, when
+/// weights are wanted, every model component's folder holds safetensors weights (a snapshot fetched for its
+/// configurations alone has none).
+fn snapshot_complete(model_index: &Path, wanted: Wanted) -> bool {
     let Ok(index) = super::model_index::ModelIndex::read(model_index) else {
         return false;
     };
@@ -118,19 +161,34 @@ fn snapshot_complete(model_index: &Path) -> bool {
                 "safety_checker" | "feature_extractor" | "image_encoder"
             )
         })
-        .all(|c| root.join(c).is_dir())
+        .all(|c| {
+            let dir = root.join(c);
+            let has_model = ["unet", "vae", "text_encoder"]
+                .iter()
+                .any(|m| c.starts_with(m));
+            dir.is_dir() && (wanted == Wanted::Configs || !has_model || has_weights(&dir))
+        })
 }
 
-/// Which files of a diffusers repo a pipeline needs: configs, tokenizers and the safetensors weights of the
-/// wanted variant (never pickles, ONNX or Flax files, nor the safety checker).
-pub fn wanted_files(files: &[String], variant: Variant) -> Vec<String> {
-    let skip_component = |f: &str| {
-        ["safety_checker/", "feature_extractor/", "image_encoder/"]
-            .iter()
-            .any(|p| f.starts_with(p))
-    };
-    let is_fp16 = |f: &str| f.contains(".fp16.");
-    let mut wanted: Vec<String> = files
+fn has_weights(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
+        })
+    })
+}
+
+fn skip_component(file: &str) -> bool {
+    ["safety_checker/", "feature_extractor/", "image_encoder/"]
+        .iter()
+        .any(|p| file.starts_with(p))
+}
+
+/// Which files of a diffusers repo configure a pipeline: `model_index.json`, the component configs, the
+/// scheduler config and the tokenizers (what a single-file checkpoint's `--config` needs).
+pub fn config_files(files: &[String]) -> Vec<String> {
+    files
         .iter()
         .filter(|f| !skip_component(f))
         .filter(|f| {
@@ -140,7 +198,14 @@ pub fn wanted_files(files: &[String], variant: Variant) -> Vec<String> {
                 || (f.starts_with("tokenizer") && (f.ends_with(".json") || f.ends_with(".txt")))
         })
         .cloned()
-        .collect();
+        .collect()
+}
+
+/// Which files of a diffusers repo a pipeline needs: [`config_files`] and the safetensors weights of the
+/// wanted variant (never pickles, ONNX or Flax files, nor the safety checker).
+pub fn wanted_files(files: &[String], variant: Variant) -> Vec<String> {
+    let is_fp16 = |f: &str| f.contains(".fp16.");
+    let mut wanted = config_files(files);
     // Weights: per component folder, the wanted variant if present, else the other.
     let mut folders: Vec<&str> = files
         .iter()
@@ -175,7 +240,7 @@ pub fn wanted_files(files: &[String], variant: Variant) -> Vec<String> {
     wanted
 }
 
-fn download(spec: &str, repo: Repo, variant: Variant) -> Result<PathBuf> {
+fn download(spec: &str, repo: Repo, variant: Variant, wanted: Wanted) -> Result<PathBuf> {
     let hub_error =
         |e: hf_hub::api::sync::ApiError| Error::invalid("model", format!("{spec}: {e}"));
     let api = ApiBuilder::from_env()
@@ -193,7 +258,11 @@ fn download(spec: &str, repo: Repo, variant: Variant) -> Result<PathBuf> {
         ));
     }
     let mut index = None;
-    for file in wanted_files(&files, variant) {
+    let fetched = match wanted {
+        Wanted::Pipeline => wanted_files(&files, variant),
+        Wanted::Configs => config_files(&files),
+    };
+    for file in fetched {
         let local = repo.get(&file).map_err(hub_error)?;
         if file == "model_index.json" {
             index = Some(local);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::json::read_json;
+use super::json::{parse_json, read_json};
 use crate::{Error, Result};
 
 /// A pipeline folder's `model_index.json`.
@@ -24,7 +24,15 @@ pub struct ModelIndex {
 impl ModelIndex {
     /// Reads `model_index.json` at `path`.
     pub fn read(path: &Path) -> Result<Self> {
-        let raw: BTreeMap<String, Value> = read_json(path)?;
+        Self::from_raw(read_json(path)?, path)
+    }
+
+    /// Parses `text`, the contents of a `model_index.json` that errors call `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        Self::from_raw(parse_json(text, path)?, path)
+    }
+
+    fn from_raw(raw: BTreeMap<String, Value>, path: &Path) -> Result<Self> {
         let class_name = match raw.get("_class_name") {
             Some(Value::String(s)) => s.clone(),
             other => {

@@ -159,15 +159,32 @@ impl WeightFiles {
         candle_core::Error::Msg(format!("{}: tensor `{tensor}`: {message}", self.label()))
     }
 
+    /// Why `name` is missing from mapped files: when another tensor of its module is stored (`bias` for a
+    /// missing `weight`), the name it would have been stored under.
+    fn unmapped_message(&self, name: &str) -> String {
+        let generic = "missing from the checkpoint (no stored tensor converts to it)".to_string();
+        let Some((module, _)) = name.rsplit_once('.') else {
+            return generic;
+        };
+        let sibling = self.keys.iter().find_map(|(asked, stored)| {
+            let (sibling_module, last) = asked.rsplit_once('.')?;
+            let stored_module = stored.name.strip_suffix(&format!(".{last}"))?;
+            (sibling_module == module).then_some(stored_module)
+        });
+        match (sibling, name.rsplit_once('.')) {
+            (Some(stored_module), Some((_, last))) => {
+                format!("missing from the checkpoint (expected as `{stored_module}.{last}`)")
+            }
+            _ => generic,
+        }
+    }
+
     /// Loads the tensor asked for as `name`, transformed; `Reshape` is left to the caller, which knows the
     /// shape asked for.
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<(Tensor, Transform)> {
-        let stored = self.lookup(name).ok_or_else(|| {
-            self.weights_error(
-                name,
-                "missing from the checkpoint (no stored tensor converts to it)".into(),
-            )
-        })?;
+        let stored = self
+            .lookup(name)
+            .ok_or_else(|| self.weights_error(name, self.unmapped_message(name)))?;
         let view = self.tensors.get(&stored.name).map_err(|_| {
             let shown = if stored.name == name {
                 String::new()

@@ -64,7 +64,7 @@ pub struct Generated {
 }
 
 impl StableDiffusion {
-    /// Loads every component of `folder`.
+    /// Loads every component of `folder` (a diffusers folder, or a single-file checkpoint with its configs).
     pub fn load(folder: &PipelineFolder, opts: &LoadOptions) -> Result<Self> {
         let class = folder.index().class_name.as_str();
         if !SUPPORTED_PIPELINES.contains(&class) {
@@ -84,14 +84,11 @@ impl StableDiffusion {
         } else {
             opts.clone()
         };
-        let scheduler_path = folder
-            .component_dir("scheduler")?
-            .join("scheduler_config.json");
         Ok(Self {
             text: TextEncoders::load(folder, opts)?,
             unet: folder.load_unet(opts)?,
             vae: folder.load_vae(&vae_opts)?,
-            scheduler: SchedulerConfig::from_file(&scheduler_path)?,
+            scheduler: folder.scheduler_config()?,
             requires_aesthetics_score: folder.index().flag("requires_aesthetics_score", false),
             dtype: opts.dtype,
             device: opts.device.clone(),
