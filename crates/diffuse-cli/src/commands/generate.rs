@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use diffuse::loaders::hash::model_hash;
-use diffuse::loaders::hub::resolve_model;
+use diffuse::loaders::hub::{resolve_config, resolve_model};
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::metadata::{GenerationParameters, RngSource};
 use diffuse::pipelines::images::read_png_parameters;
@@ -39,9 +39,14 @@ pub struct GenerateArgs {
     /// What to steer away from.
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// A diffusers folder or a Hugging Face Hub id (org/name[@revision]); default: the bundled model.
+    /// A diffusers folder, a single-file checkpoint (.safetensors, CompVis/A1111 layout) or a Hugging Face
+    /// Hub id (org/name[@revision]); default: the bundled model.
     #[arg(long)]
     model: Option<String>,
+    /// For a single-file --model: the diffusers folder or Hub id whose configs and tokenizers to use, as
+    /// diffusers' `config=`; default: built in, as diffusers picks them (SD 1.5, SD 2.1 768-v, SDXL base).
+    #[arg(long)]
+    config: Option<String>,
     /// Prefer the fp16 weight files of the model.
     #[arg(long)]
     fp16_variant: bool,
@@ -150,8 +155,9 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
     } else {
         Variant::Default
     };
-    let model_dir = resolve_model(&model_spec, variant)?;
-    let folder = PipelineFolder::open(&model_dir)?;
+    let model_path = resolve_model(&model_spec, variant)?;
+    let config = args.config.as_deref().map(resolve_config).transpose()?;
+    let folder = PipelineFolder::open_path(&model_path, config)?;
     let opts = LoadOptions {
         dtype: diffuse::device::dtype_from_name(&args.dtype)?,
         device: diffuse::device::device_from_name(&args.device)?,
@@ -289,10 +295,15 @@ fn numbered(output: &Path, index: usize) -> PathBuf {
     output.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 
+/// The `Model:` A1111 records: a checkpoint file's name without its extension, else the folder or repo name.
 fn model_name(spec: &str) -> Option<String> {
-    Path::new(spec.trim_end_matches('/'))
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    let path = Path::new(spec.trim_end_matches('/'));
+    let name = if path.is_file() {
+        path.file_stem()
+    } else {
+        path.file_name()
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
 }
 
 fn random_seed() -> u64 {
