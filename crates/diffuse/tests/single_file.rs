@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Shape, Tensor};
 use common::{assert_close, fixtures, get, load_reference, ScratchDir};
 use diffuse::loaders::hub::{resolve_config, resolve_model};
-use diffuse::loaders::single_file::builtin;
+use diffuse::loaders::json::parse_json;
+use diffuse::loaders::single_file::detect::{detect, Header};
+use diffuse::loaders::single_file::{builtin, clip_keys, unet_keys, vae_keys};
 use diffuse::loaders::summary::PipelineSummary;
+use diffuse::loaders::weights::Transform;
 use diffuse::loaders::{ConfigSource, LoadOptions, PipelineFolder, Variant};
 use diffuse::models::unet::ExtraConditioning;
 use diffuse::pipelines::{GenerationRequest, StableDiffusion};
@@ -615,5 +618,85 @@ fn paths_configs_and_summaries() {
             params(&folder, component),
             "{component}"
         );
+    }
+}
+
+/// Checks that `stored` (a stored tensor's shape) becomes `asked` through `transform`.
+fn transforms_to(stored: &[usize], transform: Transform, asked: &[usize]) -> bool {
+    match transform {
+        Transform::None => stored == asked,
+        Transform::Reshape => stored.iter().product::<usize>() == asked.iter().product::<usize>(),
+        Transform::Rows { start, len } => {
+            stored.first().is_some_and(|&rows| start + len <= rows)
+                && asked.first() == Some(&len)
+                && stored[1..] == asked[1..]
+        }
+        Transform::Transpose => stored.iter().rev().eq(asked.iter()),
+    }
+}
+
+#[test]
+fn full_size_layouts_map_every_parameter_with_the_builtin_configs() {
+    let text = std::fs::read_to_string(fixtures("single_file").join("real_layouts.json")).unwrap();
+    let layouts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shapes = |v: &serde_json::Value| -> Vec<(String, Vec<usize>)> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, s)| (k.clone(), serde_json::from_value(s.clone()).unwrap()))
+            .collect()
+    };
+    for (repo, kind) in [
+        ("stable-diffusion-v1-5", "v1"),
+        ("stable-diffusion-2-1", "v2"),
+        ("stable-diffusion-xl-base-1.0", "xl_base"),
+    ] {
+        let entry = &layouts[repo];
+        let header: Header = shapes(&entry["checkpoint"]).into_iter().collect();
+        let detected = detect(&header, Path::new(repo)).unwrap();
+        assert_eq!(detected.diffusers_type(), kind, "{repo}");
+        let config = builtin::default_for(detected).unwrap();
+        let read = |file: &str| config.file(file).unwrap();
+        let label = Path::new(repo);
+        let mut maps = vec![
+            (
+                "unet",
+                unet_keys::unet_keys(
+                    &header,
+                    &parse_json(read("unet/config.json"), label).unwrap(),
+                ),
+            ),
+            (
+                "vae",
+                vae_keys::vae_keys(
+                    &header,
+                    &parse_json(read("vae/config.json"), label).unwrap(),
+                ),
+            ),
+        ];
+        for encoder in ["text_encoder", "text_encoder_2"] {
+            if let Some(cfg) = config.file(&format!("{encoder}/config.json")) {
+                let cfg = parse_json(cfg, label).unwrap();
+                maps.push((encoder, clip_keys::text_encoder_keys(&header, &cfg)));
+            }
+        }
+        for (component, map) in maps {
+            let map = map.unwrap();
+            let params = shapes(&entry[component]);
+            for (param, shape) in &params {
+                let stored = [param.clone(), format!("text_model.{param}")]
+                    .iter()
+                    .find_map(|n| map.get(n))
+                    .unwrap_or_else(|| panic!("{repo} {component}: `{param}` is not mapped"));
+                let stored_shape = header
+                    .get(&stored.name)
+                    .unwrap_or_else(|| panic!("{repo}: `{}` is not stored", stored.name));
+                assert!(
+                    transforms_to(stored_shape, stored.transform, shape),
+                    "{repo} {component} {param}: {stored:?} {stored_shape:?} → {shape:?}"
+                );
+            }
+            assert!(params.len() > 190, "{repo} {component}: {}", params.len());
+        }
     }
 }

@@ -11,10 +11,10 @@
 //! Pickled checkpoints (`.ckpt`, `.pt`, `.bin`, ...) are refused: unpickling can run arbitrary code.
 
 pub mod builtin;
-mod clip_keys;
+pub mod clip_keys;
 pub mod detect;
-mod unet_keys;
-mod vae_keys;
+pub mod unet_keys;
+pub mod vae_keys;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
