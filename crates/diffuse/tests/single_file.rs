@@ -700,3 +700,9 @@ fn full_size_layouts_map_every_parameter_with_the_builtin_configs() {
         }
     }
 }
+
+#[test]
+fn a_single_file_pipeline_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + Clone>() {}
+    shareable::<PipelineFolder>();
+}

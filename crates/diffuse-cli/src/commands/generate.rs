@@ -45,6 +45,7 @@ pub struct GenerateArgs {
     model: Option<String>,
     /// For a single-file --model: the diffusers folder or Hub id whose configs and tokenizers to use, as
     /// diffusers' `config=`; default: built in, as diffusers picks them (SD 1.5, SD 2.1 768-v, SDXL base).
+    /// SD 2.x 512 (epsilon) checkpoints want stabilityai/stable-diffusion-2-1-base, also built in.
     #[arg(long)]
     config: Option<String>,
     /// Prefer the fp16 weight files of the model.
