@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Describe a pipeline folder: components, key config values, parameter counts, stored dtypes.
     Info(commands::info::InfoArgs),
+    /// Serve models over HTTP: OpenAI Images, AUTOMATIC1111 and a job API, and a web page at `/`.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +33,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod guidance;
 pub mod images;
+pub mod preview;
 pub mod prompt;
 pub mod request;
 pub mod stable_diffusion;
