@@ -131,7 +131,7 @@ pub enum ServerError {
         /// The model's name.
         name: String,
         /// What the library said.
-        source: diffuse::Error,
+        source: Box<diffuse::Error>,
     },
     /// The address could not be bound or served.
     #[error("{addr}: {source}")]

@@ -52,7 +52,7 @@ impl Registry {
                 };
                 let pipeline = load().map_err(|source| ServerError::Load {
                     name: spec.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 Ok(Arc::new(LoadedModel {
                     name: spec.name.clone(),
