@@ -3,6 +3,13 @@
 # Needs the debug binary (cargo build -p diffuse-cli) and PyPI access the first time: the client packages go
 # into a venv under ~/.cache (or $DIFFUSE_CLIENTS_VENV), reused while requirements.txt is unchanged.
 set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+bin="${DIFFUSE_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/diffuse}"
+if ! "$bin" serve --help >/dev/null 2>&1; then
+    echo "$bin with \`serve\` not found: run cargo build -p diffuse-cli (or set DIFFUSE_BIN)" >&2
+    exit 1
+fi
+export DIFFUSE_BIN="$bin"
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${DIFFUSE_CLIENTS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/diffuse/clients-venv}"
 stamp="$venv/.requirements.sha256"
