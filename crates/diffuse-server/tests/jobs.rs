@@ -224,7 +224,10 @@ async fn deleting_cancels_waiting_and_running_jobs_and_a_full_queue_answers_429(
         .await
         .unwrap();
     let job = t.wait_job(&running, |j| j["state"] == "cancelled").await;
-    assert!(started.elapsed().as_secs_f64() < 5.0);
+    assert!(
+        started.elapsed().as_secs_f64() < 30.0,
+        "cancelled within a step, not after 999"
+    );
     assert!(job["progress"]["step"].as_u64().unwrap() < 999);
     assert_eq!(job["error"]["status"], 409);
 
@@ -273,7 +276,7 @@ async fn a_client_that_goes_away_cancels_its_job() {
         .await;
     assert!(result.is_err(), "the client timed out");
     // The job stops within a step or two, long before its 999 steps.
-    for _ in 0..500 {
+    for _ in 0..3000 {
         let metrics = t
             .client
             .get(t.url("/metrics"))

@@ -90,7 +90,7 @@ async fn past_the_grace_period_jobs_are_cancelled_and_clients_told_503() {
     let started = Instant::now();
     t.stop().await;
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
