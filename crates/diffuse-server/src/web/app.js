@@ -191,7 +191,8 @@ async function finish(status, settings) {
   $("progress").value = 1;
   for (const image of status.images) {
     const blob = await (await api(image.url)).blob();
-    addCard(URL.createObjectURL(blob), image, Object.assign({}, settings, { seed: image.seed, n: 1 }));
+    // The whole batch comes from one seed (diffusers' batching): reusing n and the seed reproduces this image.
+    addCard(URL.createObjectURL(blob), image, Object.assign({}, settings, { seed: image.seed }));
   }
 }
 
