@@ -19,6 +19,8 @@ enum Command {
     /// Describe a pipeline folder (components, configs, parameter counts, stored dtypes) or print a PNG's
     /// generation parameters.
     Info(commands::info::InfoArgs),
+    /// Serve models over HTTP: OpenAI Images, AUTOMATIC1111 and a job API, and a web page at `/`.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(*args),
         Command::Info(args) => commands::info::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

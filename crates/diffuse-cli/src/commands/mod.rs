@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 
 pub mod generate;
 pub mod info;
+pub mod serve;
 
 /// The model used when `--model` is not given: `DIFFUSE_MODEL` if set, else the bundled model in the source
 /// tree this binary was built from.
