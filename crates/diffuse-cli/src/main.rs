@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Describe a pipeline folder: components, key config values, parameter counts, stored dtypes.
     Info(commands::info::InfoArgs),
+    /// Time the text encoder, a UNet step, a VAE decode or a whole generation (see tools/bench/bench.py).
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +33,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

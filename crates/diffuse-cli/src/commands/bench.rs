@@ -1,0 +1,193 @@
+//! `diffuse bench FOLDER`: times the pieces of a Stable Diffusion pipeline, or one whole generation, and prints
+//! one JSON object per line (`tools/bench/bench.py` runs this next to diffusers and tabulates both).
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use diffuse::loaders::{LoadOptions, PipelineFolder};
+use diffuse::models::unet::ExtraConditioning;
+use diffuse::pipelines::prompt::encode_prompts;
+use diffuse::pipelines::{GenerationRequest, StableDiffusion};
+use diffuse::rng::TorchCpuRng;
+use diffuse::schedulers::scheduler_config_for;
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse on the moon, highly detailed";
+
+/// What to time.
+#[derive(Clone, Copy, ValueEnum)]
+enum Task {
+    /// Text encoding (prompt and empty negative prompt), one UNet step at batch 2 at 512² and 256², one VAE
+    /// decode at 512²: each `--reps` times after one warm-up run.
+    Components,
+    /// One text-to-image generation at 512², `--steps` DPM++ 2M steps, timed from load to the last step.
+    Generate,
+}
+
+/// The compute dtype.
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchDType {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Arguments of `diffuse bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A diffusers pipeline folder (tools/bench/make_sd15_random.py writes a full-size SD 1.5 one).
+    path: PathBuf,
+    /// What to time.
+    #[arg(long, value_enum, default_value = "components")]
+    task: Task,
+    /// The dtype the models compute in.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: BenchDType,
+    /// Timed repetitions per component (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Denoising steps of `--task generate`.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Run on the first CUDA device instead of the CPU.
+    #[arg(long)]
+    cuda: bool,
+    /// Where `--task generate` writes its image (a PNG), e.g. to compare dtypes.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn emit(name: &str, times: &[f64]) {
+    let list = times
+        .iter()
+        .map(|t| format!("{t:.6}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("{{\"name\": \"{name}\", \"times\": [{list}]}}");
+}
+
+fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?;
+    (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f()?;
+            Ok(start.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+fn sync(t: &Tensor) -> Result<()> {
+    t.device().synchronize()?;
+    Ok(())
+}
+
+/// Runs the benchmark task.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let dtype = match args.dtype {
+        BenchDType::F32 => DType::F32,
+        BenchDType::Bf16 => DType::BF16,
+        BenchDType::F16 => DType::F16,
+    };
+    let device = if args.cuda {
+        Device::new_cuda(0)?
+    } else {
+        Device::Cpu
+    };
+    let folder = PipelineFolder::open(&args.path)?;
+    let opts = LoadOptions {
+        dtype,
+        device: device.clone(),
+        ..LoadOptions::default()
+    };
+    let load_start = Instant::now();
+    let pipe = StableDiffusion::load(&folder, &opts)?;
+    emit("load", &[load_start.elapsed().as_secs_f64()]);
+    match args.task {
+        Task::Components => components(&pipe, args.reps, dtype, &device),
+        Task::Generate => generate(&pipe, args.steps, args.save.as_deref()),
+    }
+}
+
+fn components(pipe: &StableDiffusion, reps: usize, dtype: DType, device: &Device) -> Result<()> {
+    if reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let times = time_reps(reps, || {
+        let c = encode_prompts(
+            &pipe.tokenizer,
+            &pipe.text_encoder,
+            PROMPT,
+            "",
+            1,
+            true,
+            None,
+        )?;
+        sync(&c)
+    })?;
+    emit("text_encode", &times);
+    let context = encode_prompts(
+        &pipe.tokenizer,
+        &pipe.text_encoder,
+        PROMPT,
+        "",
+        1,
+        true,
+        None,
+    )?
+    .to_dtype(dtype)?;
+    let timestep = Tensor::new(&[999f32], device)?;
+    for (name, side) in [("unet_step_512", 64), ("unet_step_256", 32)] {
+        let latents = Tensor::randn(0f32, 1f32, (2, 4, side, side), device)?.to_dtype(dtype)?;
+        let times = time_reps(reps, || {
+            let out =
+                pipe.unet
+                    .forward(&latents, &timestep, &context, &ExtraConditioning::default())?;
+            sync(&out)
+        })?;
+        emit(name, &times);
+    }
+    let z = Tensor::randn(0f32, 1f32, (1, 4, 64, 64), device)?.to_dtype(pipe.vae.dtype())?;
+    let times = time_reps(reps, || sync(&pipe.vae.decode(&z)?))?;
+    emit("vae_decode_512", &times);
+    Ok(())
+}
+
+fn generate(pipe: &StableDiffusion, steps: usize, save: Option<&std::path::Path>) -> Result<()> {
+    let request = GenerationRequest {
+        prompt: PROMPT.to_string(),
+        steps,
+        width: Some(512),
+        height: Some(512),
+        scheduler: Some(scheduler_config_for("DPM++ 2M", &pipe.scheduler)?),
+        ..GenerationRequest::default()
+    };
+    let mut noise = TorchCpuRng::new(0);
+    let mut first_step = None;
+    let start = Instant::now();
+    let generated = pipe.generate(&request, &mut noise, &mut |p| {
+        if p.step == 1 {
+            first_step = Some(now_unix());
+        }
+        ControlFlow::Continue(())
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    emit("generate_512", &[elapsed]);
+    if let Some(t) = first_step {
+        println!("{{\"name\": \"first_step_unix\", \"times\": [{t:.6}]}}");
+    }
+    if let (Some(path), Some(image)) = (save, generated.images.first()) {
+        std::fs::write(path, image.to_png(None)?)?;
+    }
+    Ok(())
+}

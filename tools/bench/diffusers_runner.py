@@ -1,0 +1,109 @@
+"""The diffusers side of tools/bench/bench.py: the same tasks as `diffuse bench`, the same JSON lines.
+
+    python diffusers_runner.py MODEL --task components|generate --dtype f32|bf16 --reps N --steps N [--save PNG]
+
+Thread count: torch.set_num_threads(--threads), as users of diffusers set it.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def emit(name, times):
+    print(json.dumps({"name": name, "times": list(times)}), flush=True)
+
+
+def time_reps(reps, fn):
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--task", choices=["components", "generate"], default="components")
+    p.add_argument("--dtype", choices=list(DTYPES), default="f32")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--save")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    dtype = DTYPES[args.dtype]
+    start = time.perf_counter()
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
+    if args.device == "cuda":
+        pipe.unet.set_default_attn_processor()  # SDPA (AttnProcessor2_0) is the default on torch 2
+    pipe.set_progress_bar_config(disable=True)
+    emit("load", [time.perf_counter() - start])
+    with torch.inference_mode():
+        if args.task == "components":
+            components(pipe, args, dtype)
+        else:
+            generate(pipe, args, DPMSolverMultistepScheduler)
+
+
+def components(pipe, args, dtype):
+    dev = args.device
+
+    def text():
+        pipe.encode_prompt(PROMPT, dev, 1, True, "")
+
+    emit("text_encode", time_reps(args.reps, text))
+    pos, neg = pipe.encode_prompt(PROMPT, dev, 1, True, "")
+    context = torch.cat([neg, pos]).to(dtype)
+    t = torch.tensor([999.0], device=dev)
+    for name, side in [("unet_step_512", 64), ("unet_step_256", 32)]:
+        latents = torch.randn(2, 4, side, side).to(dev, dtype)
+        emit(name, time_reps(args.reps, lambda: pipe.unet(latents, t, encoder_hidden_states=context)))
+    z = torch.randn(1, 4, 64, 64).to(dev, pipe.vae.dtype)
+    emit("vae_decode_512", time_reps(args.reps, lambda: pipe.vae.decode(z)))
+
+
+def generate(pipe, args, scheduler_class):
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    first = []
+
+    def on_step(pipeline, i, t, kwargs):
+        if i == 0:
+            first.append(time.time())
+        return kwargs
+
+    start = time.perf_counter()
+    out = pipe(
+        PROMPT,
+        num_inference_steps=args.steps,
+        width=512,
+        height=512,
+        generator=torch.Generator("cpu").manual_seed(0),
+        callback_on_step_end=on_step,
+    )
+    emit("generate_512", [time.perf_counter() - start])
+    emit("first_step_unix", first)
+    if args.save:
+        out.images[0].save(args.save)
+
+
+if __name__ == "__main__":
+    main()
