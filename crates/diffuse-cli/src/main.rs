@@ -4,6 +4,11 @@ mod commands;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc keeps freed pages for reuse: glibc's malloc returns every large tensor to the OS and faults it in
+/// again on the next step (the difference is seconds per UNet step), and no environment variable is needed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Stable Diffusion in Rust: text-to-image, image-to-image and inpainting, equal to diffusers.
 #[derive(Parser)]
 #[command(name = "diffuse", version, about)]

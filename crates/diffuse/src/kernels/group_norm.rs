@@ -2,7 +2,7 @@
 //! statistics (f64 accumulation), one for normalize · scale + shift (+ SiLU), per (batch, group) in parallel.
 
 use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor,
+    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor,
 };
 use candle_nn::VarBuilder;
 use half::{bf16, f16};
@@ -11,8 +11,9 @@ use rayon::prelude::*;
 use super::simd::multiversion;
 use super::storage::{as_f32, Elem};
 use super::vmath::{self, LANES};
+use crate::models::activations::Activation;
 
-/// diffusers' `nn.GroupNorm(groups, channels, eps, affine=True)` with a fused-SiLU variant.
+/// diffusers' `nn.GroupNorm(groups, channels, eps, affine=True)`, with the activation after it fused in.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     weight: Tensor,
@@ -21,34 +22,39 @@ pub struct GroupNorm {
     eps: f64,
 }
 
+/// Reads a GroupNorm's `weight` and `bias` (`[channels]`) under `vb` (the signature of candle-nn's).
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    if groups == 0 || channels % groups != 0 {
+        bail!("GroupNorm: {channels} channels cannot be split into {groups} groups");
+    }
+    Ok(GroupNorm {
+        weight: vb.get(channels, "weight")?,
+        bias: vb.get(channels, "bias")?,
+        groups,
+        eps,
+    })
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        group_norm_silu(x, &self.weight, &self.bias, self.groups, self.eps, false)
+    }
+}
+
 impl GroupNorm {
-    /// Reads `weight` and `bias` (`[channels]`) under `vb`.
-    pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
-            bail!("GroupNorm: {channels} channels cannot be split into {groups} groups");
+    /// act(GroupNorm(x)), in one pass when `act` is SiLU.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if act == Activation::Silu {
+            group_norm_silu(x, &self.weight, &self.bias, self.groups, self.eps, true)
+        } else {
+            act.forward(&self.forward(x)?)
         }
-        Ok(Self {
-            weight: vb.get(channels, "weight")?,
-            bias: vb.get(channels, "bias")?,
-            groups,
-            eps,
-        })
-    }
-
-    /// Normalizes `x` (`[batch, channels, …]`).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)
-    }
-
-    /// silu(GroupNorm(x)) in one pass.
-    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        group_norm(x, &self.weight, &self.bias, self.groups, self.eps, true)
     }
 }
 
 /// GroupNorm of `x` (`[batch, channels, …]`) with per-channel `weight` and `bias`, then SiLU when `silu`.
 /// The fused kernel runs on the CPU; other devices compose candle ops.
-pub fn group_norm(
+pub fn group_norm_silu(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,

@@ -12,4 +12,4 @@ pub mod vmath;
 
 pub use attention::attention;
 pub use conv::conv2d;
-pub use group_norm::{group_norm, GroupNorm};
+pub use group_norm::{group_norm, group_norm_silu, GroupNorm};
