@@ -57,10 +57,11 @@ def run(cmd, env_extra, threads):
     for line in out.splitlines():
         if line.startswith("{"):
             rec = json.loads(line)
-            results[rec["name"]] = rec.get("times", [])
+            results[rec["name"]] = {"wall": rec.get("times", []), "cpu": rec.get("cpu", [])}
     if "first_step_unix" in results:
-        results["first_step"] = [results.pop("first_step_unix")[0] - start]
-    results["peak_rss"] = [usage.ru_maxrss / 2**20]
+        results["first_step"] = {"wall": [results.pop("first_step_unix")["wall"][0] - start]}
+    results["peak_rss"] = {"wall": [usage.ru_maxrss / 2**20]}
+    results["loadavg"] = {"wall": [os.getloadavg()[0]]}
     return results
 
 
@@ -121,29 +122,38 @@ def main():
                 got = run(cmd, alloc, args.threads)
                 if task == "components":
                     got.pop("peak_rss")
+                    got["loadavg_components"] = got.pop("loadavg")
                 res.update(got)
             raw[f"{name} {dtype}"] = res
-            print(f"#   {json.dumps({k: round(median(v), 3) for k, v in res.items()})}", file=sys.stderr)
+            summary = {k: round(median(v["wall"]), 3) for k, v in res.items()}
+            print(f"#   {json.dumps(summary)}", file=sys.stderr)
     if args.out:
         args.out.write_text(json.dumps(raw, indent=1))
     print_tables(raw, args, columns)
 
 
+def cell(raw, column, dtype, key, kind):
+    return median(raw.get(f"{column} {dtype}", {}).get(key, {}).get(kind, []))
+
+
 def print_tables(raw, args, columns):
     names = [c[0] for c in columns]
     for dtype in args.dtypes.split(","):
-        print(f"\n### {dtype}, {args.threads} threads, medians of {args.reps} (generate: 1 run)\n")
-        head = ["row"] + names + [f"{n} / diffuse" for n in names if n != "diffuse"]
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for key, label, unit in ROWS:
-            vals = {n: median(raw.get(f"{n} {dtype}", {}).get(key, [])) for n in names}
-            if all(math.isnan(v) for v in vals.values()):
-                continue
-            cells = [f"{label} ({unit})"] + [f"{vals[n]:.3f}" for n in names]
-            base = vals.get("diffuse", math.nan)
-            cells += [f"{vals[n] / base:.2f}×" for n in names if n != "diffuse"]
-            print("| " + " | ".join(cells) + " |")
+        for kind, title in [("wall", "wall-clock seconds"), ("cpu", "CPU seconds (all threads)")]:
+            print(f"\n### {dtype}, {title}, {args.threads} threads, medians of {args.reps} (generate: 1 run)\n")
+            head = ["row"] + names + [f"{n} / diffuse" for n in names if n != "diffuse"]
+            print("| " + " | ".join(head) + " |")
+            print("|" + "---|" * len(head))
+            for key, label, unit in ROWS:
+                vals = {n: cell(raw, n, dtype, key, kind) for n in names}
+                if all(math.isnan(v) for v in vals.values()):
+                    continue
+                cells = [f"{label} ({unit})"] + [f"{vals[n]:.3f}" for n in names]
+                base = vals.get("diffuse", math.nan)
+                cells += [f"{vals[n] / base:.2f}×" for n in names if n != "diffuse"]
+                print("| " + " | ".join(cells) + " |")
+        loads = [cell(raw, n, dtype, k, "wall") for n in names for k in ["loadavg_components", "loadavg"]]
+        print(f"\n1-minute load average after each process: {', '.join(f'{x:.1f}' for x in loads)}")
     dtypes = args.dtypes.split(",")
     if "generate" in args.tasks and "f32" in dtypes and "bf16" in dtypes:
         print()
@@ -152,9 +162,9 @@ def print_tables(raw, args, columns):
             if a.exists() and b.exists():
                 print(f"PSNR of {n}'s bf16 image against its f32 image: {psnr(a, b):.2f} dB")
         if "diffuse" in names:
-            d_bf16 = median(raw.get("diffuse bf16", {}).get("generate_512", []))
+            d_bf16 = cell(raw, "diffuse", "bf16", "generate_512", "wall")
             for n in names[1:]:
-                ref = median(raw.get(f"{n} f32", {}).get("generate_512", []))
+                ref = cell(raw, n, "f32", "generate_512", "wall")
                 print(f"end-to-end, {n} f32 / diffuse bf16: {ref / d_bf16:.2f}×")
 
 

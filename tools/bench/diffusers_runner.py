@@ -16,18 +16,20 @@ DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
 def emit(name, times):
-    print(json.dumps({"name": name, "times": list(times)}), flush=True)
+    """One JSON line: wall-clock seconds of each repetition and their CPU seconds (all threads)."""
+    print(json.dumps({"name": name, "times": [t[0] for t in times], "cpu": [t[1] for t in times]}), flush=True)
+
+
+def timed(fn):
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync()
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def time_reps(reps, fn):
     fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
+    return [timed(fn) for _ in range(reps)]
 
 
 def sync():
@@ -51,12 +53,12 @@ def main():
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     dtype = DTYPES[args.dtype]
-    start = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
-    if args.device == "cuda":
-        pipe.unet.set_default_attn_processor()  # SDPA (AttnProcessor2_0) is the default on torch 2
+    loaded = []
+    load = timed(lambda: loaded.append(
+        StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)))
+    pipe = loaded[0]
     pipe.set_progress_bar_config(disable=True)
-    emit("load", [time.perf_counter() - start])
+    emit("load", [load])
     with torch.inference_mode():
         if args.task == "components":
             components(pipe, args, dtype)
@@ -90,19 +92,19 @@ def generate(pipe, args, scheduler_class):
             first.append(time.time())
         return kwargs
 
-    start = time.perf_counter()
-    out = pipe(
+    out = []
+    run = timed(lambda: out.append(pipe(
         PROMPT,
         num_inference_steps=args.steps,
         width=512,
         height=512,
         generator=torch.Generator("cpu").manual_seed(0),
         callback_on_step_end=on_step,
-    )
-    emit("generate_512", [time.perf_counter() - start])
-    emit("first_step_unix", first)
+    )))
+    emit("generate_512", [run])
+    print(json.dumps({"name": "first_step_unix", "times": first}), flush=True)
     if args.save:
-        out.images[0].save(args.save)
+        out[0].images[0].save(args.save)
 
 
 if __name__ == "__main__":

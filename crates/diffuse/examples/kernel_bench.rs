@@ -65,23 +65,20 @@ fn main() -> candle_core::Result<()> {
             theirs,
         );
     }
-    for (heads, tokens, d) in [(16, 4096, 40), (16, 1024, 80), (1, 4096, 512)] {
-        let q = randn(&[
-            2 * heads / heads.min(2).max(1) / 2 * 0 + if heads == 1 { 1 } else { 2 },
-            tokens,
-            heads / if heads == 1 { 1 } else { 2 } * d,
-        ])?;
-        let h = if heads == 1 { 1 } else { heads / 2 };
+    // (batch, heads per item, tokens, head dim): the UNet's first and second levels, the VAE's mid block.
+    for (batch, heads, tokens, d) in [(2, 8, 4096, 40), (2, 8, 1024, 80), (1, 1, 4096, 512)] {
+        let q = randn(&[batch, tokens, heads * d])?;
         let scale = (d as f64).powf(-0.5);
-        let flop = 4.0 * (heads * tokens * tokens * d) as f64;
-        let ours = median_secs(3, || attention::attention(&q, &q, &q, h, scale));
-        let theirs = median_secs(1, || attention::attention_reference(&q, &q, &q, h, scale));
-        row(
-            &format!("self-attention {heads} heads × {tokens} tokens, d {d}"),
-            flop,
-            ours,
-            theirs,
+        let flop = 4.0 * (batch * heads * tokens * tokens * d) as f64;
+        let ours = median_secs(3, || attention::attention(&q, &q, &q, heads, scale));
+        let theirs = median_secs(1, || {
+            attention::attention_reference(&q, &q, &q, heads, scale)
+        });
+        let name = format!(
+            "self-attention {} heads × {tokens} tokens, d {d}",
+            batch * heads
         );
+        row(&name, flop, ours, theirs);
     }
     let x = randn(&[2, 320, 64, 64])?;
     let g = randn(&[320])?;

@@ -67,24 +67,49 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn emit(name: &str, times: &[f64]) {
-    let list = times
+/// CPU seconds used by all threads of this process so far.
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        f64::NAN
+    }
+}
+
+fn list(values: &[f64]) -> String {
+    values
         .iter()
         .map(|t| format!("{t:.6}"))
         .collect::<Vec<_>>()
-        .join(", ");
-    println!("{{\"name\": \"{name}\", \"times\": [{list}]}}");
+        .join(", ")
 }
 
-fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// One JSON line: wall-clock seconds of each repetition and, when measured, their CPU seconds.
+fn emit(name: &str, times: &[(f64, f64)]) {
+    let wall: Vec<f64> = times.iter().map(|t| t.0).collect();
+    let cpu: Vec<f64> = times.iter().map(|t| t.1).collect();
+    println!(
+        "{{\"name\": \"{name}\", \"times\": [{}], \"cpu\": [{}]}}",
+        list(&wall),
+        list(&cpu)
+    );
+}
+
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     f()?;
-    (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f()?;
-            Ok(start.elapsed().as_secs_f64())
-        })
-        .collect()
+    Ok((start.elapsed().as_secs_f64(), cpu_seconds() - cpu))
+}
+
+fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<(f64, f64)>> {
+    f()?;
+    (0..reps).map(|_| timed(&mut f)).collect()
 }
 
 fn sync(t: &Tensor) -> Result<()> {
@@ -110,9 +135,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         device: device.clone(),
         ..LoadOptions::default()
     };
-    let load_start = Instant::now();
-    let pipe = StableDiffusion::load(&folder, &opts)?;
-    emit("load", &[load_start.elapsed().as_secs_f64()]);
+    let mut loaded = None;
+    let load = timed(|| {
+        loaded = Some(StableDiffusion::load(&folder, &opts)?);
+        Ok(())
+    })?;
+    emit("load", &[load]);
+    let Some(pipe) = loaded else {
+        bail!("the pipeline did not load");
+    };
     match args.task {
         Task::Components => components(&pipe, args.reps, dtype, &device),
         Task::Generate => generate(&pipe, args.steps, args.save.as_deref()),
@@ -174,19 +205,22 @@ fn generate(pipe: &StableDiffusion, steps: usize, save: Option<&std::path::Path>
     };
     let mut noise = TorchCpuRng::new(0);
     let mut first_step = None;
-    let start = Instant::now();
-    let generated = pipe.generate(&request, &mut noise, &mut |p| {
-        if p.step == 1 {
-            first_step = Some(now_unix());
-        }
-        ControlFlow::Continue(())
+    let mut generated = None;
+    let time = timed(|| {
+        generated = Some(pipe.generate(&request, &mut noise, &mut |p| {
+            if p.step == 1 {
+                first_step = Some(now_unix());
+            }
+            ControlFlow::Continue(())
+        })?);
+        Ok(())
     })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    emit("generate_512", &[elapsed]);
+    emit("generate_512", &[time]);
     if let Some(t) = first_step {
         println!("{{\"name\": \"first_step_unix\", \"times\": [{t:.6}]}}");
     }
-    if let (Some(path), Some(image)) = (save, generated.images.first()) {
+    let image = generated.as_ref().and_then(|g| g.images.first());
+    if let (Some(path), Some(image)) = (save, image) {
         std::fs::write(path, image.to_png(None)?)?;
     }
     Ok(())

@@ -89,7 +89,7 @@ impl CustomOp3 for FlashAttention {
                 lv.shape()
             );
         }
-        if self.heads == 0 || channels % self.heads != 0 || nk == 0 {
+        if self.heads == 0 || !channels.is_multiple_of(self.heads) || nk == 0 {
             bail!(
                 "attention: {channels} channels, {} heads, {nk} keys",
                 self.heads

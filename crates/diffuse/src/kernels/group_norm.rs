@@ -24,7 +24,7 @@ pub struct GroupNorm {
 
 /// Reads a GroupNorm's `weight` and `bias` (`[channels]`) under `vb` (the signature of candle-nn's).
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         bail!("GroupNorm: {channels} channels cannot be split into {groups} groups");
     }
     Ok(GroupNorm {
@@ -115,7 +115,7 @@ impl CustomOp3 for GroupNormOp {
             );
         }
         let channels = dims[1];
-        if self.groups == 0 || channels % self.groups != 0 {
+        if self.groups == 0 || !channels.is_multiple_of(self.groups) {
             bail!("GroupNorm: {channels} channels, {} groups", self.groups);
         }
         let weight = as_f32(sw, lw, "GroupNorm weight")?;
