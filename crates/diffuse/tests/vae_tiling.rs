@@ -11,7 +11,7 @@ use diffuse::models::vae::VaeTiling;
 const F32_TOLERANCE: f64 = 1e-4;
 const BF16_TOLERANCE: f64 = 8e-2;
 
-fn vae(dtype: DType) -> diffuse::models::vae::AutoencoderKL {
+fn load_vae(dtype: DType) -> diffuse::models::vae::AutoencoderKL {
     let folder = PipelineFolder::open(&fixtures("models").join("sd1")).unwrap();
     let opts = LoadOptions {
         dtype,
@@ -23,7 +23,7 @@ fn vae(dtype: DType) -> diffuse::models::vae::AutoencoderKL {
 #[test]
 fn tiled_decode_matches_diffusers() {
     let reference = load_reference(&fixtures("perf").join("vae_tiling.safetensors"));
-    let mut vae = vae(DType::F32);
+    let mut vae = load_vae(DType::F32);
     vae.enable_tiling();
     assert_eq!(
         vae.tiling(),
@@ -46,7 +46,7 @@ fn tiled_decode_matches_diffusers() {
         );
         vae.enable_tiling();
     }
-    let mut vae = vae(DType::BF16);
+    let mut vae = load_vae(DType::BF16);
     vae.enable_tiling();
     let z = get(&reference, "square.z").to_dtype(DType::BF16).unwrap();
     let got = vae.decode(&z).unwrap();
@@ -61,7 +61,7 @@ fn tiled_decode_matches_diffusers() {
 
 #[test]
 fn tiling_that_cannot_advance_is_an_error() {
-    let mut vae = vae(DType::F32);
+    let mut vae = load_vae(DType::F32);
     vae.set_tiling(Some(VaeTiling {
         latent_tile: 1,
         sample_tile: 8,
