@@ -39,6 +39,8 @@ ROWS = [
     ("generate_512", "end-to-end 512², DPM++ 2M", "s"),
     ("first_step", "process start → end of first step", "s"),
     ("peak_rss", "peak RSS (generate)", "GiB"),
+    ("vae_tiled_decode", "tiled VAE decode, --size² (task vae-tiled)", "s"),
+    ("peak_rss_vae_tiled", "peak RSS (vae-tiled)", "GiB"),
 ]
 
 
@@ -86,11 +88,12 @@ def main():
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--dtypes", default="f32,bf16")
-    p.add_argument("--tasks", default="components,generate")
+    p.add_argument("--tasks", default="components,generate", help="components, generate, vae-tiled")
     p.add_argument("--engines", default="diffuse,diffusers")
     p.add_argument("--diffusers-alloc", default="default,tuned")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=2048, help="image side of the vae-tiled task")
     p.add_argument("--cuda", action="store_true", help="run both on the first CUDA device (f16 recommended)")
     p.add_argument("--out", type=pathlib.Path, help="also write all raw timings here as JSON")
     p.add_argument("--images", type=pathlib.Path, default=pathlib.Path("/tmp/diffuse-bench"))
@@ -110,19 +113,23 @@ def main():
                 image = args.images / f"{name}-{dtype}.png"
                 if name == "diffuse":
                     cmd = [args.diffuse, "bench", str(args.model), "--task", task, "--dtype", dtype,
-                           "--reps", str(args.reps), "--steps", str(args.steps), "--save", str(image)]
+                           "--reps", str(args.reps), "--steps", str(args.steps), "--save", str(image),
+                           "--size", str(args.size)]
                     if args.cuda:
                         cmd.append("--cuda")
                 else:
                     cmd = [args.python, str(HERE / "diffusers_runner.py"), str(args.model), "--task", task,
                            "--dtype", dtype, "--reps", str(args.reps), "--steps", str(args.steps),
-                           "--threads", str(args.threads), "--save", str(image),
+                           "--threads", str(args.threads), "--save", str(image), "--size", str(args.size),
                            "--device", "cuda" if args.cuda else "cpu"]
                 print(f"# {name} {dtype} {task}", file=sys.stderr, flush=True)
                 got = run(cmd, alloc, args.threads)
                 if task == "components":
                     got.pop("peak_rss")
                     got["loadavg_components"] = got.pop("loadavg")
+                elif task == "vae-tiled":
+                    got["peak_rss_vae_tiled"] = got.pop("peak_rss")
+                    got["loadavg_vae_tiled"] = got.pop("loadavg")
                 res.update(got)
             raw[f"{name} {dtype}"] = res
             summary = {k: round(median(v["wall"]), 3) for k, v in res.items()}
@@ -152,7 +159,8 @@ def print_tables(raw, args, columns):
                 base = vals.get("diffuse", math.nan)
                 cells += [f"{vals[n] / base:.2f}×" for n in names if n != "diffuse"]
                 print("| " + " | ".join(cells) + " |")
-        loads = [cell(raw, n, dtype, k, "wall") for n in names for k in ["loadavg_components", "loadavg"]]
+        loads = [cell(raw, n, dtype, k, "wall") for n in names for k in ["loadavg_components", "loadavg", "loadavg_vae_tiled"]]
+        loads = [x for x in loads if not math.isnan(x)]
         print(f"\n1-minute load average after each process: {', '.join(f'{x:.1f}' for x in loads)}")
     dtypes = args.dtypes.split(",")
     if "generate" in args.tasks and "f32" in dtypes and "bf16" in dtypes:

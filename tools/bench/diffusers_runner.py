@@ -40,7 +40,8 @@ def sync():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--task", choices=["components", "generate"], default="components")
+    p.add_argument("--task", choices=["components", "generate", "vae-tiled"], default="components")
+    p.add_argument("--size", type=int, default=2048)
     p.add_argument("--dtype", choices=list(DTYPES), default="f32")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
@@ -62,6 +63,11 @@ def main():
     with torch.inference_mode():
         if args.task == "components":
             components(pipe, args, dtype)
+        elif args.task == "vae-tiled":
+            pipe.vae.enable_tiling()
+            side = args.size // pipe.vae_scale_factor
+            z = torch.randn(1, 4, side, side).to(args.device, pipe.vae.dtype)
+            emit("vae_tiled_decode", [timed(lambda: pipe.vae.decode(z))])
         else:
             generate(pipe, args, DPMSolverMultistepScheduler)
 

@@ -25,6 +25,8 @@ enum Task {
     Components,
     /// One text-to-image generation at 512², `--steps` DPM++ 2M steps, timed from load to the last step.
     Generate,
+    /// One tiled VAE decode of random latents for a `--size`² image (peak memory of large images).
+    VaeTiled,
 }
 
 /// The compute dtype.
@@ -55,6 +57,9 @@ pub struct BenchArgs {
     /// Run on the first CUDA device instead of the CPU.
     #[arg(long)]
     cuda: bool,
+    /// Image side of `--task vae-tiled`, in pixels.
+    #[arg(long, default_value_t = 2048)]
+    size: usize,
     /// Where `--task generate` writes its image (a PNG), e.g. to compare dtypes.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -135,18 +140,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
         device: device.clone(),
         ..LoadOptions::default()
     };
-    let mut loaded = None;
+    let mut loaded: Option<StableDiffusion> = None;
     let load = timed(|| {
         loaded = Some(StableDiffusion::load(&folder, &opts)?);
         Ok(())
     })?;
     emit("load", &[load]);
-    let Some(pipe) = loaded else {
+    let Some(mut pipe) = loaded else {
         bail!("the pipeline did not load");
     };
     match args.task {
         Task::Components => components(&pipe, args.reps, dtype, &device),
         Task::Generate => generate(&pipe, args.steps, args.save.as_deref()),
+        Task::VaeTiled => {
+            pipe.vae.enable_tiling();
+            let side = args.size / pipe.vae_scale_factor();
+            let z = Tensor::randn(0f32, 1f32, (1, 4, side, side), &device)?
+                .to_dtype(pipe.vae.dtype())?;
+            let time = timed(|| sync(&pipe.vae.decode(&z)?))?;
+            emit("vae_tiled_decode", &[time]);
+            Ok(())
+        }
     }
 }
 
