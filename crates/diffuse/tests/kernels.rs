@@ -152,3 +152,43 @@ fn group_norm_matches_reference() {
         assert!(err < 4e-2, "{shape:?} bf16: {err}");
     }
 }
+
+#[test]
+fn bf16_linear_matches_f32_product() {
+    use candle_core::Module;
+    use std::collections::HashMap;
+    let mut rng = TorchCpuRng::new(4);
+    // (batch, tokens, in, out): widths off the 64-column panel and 6-row block grid, with and without bias.
+    for (b, n, k, out, with_bias) in [
+        (2, 77, 96, 130, true),
+        (1, 13, 40, 64, false),
+        (2, 200, 320, 70, true),
+    ] {
+        let x = randn(&mut rng, &[b, n, k]).to_dtype(DType::BF16).unwrap();
+        let w = randn(&mut rng, &[out, k]).to_dtype(DType::BF16).unwrap();
+        let bias = randn(&mut rng, &[out]).to_dtype(DType::BF16).unwrap();
+        let mut tensors = HashMap::from([("weight".to_string(), w.clone())]);
+        if with_bias {
+            tensors.insert("bias".to_string(), bias.clone());
+        }
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::BF16, &Device::Cpu);
+        let layer = if with_bias {
+            diffuse::kernels::linear::linear(k, out, vb).unwrap()
+        } else {
+            diffuse::kernels::linear::linear_no_bias(k, out, vb).unwrap()
+        };
+        let got = layer.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[b, n, out]);
+        assert_eq!(got.dtype(), DType::BF16);
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let mut want = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap();
+        if with_bias {
+            want = want.broadcast_add(&f(&bias)).unwrap();
+        }
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        // Same products, f32 sums in another order, one rounding to bf16 (relative step 2⁻⁸).
+        let err = max_abs_diff(&got, &want);
+        assert!(err <= scale * 5e-3, "{b}×{n}×{k}→{out}: {err} of {scale}");
+    }
+}

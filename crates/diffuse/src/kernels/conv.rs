@@ -7,8 +7,10 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::bf16_gemm::{self, Bias, PackB, Problem, NR};
 use super::gemm::{matmul, MatMut, MatRef};
 use super::storage::{as_f32, from_f32};
+use half::bf16;
 
 /// The unfolded tile holds at most about this many f32 values (8 MiB).
 const TILE_VALUES: usize = 1 << 21;
@@ -104,9 +106,24 @@ impl CustomOp3 for Conv2dOp {
             pad: self.padding,
             stride: self.stride,
         };
+        let bias = as_f32(sb, lb, "conv2d bias")?;
+        if let (CpuStorage::BF16(xs), CpuStorage::BF16(ws)) = (sx, sw) {
+            let k = cin * kh * kw;
+            if bf16_gemm::available() && k.is_multiple_of(2) {
+                let (Some((x0, x1)), Some((w0, w1))) =
+                    (lx.contiguous_offsets(), lw.contiguous_offsets())
+                else {
+                    bail!("conv2d: the kernel needs contiguous tensors");
+                };
+                let out = forward_bf16(&g, &xs[x0..x1], &ws[w0..w1], &bias)?;
+                return Ok((
+                    CpuStorage::BF16(out),
+                    Shape::from((batch, cout, g.ho, g.wo)),
+                ));
+            }
+        }
         let x = as_f32(sx, lx, "conv2d input")?;
         let weight = as_f32(sw, lw, "conv2d weight")?;
-        let bias = as_f32(sb, lb, "conv2d bias")?;
         let out = forward(&g, &x, &weight, &bias)?;
         let shape = Shape::from((batch, cout, g.ho, g.wo));
         Ok((from_f32(out, sx.dtype())?, shape))
@@ -184,6 +201,74 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// The convolution as one bf16 product per image: weights (`[out, in·kh·kw]`, already row-major) times the
+/// unfolded input, unfolded panel by panel straight into the dot-product instruction's pair order.
+fn forward_bf16(g: &Geometry, x: &[bf16], weight: &[bf16], bias: &[f32]) -> Result<Vec<bf16>> {
+    let plane = g.ho * g.wo;
+    let k = g.cin * g.kh * g.kw;
+    let mut out = vec![bf16::ZERO; g.batch * g.cout * plane];
+    let problem = Problem {
+        m: g.cout,
+        n: plane,
+        k,
+        batch: g.batch,
+        a: weight,
+        a_batch_stride: 0,
+        c_rs: plane,
+        c_batch_stride: g.cout * plane,
+        bias: Bias::Rows(bias),
+    };
+    bf16_gemm::run(&problem, &Im2colPanels { g, x }, &mut out)?;
+    Ok(out)
+}
+
+/// Unfolds panels of [`NR`] output pixels from a bf16 input.
+struct Im2colPanels<'a> {
+    g: &'a Geometry,
+    x: &'a [bf16],
+}
+
+impl PackB for Im2colPanels<'_> {
+    fn pack(&self, b: usize, j0: usize, panel: &mut [bf16]) {
+        let g = self.g;
+        let plane = g.ho * g.wo;
+        let image = &self.x[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
+        // Top-left input coordinate of each column's receptive field; None past the last pixel.
+        let mut origin = [None; NR];
+        for (c, o) in origin.iter_mut().enumerate() {
+            let p = j0 + c;
+            if p < plane {
+                let (oy, ox) = (p / g.wo, p % g.wo);
+                *o = Some((
+                    (oy * g.stride) as isize - g.pad as isize,
+                    (ox * g.stride) as isize - g.pad as isize,
+                ));
+            }
+        }
+        let k = g.cin * g.kh * g.kw;
+        for kk in 0..k {
+            let kx = (kk % g.kw) as isize;
+            let ky = ((kk / g.kw) % g.kh) as isize;
+            let channel = &image[kk / (g.kw * g.kh) * g.h * g.w..][..g.h * g.w];
+            let row = &mut panel[kk / 2 * 2 * NR..(kk / 2 + 1) * 2 * NR];
+            for (c, o) in origin.iter().enumerate() {
+                let value = match o {
+                    Some((y0, x0)) => {
+                        let (iy, ix) = (y0 + ky, x0 + kx);
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                            channel[iy as usize * g.w + ix as usize]
+                        } else {
+                            bf16::ZERO
+                        }
+                    }
+                    None => bf16::ZERO,
+                };
+                row[2 * c + kk % 2] = value;
+            }
+        }
+    }
 }
 
 /// im2col of output rows `r0..r0 + rows`: row `(ci · kh + ky) · kw + kx` of `col` holds, for each output pixel

@@ -1,11 +1,12 @@
 //! `Transformer2DModel`: the spatial transformer that injects the text into the UNet by cross-attention.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use super::attention::multi_head_attention;
 use super::conv::Conv2d;
 use crate::kernels::group_norm::{group_norm, GroupNorm};
+use crate::kernels::linear::{linear, linear_no_bias, Linear};
 
 /// The shape of one spatial transformer.
 #[derive(Debug, Clone, Copy)]

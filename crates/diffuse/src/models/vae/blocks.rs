@@ -1,9 +1,10 @@
 //! The VAE's building blocks: resnet stacks with a resolution change, and the self-attention mid block.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::kernels::group_norm::{group_norm, GroupNorm};
+use crate::kernels::linear::{linear, Linear};
 use crate::models::attention::multi_head_attention;
 use crate::models::resnet::{ResnetBlock2D, ResnetConfig};
 
