@@ -192,3 +192,26 @@ fn bf16_linear_matches_f32_product() {
         assert!(err <= scale * 5e-3, "{b}×{n}×{k}→{out}: {err} of {scale}");
     }
 }
+
+#[test]
+fn geglu_matches_reference() {
+    use diffuse::kernels::geglu;
+    let mut rng = TorchCpuRng::new(5);
+    for shape in [[2usize, 77, 64], [1, 3, 2]] {
+        let h = (randn(&mut rng, &shape) * 3.0).unwrap();
+        let got = geglu::geglu(&h).unwrap();
+        let want = geglu::geglu_reference(&h).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 5e-6 * 9.0, "{shape:?}: {err}");
+        let hb = h.to_dtype(DType::BF16).unwrap();
+        let got = geglu::geglu(&hb).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = geglu::geglu_reference(&hb.to_dtype(DType::F32).unwrap()).unwrap();
+        // One rounding to bf16 (relative step 2⁻⁸) of values up to `scale`.
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        assert!(max_abs_diff(&got, &want) <= scale * 4e-3, "{shape:?} bf16");
+    }
+    assert!(geglu::geglu(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap()).is_err());
+}

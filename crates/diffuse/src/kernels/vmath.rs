@@ -35,6 +35,26 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7), branch-free.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let mut p = 1.061_405_4f32;
+    p = p * t - 1.453_152_1;
+    p = p * t + 1.421_413_8;
+    p = p * t - 0.284_496_74;
+    p = p * t + 0.254_829_6;
+    let y = 1.0 - p * t * exp(-a * a);
+    y.copysign(x)
+}
+
+/// The exact (erf-based) GELU: x · (1 + erf(x / √2)) / 2.
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -47,6 +67,23 @@ mod tests {
             worst = worst.max(((got - want) / want).abs());
         }
         assert!(worst < 3e-7, "relative error {worst}");
+    }
+
+    #[test]
+    fn erf_matches_reference_values() {
+        // erf at a few points, to 9 digits (Abramowitz & Stegun table 7.1).
+        for (x, want) in [
+            (0.0f32, 0.0f64),
+            (0.1, 0.112_462_916),
+            (0.5, 0.520_499_878),
+            (1.0, 0.842_700_793),
+            (1.5, 0.966_105_146),
+            (2.0, 0.995_322_265),
+            (3.0, 0.999_977_910),
+        ] {
+            assert!((super::erf(x) as f64 - want).abs() < 4e-7, "erf({x})");
+            assert!((super::erf(-x) as f64 + want).abs() < 4e-7, "erf(-{x})");
+        }
     }
 
     #[test]

@@ -90,8 +90,11 @@ impl GegluFeedForward {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.proj.forward(x)?;
-        let chunks = h.chunk(2, candle_core::D::Minus1)?;
-        let gated = (&chunks[0] * chunks[1].gelu_erf()?)?;
+        let gated = if h.device().is_cpu() {
+            crate::kernels::geglu::geglu(&h)?
+        } else {
+            crate::kernels::geglu::geglu_reference(&h)?
+        };
         self.out.forward(&gated)
     }
 }
