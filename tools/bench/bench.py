@@ -95,7 +95,9 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--size", type=int, default=2048, help="image side of the vae-tiled task")
     p.add_argument("--cuda", action="store_true", help="run both on the first CUDA device (f16 recommended)")
-    p.add_argument("--out", type=pathlib.Path, help="also write all raw timings here as JSON")
+    p.add_argument("--out", type=pathlib.Path, help="also write all raw timings here as JSON (after each process)")
+    p.add_argument("--reuse", type=pathlib.Path, action="append", default=[],
+                   help="raw JSON of an earlier run: its results for engines not in --engines are tabulated too")
     p.add_argument("--images", type=pathlib.Path, default=pathlib.Path("/tmp/diffuse-bench"))
     args = p.parse_args()
     args.images.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,13 @@ def main():
     if "diffusers" in engines:
         columns += [(f"diffusers[{a}]", ALLOCS[a]) for a in args.diffusers_alloc.split(",")]
     raw = {}
+    running = [c[0] for c in columns]
+    for path in args.reuse:
+        earlier = json.loads(path.read_text())
+        raw.update({k: v for k, v in earlier.items() if k.rsplit(" ", 1)[0] not in running})
+    reused = set(raw)
+    if reused:
+        print(f"# reusing {sorted(reused)}", file=sys.stderr)
     for dtype in args.dtypes.split(","):
         for name, alloc in columns:
             res = {}
@@ -131,12 +140,17 @@ def main():
                     got["peak_rss_vae_tiled"] = got.pop("peak_rss")
                     got["loadavg_vae_tiled"] = got.pop("loadavg")
                 res.update(got)
-            raw[f"{name} {dtype}"] = res
+                raw[f"{name} {dtype}"] = res
+                if args.out:
+                    args.out.write_text(json.dumps(raw, indent=1))
             summary = {k: round(median(v["wall"]), 3) for k, v in res.items()}
             print(f"#   {json.dumps(summary)}", file=sys.stderr)
-    if args.out:
-        args.out.write_text(json.dumps(raw, indent=1))
-    print_tables(raw, args, columns)
+    all_columns = list(columns)
+    for key in raw:
+        name = key.rsplit(" ", 1)[0]
+        if name not in [c[0] for c in all_columns]:
+            all_columns.append((name, {}))
+    print_tables(raw, args, all_columns)
 
 
 def cell(raw, column, dtype, key, kind):
