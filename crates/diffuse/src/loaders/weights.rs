@@ -161,7 +161,11 @@ fn release_pages(bytes: &[u8]) {
             // SAFETY: [first, last) lies inside the read-only file mapping that `bytes` borrows; MADV_DONTNEED
             // on such a mapping only unmaps pages, which are re-read from the file (unchanged) if touched again.
             unsafe {
-                libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
             }
         }
     }
