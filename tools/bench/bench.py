@@ -111,7 +111,9 @@ def main():
     running = [c[0] for c in columns]
     for path in args.reuse:
         earlier = json.loads(path.read_text())
-        raw.update({k: v for k, v in earlier.items() if k.rsplit(" ", 1)[0] not in running})
+        for key, rows in earlier.items():
+            if key.rsplit(" ", 1)[0] not in running:
+                raw.setdefault(key, {}).update(rows)
     reused = set(raw)
     if reused:
         print(f"# reusing {sorted(reused)}", file=sys.stderr)
