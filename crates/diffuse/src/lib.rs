@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod loaders;
 pub mod metadata;
 pub mod models;

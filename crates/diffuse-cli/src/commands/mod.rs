@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+pub mod bench;
 pub mod generate;
 pub mod info;
 pub mod serve;

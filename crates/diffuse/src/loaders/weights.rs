@@ -196,6 +196,7 @@ impl WeightFiles {
         let tensor = view
             .load(dev)
             .map_err(|e| self.weights_error(name, format!("cannot be read: {e}")))?;
+        release_pages(view.data());
         let tensor = match stored.transform {
             Transform::None | Transform::Reshape => tensor,
             Transform::Rows { start, len } => {
@@ -266,6 +267,30 @@ impl SimpleBackend for WeightFiles {
     fn contains_tensor(&self, name: &str) -> bool {
         self.lookup(name)
             .is_some_and(|stored| self.tensors.get(&stored.name).is_ok())
+    }
+}
+
+/// Drops the mapped pages lying wholly inside `bytes` from this process once they have been copied, so that
+/// loading does not hold the file's pages and the loaded copy at once (the peak RSS of a load would otherwise be
+/// twice the weights). The mapping is read-only and file-backed: a later read simply faults the page back in.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let start = bytes.as_ptr() as usize;
+        let first = start.div_ceil(PAGE) * PAGE;
+        let last = (start + bytes.len()) / PAGE * PAGE;
+        if last > first {
+            // SAFETY: [first, last) lies inside the read-only file mapping that `bytes` borrows; MADV_DONTNEED
+            // on such a mapping only unmaps pages, which are re-read from the file (unchanged) if touched again.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
     }
 }
 

@@ -38,6 +38,9 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.device().is_cpu() {
+            return crate::kernels::conv2d(x, &self.weight, &self.bias, self.padding, self.stride);
+        }
         // candle has no bf16 convolution on the CPU: compute in f32 there and round back.
         let widen = x.dtype() == DType::BF16 && x.device().is_cpu();
         let (input, weight) = if widen {
