@@ -382,3 +382,38 @@ fn bad_inputs_fail_clearly() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn vae_tiling_decodes_in_tiles() {
+    let dir = scratch("tiling");
+    let (tiled, plain) = (dir.join("tiled.png"), dir.join("plain.png"));
+    for (path, extra) in [(&tiled, Some("--vae-tiling")), (&plain, None)] {
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "--model",
+            &*Box::leak(sd1().into_boxed_str()),
+            "--steps",
+            "2",
+        ];
+        args.extend([
+            "--width",
+            "256",
+            "--height",
+            "192",
+            "--seed",
+            "5",
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        args.extend(extra);
+        let run = diffuse(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    // The fixture VAE's tiles are 64 pixels: a 256×192 image is decoded in overlapping tiles, which changes it.
+    let a = diffuse::pipelines::RgbImage::open(&tiled, "a").unwrap();
+    let b = diffuse::pipelines::RgbImage::open(&plain, "b").unwrap();
+    assert_eq!((a.width, a.height), (256, 192));
+    assert_ne!(a.pixels, b.pixels);
+    let _ = std::fs::remove_dir_all(&dir);
+}

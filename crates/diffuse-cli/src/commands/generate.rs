@@ -109,6 +109,10 @@ pub struct GenerateArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Decode the image in overlapping tiles with blended seams (diffusers' `enable_vae_tiling`), so large
+    /// images decode in bounded memory.
+    #[arg(long)]
+    vae_tiling: bool,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -164,7 +168,10 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
         device: diffuse::device::device_from_name(&args.device)?,
         variant,
     };
-    let pipe = StableDiffusion::load(&folder, &opts)?;
+    let mut pipe = StableDiffusion::load(&folder, &opts)?;
+    if args.vae_tiling {
+        pipe.vae.enable_tiling();
+    }
 
     let scheduler = args
         .scheduler
