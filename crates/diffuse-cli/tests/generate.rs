@@ -387,12 +387,13 @@ fn bad_inputs_fail_clearly() {
 fn vae_tiling_decodes_in_tiles() {
     let dir = scratch("tiling");
     let (tiled, plain) = (dir.join("tiled.png"), dir.join("plain.png"));
+    let model = sd1();
     for (path, extra) in [(&tiled, Some("--vae-tiling")), (&plain, None)] {
         let mut args = vec![
             "generate",
             "a red circle",
             "--model",
-            &*Box::leak(sd1().into_boxed_str()),
+            &model,
             "--steps",
             "2",
         ];
