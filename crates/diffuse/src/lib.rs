@@ -2,7 +2,9 @@
 //!
 //! The library knows nothing of the command line or the server: `diffuse-cli` is a thin layer on top.
 
+pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod loaders;
 pub mod metadata;
 pub mod models;

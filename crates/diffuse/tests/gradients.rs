@@ -6,8 +6,8 @@ use candle_nn::{VarBuilder, VarMap};
 use diffuse::models::activations::Activation;
 use diffuse::models::attention::scaled_dot_product_attention;
 use diffuse::models::conv::Conv2d;
-use diffuse::models::group_norm::group_norm;
-use diffuse::models::im2col::conv2d_im2col;
+use diffuse::kernels::group_norm::group_norm;
+use diffuse::kernels::train_conv::conv2d_im2col;
 use diffuse::models::layer_norm::layer_norm;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -238,7 +238,7 @@ fn training_silu_matches_candle_values_and_gradients() {
 #[test]
 fn training_linear_matches_plain_ops_values_and_gradients() {
     let vars = VarMap::new();
-    let layer = diffuse::models::linear::linear(
+    let layer = diffuse::kernels::linear::linear(
         4,
         6,
         VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),

@@ -19,7 +19,9 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use diffuse::rng::NoiseSource;
-use diffuse::schedulers::{SchedulerConfig, TimestepRequest};
+use diffuse::schedulers::{
+    known_scheduler_names, scheduler_config_for, NoiseSchedule, SchedulerConfig, TimestepRequest,
+};
 use serde_json::Value;
 
 /// Timesteps: |rust - diffusers| <= TIMESTEP_TOL * max(|diffusers|, 100) (0..1000 scale).
@@ -143,8 +145,25 @@ fn request_of(case: &Value) -> TimestepRequest {
 fn run_case(case: &Value, shape: &[usize], refs: &BTreeMap<String, Tensor>) -> (f64, Vec<String>) {
     let name = case["name"].as_str().unwrap();
     let mut failures = Vec::new();
-    let mut config = SchedulerConfig::from_json_str(&case["config"].to_string()).unwrap();
-    config.class_name = Some(case["class"].as_str().unwrap().to_string());
+    let mut config = match case["a1111"].as_str() {
+        // The name table: the sampler name on top of the checkpoint's own configuration.
+        Some(sampler) => {
+            let base = SchedulerConfig::from_json_str(&case["base"].to_string()).unwrap();
+            let config = scheduler_config_for(sampler, &base).unwrap();
+            if config.class_name.as_deref() != case["class"].as_str() {
+                return (
+                    f64::INFINITY,
+                    vec![format!("{name}: class {:?}", config.class_name)],
+                );
+            }
+            config
+        }
+        None => {
+            let mut config = SchedulerConfig::from_json_str(&case["config"].to_string()).unwrap();
+            config.class_name = Some(case["class"].as_str().unwrap().to_string());
+            config
+        }
+    };
     config.eta = case["eta"].as_f64();
     let mut sched = match config.build(&request_of(case)) {
         Ok(s) => s,
@@ -272,20 +291,13 @@ fn run_case(case: &Value, shape: &[usize], refs: &BTreeMap<String, Tensor>) -> (
 
 #[test]
 fn schedulers_match_diffusers() {
-    let dir = fixtures();
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let (meta, refs) = load_refs();
     let shape: Vec<usize> = meta["shape"]
         .as_array()
         .unwrap()
         .iter()
         .map(|d| d.as_u64().unwrap() as usize)
         .collect();
-    let refs: BTreeMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("trajectories.safetensors"), &Device::Cpu)
-            .unwrap()
-            .into_iter()
-            .collect();
     let filter = std::env::var("SCHED_CASE").unwrap_or_default();
     let mut failures = Vec::new();
     let mut worst = (0f64, String::new());
@@ -315,4 +327,194 @@ fn schedulers_match_diffusers() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+fn load_refs() -> (Value, BTreeMap<String, Tensor>) {
+    let dir = fixtures();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let refs = candle_core::safetensors::load(dir.join("trajectories.safetensors"), &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect();
+    (meta, refs)
+}
+
+/// `NoiseSchedule` equals `DDPMScheduler`'s alphas_cumprod, `add_noise` and `get_velocity`.
+#[test]
+fn noise_schedule_matches_ddpm() {
+    let (meta, refs) = load_refs();
+    let shape = [2usize, 4, 4, 4];
+    let (x0, noise) = (det_tensor(3, &shape), det_tensor(2, &shape));
+    for (name, config) in meta["noise_schedules"].as_object().unwrap() {
+        let config = SchedulerConfig::from_json_str(&config.to_string()).unwrap();
+        let schedule = NoiseSchedule::from_config(&config).unwrap();
+        let want: Vec<f64> = refs[&format!("noise_schedule/{name}/alphas_cumprod")]
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got: Vec<f64> = schedule
+            .alphas_cumprod()
+            .iter()
+            .map(|&a| a as f64)
+            .collect();
+        let err = elementwise_rel_err(&got, &want, 1e-12);
+        assert!(err <= SIGMA_TOL, "{name}: alphas_cumprod err {err:e}");
+        let noisy = schedule.add_noise(&x0, &noise, &[999, 10]).unwrap();
+        let err = tensor_rel_err(&noisy, &refs[&format!("noise_schedule/{name}/add_noise")]);
+        assert!(err <= 1e-6, "{name}: add_noise err {err:e}");
+        let v = schedule.velocity(&x0, &noise, &[999, 10]).unwrap();
+        let err = tensor_rel_err(&v, &refs[&format!("noise_schedule/{name}/velocity")]);
+        assert!(err <= 1e-6, "{name}: velocity err {err:e}");
+    }
+    let snr = NoiseSchedule::from_config(&SchedulerConfig::default())
+        .unwrap()
+        .snr(0)
+        .unwrap();
+    assert!((snr - 0.9999 / 0.0001).abs() / snr < 1e-3, "snr(0) = {snr}");
+}
+
+/// Unknown classes, unsupported values and unsupported custom schedules are clear errors.
+#[test]
+fn config_errors_name_the_culprit() {
+    let build = |json: &str, request: TimestepRequest| {
+        SchedulerConfig::from_json_str(json)
+            .unwrap()
+            .build(&request)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = build(
+        r#"{"_class_name": "FancyScheduler"}"#,
+        TimestepRequest::Steps(10),
+    );
+    assert!(
+        e.contains("FancyScheduler") && e.contains("EulerDiscreteScheduler"),
+        "{e}"
+    );
+    let e = build(
+        r#"{"_class_name": "DDIMScheduler", "beta_schedule": "quadratic"}"#,
+        TimestepRequest::Steps(10),
+    );
+    assert!(
+        e.contains("beta_schedule") && e.contains("quadratic"),
+        "{e}"
+    );
+    let e = build(
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}"#,
+        TimestepRequest::Steps(10),
+    );
+    assert!(
+        e.contains("algorithm_type") && e.contains("dpmsolver"),
+        "{e}"
+    );
+    let e = build(
+        r#"{"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "cubic"}"#,
+        TimestepRequest::Steps(10),
+    );
+    assert!(e.contains("timestep_spacing") && e.contains("cubic"), "{e}");
+    let e = build(
+        r#"{"_class_name": "DDIMScheduler"}"#,
+        TimestepRequest::Sigmas(vec![1.0, 0.0]),
+    );
+    assert!(e.contains("sigmas") && e.contains("DDIMScheduler"), "{e}");
+    let e = build(
+        r#"{"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": true}"#,
+        TimestepRequest::Timesteps(vec![999.0, 500.0]),
+    );
+    assert!(e.contains("timesteps"), "{e}");
+    let e = build(
+        r#"{"_class_name": "DDIMScheduler"}"#,
+        TimestepRequest::Steps(0),
+    );
+    assert!(e.contains("num_inference_steps"), "{e}");
+    let e = build(
+        r#"{"_class_name": "DDIMScheduler", "trained_betas": [0.1, 0.2]}"#,
+        TimestepRequest::Steps(10),
+    );
+    assert!(e.contains("trained_betas"), "{e}");
+    let e = SchedulerConfig::from_json_str(r#"{"beta_start": "small"}"#)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("scheduler config"), "{e}");
+    let e = SchedulerConfig::from_file("/nonexistent/scheduler_config.json")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("/nonexistent/scheduler_config.json"), "{e}");
+}
+
+/// The name table: A1111 names and class names, any case; a miss lists the known names.
+#[test]
+fn scheduler_names_resolve() {
+    let base = SchedulerConfig::from_json_str(
+        r#"{"_class_name": "PNDMScheduler", "skip_prk_steps": true, "steps_offset": 1}"#,
+    )
+    .unwrap();
+    let c = scheduler_config_for("euler A", &base).unwrap();
+    assert_eq!(
+        c.class_name.as_deref(),
+        Some("EulerAncestralDiscreteScheduler")
+    );
+    assert_eq!(c.steps_offset, Some(1));
+    let c = scheduler_config_for("dpmsolvermultistepscheduler", &base).unwrap();
+    assert_eq!(c.class_name.as_deref(), Some("DPMSolverMultistepScheduler"));
+    let c = scheduler_config_for("DPM++ 2M SDE Karras", &base).unwrap();
+    assert_eq!(c.algorithm_type.as_deref(), Some("sde-dpmsolver++"));
+    assert_eq!(c.use_karras_sigmas, Some(true));
+    let e = scheduler_config_for("DPM fast", &base)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("DPM fast") && e.contains("Euler a"), "{e}");
+    let names = known_scheduler_names();
+    for name in [
+        "Euler a",
+        "Euler",
+        "Heun",
+        "LMS",
+        "DPM2",
+        "DPM2 a",
+        "DPM++ 2M",
+        "DPM++ 2M Karras",
+        "DPM++ 2M SDE",
+        "DPM++ 2M SDE Karras",
+        "DPM++ SDE",
+        "DDIM",
+        "PLMS",
+        "UniPC",
+        "LCM",
+    ] {
+        assert!(names.contains(&name), "{name} missing");
+    }
+    for name in &names {
+        let config = scheduler_config_for(name, &base).unwrap();
+        config.build(&TimestepRequest::Steps(20)).unwrap();
+    }
+}
+
+/// Every A1111 name maps to a config that maps back to the same name (as PNG metadata writes it).
+#[test]
+fn a1111_names_round_trip() {
+    let base = diffuse::schedulers::SchedulerConfig::from_json_str(
+        r#"{"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "skip_prk_steps": true}"#,
+    )
+    .unwrap();
+    for name in diffuse::schedulers::known_scheduler_names() {
+        if name.ends_with("Scheduler") {
+            continue;
+        }
+        let config = diffuse::schedulers::scheduler_config_for(name, &base).unwrap();
+        let (sampler, schedule) = diffuse::schedulers::a1111_sampler_of(&config);
+        let full = match schedule {
+            Some(s) => format!("{sampler} {s}"),
+            None => sampler,
+        };
+        assert_eq!(full, name);
+    }
+    let (default, _) = diffuse::schedulers::a1111_sampler_of(&base);
+    assert_eq!(default, "PLMS");
 }

@@ -1,18 +1,25 @@
-//! A diffusers pipeline folder: `model_index.json` plus one subfolder per component.
+//! A diffusers pipeline: `model_index.json` plus one subfolder per component — or a single-file checkpoint
+//! read through a pipeline's configurations (a folder's, or ones built into the binary), as diffusers'
+//! `from_single_file` reads one.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
+use serde::de::DeserializeOwned;
 
-use super::json::read_json;
+use super::json::{parse_json, read_json};
 use super::key_maps::legacy_vae_attention_keys;
 use super::model_index::ModelIndex;
+use super::single_file::builtin::{self, BuiltinConfig};
+use super::single_file::SingleFile;
 use super::weights::{find_weight_files, Variant, WeightFiles};
 use crate::models::clip::config::ClipTextConfig;
 use crate::models::clip::text_model::ClipTextModel;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::schedulers::SchedulerConfig;
 use crate::{Error, Result};
 
 /// How to load weights: the compute dtype, the device, and which stored variant to prefer.
@@ -36,15 +43,47 @@ impl Default for LoadOptions {
     }
 }
 
-/// An opened diffusers pipeline folder.
+/// Where a pipeline's configuration files (`model_index.json`, component configs, tokenizers, scheduler
+/// config) come from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A diffusers pipeline folder.
+    Folder(PathBuf),
+    /// A Hub repo's configurations built into the binary.
+    Builtin(&'static BuiltinConfig),
+}
+
+impl ConfigSource {
+    /// The folder, or the built-in configuration's `<built-in REPO>` label.
+    pub fn label(&self) -> PathBuf {
+        match self {
+            Self::Folder(dir) => dir.clone(),
+            Self::Builtin(config) => config.label(),
+        }
+    }
+}
+
+/// Where a pipeline's weights come from.
+#[derive(Debug, Clone)]
+enum WeightSource {
+    /// The component folders of the configuration folder.
+    Folder,
+    /// A single-file checkpoint.
+    SingleFile(Arc<SingleFile>),
+}
+
+/// An opened pipeline: a diffusers folder, or a single-file checkpoint with the configurations it is read
+/// through.
 #[derive(Debug, Clone)]
 pub struct PipelineFolder {
     root: PathBuf,
     index: ModelIndex,
+    configs: ConfigSource,
+    weights: WeightSource,
 }
 
 impl PipelineFolder {
-    /// Opens the folder at `root`, reading its `model_index.json`.
+    /// Opens the diffusers folder at `root`, reading its `model_index.json`.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
             return Err(Error::Io {
@@ -56,10 +95,74 @@ impl PipelineFolder {
         Ok(Self {
             root: root.to_path_buf(),
             index,
+            configs: ConfigSource::Folder(root.to_path_buf()),
+            weights: WeightSource::Folder,
         })
     }
 
-    /// The folder's path.
+    /// Opens the single-file checkpoint `file`, configured by `config` (a diffusers folder's configurations,
+    /// as diffusers' `config=`), or when `None` by the built-in configurations of the repo diffusers uses for
+    /// the detected model (SD 1.5, SD 2.1 768-v, SDXL base 1.0; inpainting checkpoints need `config`).
+    pub fn open_single_file(file: &Path, config: Option<ConfigSource>) -> Result<Self> {
+        let checkpoint = SingleFile::open(file)?;
+        let configs = match config {
+            Some(source) => source,
+            None => ConfigSource::Builtin(builtin::default_for(checkpoint.kind()).ok_or_else(|| {
+                Error::invalid(
+                    "config",
+                    format!(
+                        "{}: holds {}, whose configuration is not built in; give a diffusers folder or \
+                         Hub id with --config (diffusers uses {})",
+                        file.display(),
+                        checkpoint.kind(),
+                        checkpoint.kind().default_config_repo()
+                    ),
+                )
+            })?),
+        };
+        let index = match &configs {
+            ConfigSource::Folder(dir) => {
+                if !dir.is_dir() {
+                    return Err(Error::Io {
+                        path: dir.clone(),
+                        cause: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
+                    });
+                }
+                ModelIndex::read(&dir.join("model_index.json"))?
+            }
+            ConfigSource::Builtin(config) => {
+                let text = config.file("model_index.json").unwrap_or("{}");
+                ModelIndex::parse(text, &config.label().join("model_index.json"))?
+            }
+        };
+        Ok(Self {
+            root: file.to_path_buf(),
+            index,
+            configs,
+            weights: WeightSource::SingleFile(Arc::new(checkpoint)),
+        })
+    }
+
+    /// Opens `path`: a single-file checkpoint (configured by `config`, see
+    /// [`PipelineFolder::open_single_file`]) or a diffusers folder (which takes no `config`).
+    pub fn open_path(path: &Path, config: Option<ConfigSource>) -> Result<Self> {
+        if path.is_dir() {
+            return match config {
+                None => Self::open(path),
+                Some(_) => Err(Error::invalid(
+                    "config",
+                    format!(
+                        "{} is a diffusers folder, which has its own configuration; --config applies to \
+                         single-file checkpoints",
+                        path.display()
+                    ),
+                )),
+            };
+        }
+        Self::open_single_file(path, config)
+    }
+
+    /// The folder's path, or the single file's.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -69,15 +172,33 @@ impl PipelineFolder {
         &self.index
     }
 
-    /// The subfolder of component `name`, which must be listed in `model_index.json` and exist.
-    pub fn component_dir(&self, name: &str) -> Result<PathBuf> {
-        if self.index.class_of(name).is_none() {
-            return Err(Error::Json {
-                path: self.root.join("model_index.json"),
-                message: format!("no component `{name}` is listed"),
-            });
+    /// Where the configurations come from.
+    pub fn config_source(&self) -> &ConfigSource {
+        &self.configs
+    }
+
+    /// The single-file checkpoint the weights come from, if they do not come from component folders.
+    pub fn single_file(&self) -> Option<&SingleFile> {
+        match &self.weights {
+            WeightSource::Folder => None,
+            WeightSource::SingleFile(file) => Some(file),
         }
-        let dir = self.root.join(name);
+    }
+
+    /// The subfolder of component `name` in the configuration folder, which must be listed in
+    /// `model_index.json` and exist (built-in configurations have no folders).
+    pub fn component_dir(&self, name: &str) -> Result<PathBuf> {
+        self.check_listed(name)?;
+        let root = match &self.configs {
+            ConfigSource::Folder(dir) => dir,
+            ConfigSource::Builtin(config) => {
+                return Err(Error::invalid(
+                    name,
+                    format!("{} has no component folders", config.label().display()),
+                ))
+            }
+        };
+        let dir = root.join(name);
         if !dir.is_dir() {
             return Err(Error::Io {
                 path: dir,
@@ -90,30 +211,93 @@ impl PipelineFolder {
         Ok(dir)
     }
 
+    fn check_listed(&self, name: &str) -> Result<()> {
+        if self.index.class_of(name).is_none() {
+            return Err(Error::Json {
+                path: self.configs.label().join("model_index.json"),
+                message: format!("no component `{name}` is listed"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `<component>/<file>` of the configurations.
+    fn read_config<T: DeserializeOwned>(&self, component: &str, file: &str) -> Result<T> {
+        match &self.configs {
+            ConfigSource::Folder(_) => read_json(&self.component_dir(component)?.join(file)),
+            ConfigSource::Builtin(config) => {
+                self.check_listed(component)?;
+                let relative = format!("{component}/{file}");
+                let path = config.label().join(&relative);
+                let text = config.file(&relative).ok_or_else(|| Error::Io {
+                    path: path.clone(),
+                    cause: std::io::Error::new(std::io::ErrorKind::NotFound, "not built in"),
+                })?;
+                parse_json(text, &path)
+            }
+        }
+    }
+
     /// Reads `unet/config.json`.
     pub fn unet_config(&self) -> Result<UNet2DConditionConfig> {
-        read_json(&self.component_dir("unet")?.join("config.json"))
+        self.read_config("unet", "config.json")
     }
 
     /// Reads `vae/config.json`.
     pub fn vae_config(&self) -> Result<AutoencoderKLConfig> {
-        read_json(&self.component_dir("vae")?.join("config.json"))
+        self.read_config("vae", "config.json")
     }
 
     /// Reads `<name>/config.json` of a text encoder (`text_encoder` or `text_encoder_2`).
     pub fn text_encoder_config(&self, name: &str) -> Result<ClipTextConfig> {
-        read_json(&self.component_dir(name)?.join("config.json"))
+        self.read_config(name, "config.json")
     }
 
-    /// The weight files of component `name` (`diffusion_pytorch_model*` or `model*`).
+    /// Reads `scheduler/scheduler_config.json`.
+    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        match &self.configs {
+            ConfigSource::Folder(_) => SchedulerConfig::from_file(
+                self.component_dir("scheduler")?
+                    .join("scheduler_config.json"),
+            ),
+            ConfigSource::Builtin(config) => {
+                let mut parsed: SchedulerConfig =
+                    self.read_config("scheduler", "scheduler_config.json")?;
+                parsed.origin = config
+                    .label()
+                    .join("scheduler/scheduler_config.json")
+                    .display()
+                    .to_string();
+                Ok(parsed)
+            }
+        }
+    }
+
+    /// The weights of component `name` (`unet`, `vae`, `text_encoder`, `text_encoder_2`): its folder's
+    /// `diffusion_pytorch_model*`/`model*` files, or the single file seen through that component's key map.
     pub fn weight_files(&self, name: &str, variant: Variant) -> Result<WeightFiles> {
-        let dir = self.component_dir(name)?;
-        let stem = if name.starts_with("text_encoder") {
-            "model"
-        } else {
-            "diffusion_pytorch_model"
-        };
-        WeightFiles::open(&find_weight_files(&dir, stem, variant)?)
+        match &self.weights {
+            WeightSource::Folder => {
+                let dir = self.component_dir(name)?;
+                let stem = if name.starts_with("text_encoder") {
+                    "model"
+                } else {
+                    "diffusion_pytorch_model"
+                };
+                WeightFiles::open(&find_weight_files(&dir, stem, variant)?)
+            }
+            WeightSource::SingleFile(file) => match name {
+                "unet" => file.unet(&self.unet_config()?),
+                "vae" => file.vae(&self.vae_config()?),
+                n if n.starts_with("text_encoder") => {
+                    file.text_encoder(n, &self.text_encoder_config(n)?)
+                }
+                other => Err(Error::invalid(
+                    other,
+                    "a single-file checkpoint holds only the UNet, VAE and text encoder weights",
+                )),
+            },
+        }
     }
 
     /// Loads the UNet.
@@ -125,15 +309,18 @@ impl PipelineFolder {
         UNet2DConditionModel::new(vb, &cfg)
     }
 
-    /// Loads the VAE (old checkpoints' `query`/`key`/`value`/`proj_attn` names are mapped).
+    /// Loads the VAE (old diffusers checkpoints' `query`/`key`/`value`/`proj_attn` names are mapped).
     pub fn load_vae(&self, opts: &LoadOptions) -> Result<AutoencoderKL> {
         let cfg = self.vae_config()?;
         let files = self.weight_files("vae", opts.variant)?;
-        let names: Vec<String> = files.stored().into_iter().map(|(n, _, _)| n).collect();
-        let vb = files
-            .with_keys(legacy_vae_attention_keys(&names))
-            .var_builder(opts.dtype, &opts.device);
-        AutoencoderKL::new(vb, &cfg)
+        let files = match self.weights {
+            WeightSource::Folder => {
+                let names: Vec<String> = files.stored().into_iter().map(|(n, _, _)| n).collect();
+                files.with_keys(legacy_vae_attention_keys(&names))
+            }
+            WeightSource::SingleFile(_) => files,
+        };
+        AutoencoderKL::new(files.var_builder(opts.dtype, &opts.device), &cfg)
     }
 
     /// Loads text encoder `name`, with its projection when `model_index.json` names
@@ -161,6 +348,14 @@ impl PipelineFolder {
 
     /// Loads tokenizer `name` (`tokenizer` or `tokenizer_2`).
     pub fn load_tokenizer(&self, name: &str) -> Result<ClipTokenizer> {
-        ClipTokenizer::from_folder(self.component_dir(name)?)
+        match &self.configs {
+            ConfigSource::Folder(_) => ClipTokenizer::from_folder(self.component_dir(name)?),
+            ConfigSource::Builtin(config) => {
+                self.check_listed(name)?;
+                ClipTokenizer::from_files(&config.label().join(name), &|file: &str| {
+                    Ok(config.file(&format!("{name}/{file}")).map(String::from))
+                })
+            }
+        }
     }
 }

@@ -20,10 +20,7 @@ pub fn legacy_vae_attention_keys(stored: &[String]) -> KeyMap {
                 if stored.contains(&stored_name) {
                     map.insert(
                         format!("{prefix}.{new}.{suffix}"),
-                        StoredKey {
-                            name: stored_name,
-                            reshape: true,
-                        },
+                        StoredKey::reshaped(stored_name),
                     );
                 }
             }

@@ -1,11 +1,14 @@
 //! Loading pipelines: diffusers folders, the Hub cache and single files, down to memory-mapped tensors.
 
 pub mod folder;
+pub mod hash;
+pub mod hub;
 pub mod json;
 pub mod key_maps;
 pub mod model_index;
+pub mod single_file;
 pub mod summary;
 pub mod weights;
 
-pub use folder::{LoadOptions, PipelineFolder};
+pub use folder::{ConfigSource, LoadOptions, PipelineFolder};
 pub use weights::Variant;

@@ -1,5 +1,5 @@
-//! A description of a pipeline folder: its components, their key config values, parameter counts and the
-//! dtypes their weights are stored in (what `diffuse info FOLDER` prints).
+//! A description of a pipeline folder or single-file checkpoint: its components, their key config values,
+//! parameter counts and the dtypes their weights are stored in (what `diffuse info PATH` prints).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +30,8 @@ pub struct PipelineSummary {
     pub path: String,
     /// The pipeline class.
     pub class_name: String,
+    /// For a single-file checkpoint: the model detected and where its configurations come from.
+    pub origin: Option<String>,
     /// The diffusers version that wrote it, if recorded.
     pub diffusers_version: Option<String>,
     /// Every component listed in `model_index.json`.
@@ -109,7 +111,8 @@ fn component_details(folder: &PipelineFolder, name: &str) -> Result<Vec<(String,
 }
 
 impl PipelineSummary {
-    /// Describes `folder`, reading every component's config and weight headers (not the weights).
+    /// Describes `folder` (or single-file checkpoint), reading every component's config and weight headers
+    /// (not the weights).
     pub fn of(folder: &PipelineFolder) -> Result<Self> {
         let mut components = Vec::new();
         for (name, class) in &folder.index().components {
@@ -127,9 +130,17 @@ impl PipelineSummary {
                 details: component_details(folder, name)?,
             });
         }
+        let origin = folder.single_file().map(|file| {
+            format!(
+                "single-file checkpoint: {}; configured by {}",
+                file.kind(),
+                folder.config_source().label().display()
+            )
+        });
         Ok(Self {
             path: folder.root().display().to_string(),
             class_name: folder.index().class_name.clone(),
+            origin,
             diffusers_version: folder.index().diffusers_version.clone(),
             components,
         })
@@ -143,6 +154,9 @@ impl fmt::Display for PipelineSummary {
             write!(f, " (written by diffusers {v})")?;
         }
         writeln!(f)?;
+        if let Some(origin) = &self.origin {
+            writeln!(f, "  {origin}")?;
+        }
         for c in &self.components {
             write!(f, "  {:<15} {}.{}", c.name, c.class.0, c.class.1)?;
             if let Some(p) = c.parameters {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -10,14 +11,59 @@ use candle_nn::VarBuilder;
 
 use crate::{Error, Result};
 
-/// Where a tensor a model asks for is stored, when it is not under the model's own name.
+/// Where a tensor a model asks for is stored, when it is not under the model's own name, and how the stored
+/// tensor becomes the one asked for. The transform runs when the tensor is loaded, on that tensor alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredKey {
     /// The name in the file.
     pub name: String,
-    /// The stored tensor holds the same values in another shape (e.g. a 1×1 convolution kernel for a linear
-    /// layer) and is reshaped on load.
-    pub reshape: bool,
+    /// How the stored tensor becomes the one asked for.
+    pub transform: Transform,
+}
+
+/// What turns a stored tensor into the tensor a model asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Used as stored.
+    None,
+    /// The same values in another shape (e.g. a 1×1 convolution kernel for a linear layer), reshaped to the
+    /// shape asked for.
+    Reshape,
+    /// `len` rows from row `start` (dimension 0): one of OpenCLIP's fused `in_proj` q, k, v blocks.
+    Rows {
+        /// The first row.
+        start: usize,
+        /// How many rows.
+        len: usize,
+    },
+    /// The stored matrix transposed (OpenCLIP's `text_projection` multiplies on the other side).
+    Transpose,
+}
+
+impl StoredKey {
+    /// `name`, used as stored.
+    pub fn renamed(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            transform: Transform::None,
+        }
+    }
+
+    /// `name`, reshaped to the shape asked for.
+    pub fn reshaped(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            transform: Transform::Reshape,
+        }
+    }
+
+    /// `name` with `transform`.
+    pub fn with(name: impl Into<String>, transform: Transform) -> Self {
+        Self {
+            name: name.into(),
+            transform,
+        }
+    }
 }
 
 /// A renaming from the names the models ask for (diffusers' keys) to the names stored in the files.
@@ -25,9 +71,10 @@ pub type KeyMap = HashMap<String, StoredKey>;
 
 /// A set of safetensors files that together hold one component's weights.
 pub struct WeightFiles {
-    tensors: MmapedSafetensors,
+    tensors: Arc<MmapedSafetensors>,
     files: Vec<PathBuf>,
     keys: KeyMap,
+    only_mapped: bool,
 }
 
 impl WeightFiles {
@@ -49,24 +96,42 @@ impl WeightFiles {
             message: format!("not a readable safetensors file: {e}"),
         })?;
         Ok(Self {
-            tensors,
+            tensors: Arc::new(tensors),
             files: files.to_vec(),
             keys: KeyMap::new(),
+            only_mapped: false,
         })
     }
 
-    /// Uses `keys` to find tensors stored under other names.
+    /// Uses `keys` to find tensors stored under other names; other names are looked up as they are.
     pub fn with_keys(mut self, keys: KeyMap) -> Self {
         self.keys = keys;
         self
     }
 
-    /// The names and shapes of every stored tensor, with their stored dtypes.
+    /// The same files (sharing the mapping) seen through `keys` alone: a name missing from `keys` is missing,
+    /// for files in another layout (a single-file checkpoint) where no tensor is stored under the name a model
+    /// asks for. [`WeightFiles::stored`] then lists only the tensors `keys` refers to.
+    pub fn mapped(&self, keys: KeyMap) -> Self {
+        Self {
+            tensors: Arc::clone(&self.tensors),
+            files: self.files.clone(),
+            keys,
+            only_mapped: true,
+        }
+    }
+
+    /// The names and shapes of every stored tensor (for [`WeightFiles::mapped`] files, every tensor the key
+    /// map refers to), with their stored dtypes, in name order.
     pub fn stored(&self) -> Vec<(String, Vec<usize>, safetensors::Dtype)> {
+        let referred: Option<std::collections::HashSet<&str>> = self
+            .only_mapped
+            .then(|| self.keys.values().map(|k| k.name.as_str()).collect());
         let mut all: Vec<_> = self
             .tensors
             .tensors()
             .into_iter()
+            .filter(|(name, _)| referred.as_ref().is_none_or(|r| r.contains(name.as_str())))
             .map(|(name, view)| (name, view.shape().to_vec(), view.dtype()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -82,10 +147,11 @@ impl WeightFiles {
         display_files(&self.files)
     }
 
-    fn lookup(&self, name: &str) -> (String, bool) {
+    fn lookup(&self, name: &str) -> Option<StoredKey> {
         match self.keys.get(name) {
-            Some(stored) => (stored.name.clone(), stored.reshape),
-            None => (name.to_string(), false),
+            Some(stored) => Some(stored.clone()),
+            None if self.only_mapped => None,
+            None => Some(StoredKey::renamed(name)),
         }
     }
 
@@ -93,20 +159,77 @@ impl WeightFiles {
         candle_core::Error::Msg(format!("{}: tensor `{tensor}`: {message}", self.label()))
     }
 
-    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<(Tensor, bool)> {
-        let (stored, reshape) = self.lookup(name);
-        let view = self.tensors.get(&stored).map_err(|_| {
-            let shown = if stored == name {
+    /// Why `name` is missing from mapped files: when another tensor of its module is stored (`bias` for a
+    /// missing `weight`), the name it would have been stored under.
+    fn unmapped_message(&self, name: &str) -> String {
+        let generic = "missing from the checkpoint (no stored tensor converts to it)".to_string();
+        let Some((module, _)) = name.rsplit_once('.') else {
+            return generic;
+        };
+        let sibling = self.keys.iter().find_map(|(asked, stored)| {
+            let (sibling_module, last) = asked.rsplit_once('.')?;
+            let stored_module = stored.name.strip_suffix(&format!(".{last}"))?;
+            (sibling_module == module).then_some(stored_module)
+        });
+        match (sibling, name.rsplit_once('.')) {
+            (Some(stored_module), Some((_, last))) => {
+                format!("missing from the checkpoint (expected as `{stored_module}.{last}`)")
+            }
+            _ => generic,
+        }
+    }
+
+    /// Loads the tensor asked for as `name`, transformed; `Reshape` is left to the caller, which knows the
+    /// shape asked for.
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<(Tensor, Transform)> {
+        let stored = self
+            .lookup(name)
+            .ok_or_else(|| self.weights_error(name, self.unmapped_message(name)))?;
+        let view = self.tensors.get(&stored.name).map_err(|_| {
+            let shown = if stored.name == name {
                 String::new()
             } else {
-                format!(" (stored as `{stored}`)")
+                format!(" (stored as `{}`)", stored.name)
             };
             self.weights_error(name, format!("missing from the weights{shown}"))
         })?;
         let tensor = view
             .load(dev)
             .map_err(|e| self.weights_error(name, format!("cannot be read: {e}")))?;
-        Ok((tensor, reshape))
+        release_pages(view.data());
+        let tensor = match stored.transform {
+            Transform::None | Transform::Reshape => tensor,
+            Transform::Rows { start, len } => {
+                let rows = tensor.dims().first().copied().unwrap_or(0);
+                if start + len > rows {
+                    return Err(self.weights_error(
+                        name,
+                        format!(
+                            "rows {start}..{} of `{}` asked for, but it has {rows} rows (shape {:?})",
+                            start + len,
+                            stored.name,
+                            tensor.dims()
+                        ),
+                    ));
+                }
+                // A copy, so that the model does not keep the whole fused tensor alive.
+                tensor.narrow(0, start, len)?.copy()?
+            }
+            Transform::Transpose => {
+                if tensor.rank() != 2 {
+                    return Err(self.weights_error(
+                        name,
+                        format!(
+                            "`{}` should be a matrix to transpose, found shape {:?}",
+                            stored.name,
+                            tensor.dims()
+                        ),
+                    ));
+                }
+                tensor.t()?.contiguous()?
+            }
+        };
+        Ok((tensor, stored.transform))
     }
 }
 
@@ -119,10 +242,10 @@ impl SimpleBackend for WeightFiles {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let (tensor, reshape) = self.load(name, dev)?;
+        let (tensor, transform) = self.load(name, dev)?;
         let tensor = if tensor.shape() == &shape {
             tensor
-        } else if reshape && tensor.elem_count() == shape.elem_count() {
+        } else if transform == Transform::Reshape && tensor.elem_count() == shape.elem_count() {
             tensor.reshape(shape)?
         } else {
             return Err(self.weights_error(
@@ -142,7 +265,32 @@ impl SimpleBackend for WeightFiles {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.get(&self.lookup(name).0).is_ok()
+        self.lookup(name)
+            .is_some_and(|stored| self.tensors.get(&stored.name).is_ok())
+    }
+}
+
+/// Drops the mapped pages lying wholly inside `bytes` from this process once they have been copied, so that
+/// loading does not hold the file's pages and the loaded copy at once (the peak RSS of a load would otherwise be
+/// twice the weights). The mapping is read-only and file-backed: a later read simply faults the page back in.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let start = bytes.as_ptr() as usize;
+        let first = start.div_ceil(PAGE) * PAGE;
+        let last = (start + bytes.len()) / PAGE * PAGE;
+        if last > first {
+            // SAFETY: [first, last) lies inside the read-only file mapping that `bytes` borrows; MADV_DONTNEED
+            // on such a mapping only unmaps pages, which are re-read from the file (unchanged) if touched again.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
     }
 }
 

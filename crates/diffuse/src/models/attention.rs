@@ -33,6 +33,30 @@ pub fn scaled_dot_product_attention(
     probs.matmul(&v.contiguous()?)
 }
 
+/// Attention on token-major tensors: `q` `[batch, q_tokens, heads · d]`, `k`/`v` `[batch, kv_tokens, heads · d]`
+/// → `[batch, q_tokens, heads · d]`. On the CPU this is the flash-style kernel (f32 arithmetic whatever the
+/// dtype, memory bounded); elsewhere [`scaled_dot_product_attention`] on split heads.
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    upcast: bool,
+) -> candle_core::Result<Tensor> {
+    if q.device().is_cpu() && !crate::kernels::tracked(&[q, k, v]) {
+        return crate::kernels::attention(q, k, v, heads, scale);
+    }
+    let (q, k, v) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
+    merge_heads(&scaled_dot_product_attention(
+        &q, &k, &v, scale, None, upcast,
+    )?)
+}
+
 /// Splits `[batch, tokens, heads · head_dim]` into `[batch, heads, tokens, head_dim]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, n, c) = x.dims3()?;

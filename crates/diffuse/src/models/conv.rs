@@ -3,7 +3,7 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::im2col::conv2d_im2col;
+use crate::kernels::train_conv::conv2d_im2col;
 
 /// A square-kernel 2-D convolution with zero padding.
 #[derive(Debug, Clone)]
@@ -40,10 +40,13 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let training = x.track_op() || self.weight.track_op() || self.bias.track_op();
-        if training && x.device().is_cpu() && x.dtype() == DType::F32 {
+        let tracked = crate::kernels::tracked(&[x, &self.weight, &self.bias]);
+        if tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
             // candle's CPU convolution has a slow backward pass; unfold and multiply instead.
             return conv2d_im2col(x, &self.weight, &self.bias, self.padding, self.stride);
+        }
+        if x.device().is_cpu() && !tracked {
+            return crate::kernels::conv2d(x, &self.weight, &self.bias, self.padding, self.stride);
         }
         // candle has no bf16 convolution on the CPU: compute in f32 there and round back.
         let widen = x.dtype() == DType::BF16 && x.device().is_cpu();

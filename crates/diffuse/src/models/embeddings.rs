@@ -1,6 +1,6 @@
 //! Timestep embeddings: the sinusoidal projection and the MLP that widens it.
 
-use super::linear::{linear, linear_no_bias, Linear};
+use crate::kernels::linear::{linear, linear_no_bias, Linear};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 

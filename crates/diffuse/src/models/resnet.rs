@@ -1,12 +1,12 @@
 //! `ResnetBlock2D`: two GroupNorm → activation → 3×3 convolutions with an optional timestep injection.
 
-use super::linear::{linear, Linear};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::activations::Activation;
 use super::conv::Conv2d;
-use super::group_norm::{group_norm, GroupNorm};
+use crate::kernels::group_norm::{group_norm, GroupNorm};
+use crate::kernels::linear::{linear, Linear};
 
 /// The shape of one residual block.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +71,7 @@ impl ResnetBlock2D {
 
     /// `x`: `[batch, in, h, w]`; `temb`: `[batch, temb_channels]` when the block was built with one.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let h = self.act.forward(&self.norm1.forward(x)?)?;
+        let h = self.norm1.forward_act(x, self.act)?;
         let mut h = self.conv1.forward(&h)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj
@@ -80,7 +80,7 @@ impl ResnetBlock2D {
                 .unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
-        let h = self.act.forward(&self.norm2.forward(&h)?)?;
+        let h = self.norm2.forward_act(&h, self.act)?;
         let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,

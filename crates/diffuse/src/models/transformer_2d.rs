@@ -1,13 +1,13 @@
 //! `Transformer2DModel`: the spatial transformer that injects the text into the UNet by cross-attention.
 
-use super::linear::{linear, linear_no_bias, Linear};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::{merge_heads, scaled_dot_product_attention, split_heads};
+use super::attention::multi_head_attention;
 use super::conv::Conv2d;
-use super::group_norm::{group_norm, GroupNorm};
 use super::layer_norm::{layer_norm, LayerNorm};
+use crate::kernels::group_norm::{group_norm, GroupNorm};
+use crate::kernels::linear::{linear, linear_no_bias, Linear};
 
 /// The shape of one spatial transformer.
 #[derive(Debug, Clone, Copy)]
@@ -66,11 +66,11 @@ impl CrossAttention {
     /// Attends from `x` (`[batch, tokens, query_dim]`) to `context` (or to `x` itself when `None`).
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(x);
-        let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.to_k.forward(context)?, self.heads)?;
-        let v = split_heads(&self.to_v.forward(context)?, self.heads)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, self.scale, None, self.upcast)?;
-        self.to_out.forward(&merge_heads(&out)?)
+        let q = self.to_q.forward(x)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let out = multi_head_attention(&q, &k, &v, self.heads, self.scale, self.upcast)?;
+        self.to_out.forward(&out)
     }
 }
 
@@ -91,8 +91,11 @@ impl GegluFeedForward {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.proj.forward(x)?;
-        let chunks = h.chunk(2, candle_core::D::Minus1)?;
-        let gated = (&chunks[0] * chunks[1].gelu_erf()?)?;
+        let gated = if h.device().is_cpu() && !h.track_op() {
+            crate::kernels::geglu::geglu(&h)?
+        } else {
+            crate::kernels::geglu::geglu_reference(&h)?
+        };
         self.out.forward(&gated)
     }
 }

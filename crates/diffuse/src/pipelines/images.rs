@@ -178,17 +178,24 @@ impl RgbImage {
 
 /// Reads the `parameters` text (tEXt, zTXt or iTXt) of a PNG file, if it has one.
 pub fn read_png_parameters(path: &Path) -> Result<Option<String>> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         cause: source,
     })?;
-    let decoder = png::Decoder::new(std::io::BufReader::new(file));
-    let reader = decoder.read_info().map_err(|e| {
-        Error::invalid(
-            "image",
-            format!("{}: not a readable PNG ({e})", path.display()),
-        )
-    })?;
+    png_parameters(&bytes).map_err(|e| match e {
+        Error::InvalidArgument { name, message } => {
+            Error::invalid(name, format!("{}: {message}", path.display()))
+        }
+        other => other,
+    })
+}
+
+/// Reads the `parameters` text (tEXt, zTXt or iTXt) of PNG bytes, if there is one.
+pub fn png_parameters(bytes: &[u8]) -> Result<Option<String>> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder
+        .read_info()
+        .map_err(|e| Error::invalid("image", format!("not a readable PNG ({e})")))?;
     let info = reader.info();
     if let Some(t) = info
         .uncompressed_latin1_text

@@ -2,6 +2,8 @@
 
 pub mod guidance;
 pub mod images;
+mod latents;
+pub mod preview;
 pub mod prompt;
 pub mod request;
 pub mod stable_diffusion;

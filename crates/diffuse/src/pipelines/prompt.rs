@@ -1,23 +1,147 @@
-//! Prompt encoding as diffusers' `encode_prompt` does it: tokenize (truncating at the model's limit with a
-//! warning), run the text encoder, pick the hidden state `clip_skip` asks for, repeat per image.
+//! Text conditioning as diffusers' `encode_prompt` builds it: tokenize (truncating at the model's limit with a
+//! warning), run the text encoder(s), pick the hidden state `clip_skip` asks for, repeat per image, and stack
+//! `[negative; positive]` for classifier-free guidance. SD 1.x/2.x use one CLIP; SDXL concatenates two and adds
+//! the second one's pooled projection.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use crate::models::clip::text_model::ClipTextModel;
+use crate::loaders::{LoadOptions, PipelineFolder};
+use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
 use crate::models::clip::tokenizer::ClipTokenizer;
-use crate::Result;
+use crate::{Error, Result};
 
-/// Encodes `text` to `[1, tokens, hidden]` embeddings.
-///
-/// With `clip_skip = Some(k)` the hidden state `k` layers before the last is taken and passed through the final
-/// layer norm (diffusers' meaning; A1111's "Clip skip: 2" is `k = 1`).
-pub fn encode_text(
-    tokenizer: &ClipTokenizer,
-    encoder: &ClipTextModel,
-    text: &str,
-    clip_skip: Option<usize>,
-    device: &Device,
-) -> Result<Tensor> {
+/// The text side of a pipeline: SD 1.x/2.x's one CLIP, or SDXL's two.
+pub struct TextEncoders {
+    /// The (first) tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The (first) text encoder, a CLIPTextModel.
+    pub encoder: ClipTextModel,
+    /// SDXL's second tokenizer and encoder.
+    pub second: Option<Box<SecondEncoder>>,
+}
+
+/// SDXL's OpenCLIP ViT-bigG text encoder (with projection), whose hidden states are concatenated to the first
+/// encoder's and whose pooled projection conditions the UNet.
+pub struct SecondEncoder {
+    /// The second tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The second text encoder, a CLIPTextModelWithProjection.
+    pub encoder: ClipTextModel,
+    /// With no negative prompt, the unconditional embeddings are zeros (SDXL base's pipeline option).
+    pub force_zeros_for_empty_prompt: bool,
+}
+
+/// What the UNet is conditioned on, batched as `[negative; positive]` when guidance is on.
+pub struct Conditioning {
+    /// The text embeddings: `[rows, tokens, dim]`.
+    pub context: Tensor,
+    /// SDXL's pooled text embeddings: `[rows, projection_dim]`.
+    pub text_embeds: Option<Tensor>,
+}
+
+impl TextEncoders {
+    /// Loads the tokenizer(s) and text encoder(s) the folder's `model_index.json` lists.
+    pub fn load(folder: &PipelineFolder, opts: &LoadOptions) -> Result<Self> {
+        let second = match folder.index().class_of("text_encoder_2") {
+            None => None,
+            Some(_) => Some(Box::new(SecondEncoder {
+                tokenizer: folder.load_tokenizer("tokenizer_2")?,
+                encoder: folder.load_text_encoder("text_encoder_2", opts)?,
+                force_zeros_for_empty_prompt: folder
+                    .index()
+                    .flag("force_zeros_for_empty_prompt", true),
+            })),
+        };
+        Ok(Self {
+            tokenizer: folder.load_tokenizer("tokenizer")?,
+            encoder: folder.load_text_encoder("text_encoder", opts)?,
+            second,
+        })
+    }
+
+    /// Encodes `prompt` (and `negative_prompt` when `guidance`) for `images` images.
+    ///
+    /// An empty negative prompt means "none": SD uses the empty string, SDXL with
+    /// `force_zeros_for_empty_prompt` uses zeros, as diffusers does when no negative prompt is passed.
+    pub fn encode(
+        &self,
+        prompt: &str,
+        negative_prompt: &str,
+        images: usize,
+        guidance: bool,
+        clip_skip: Option<usize>,
+    ) -> Result<Conditioning> {
+        let (tokenizer, encoder) = (&self.tokenizer, &self.encoder);
+        match &self.second {
+            None => {
+                let positive = single_embedding(tokenizer, encoder, prompt, clip_skip)?;
+                let context = if guidance {
+                    // diffusers encodes the negative prompt without clip_skip.
+                    let negative = single_embedding(tokenizer, encoder, negative_prompt, None)?;
+                    Tensor::cat(&[negative, positive], 0)?
+                } else {
+                    positive
+                };
+                Ok(Conditioning {
+                    context: repeat_rows(&context, images)?,
+                    text_embeds: None,
+                })
+            }
+            Some(xl) => {
+                let encode = |text: &str, skip: Option<usize>| -> Result<(Tensor, Tensor)> {
+                    let first = run(tokenizer, encoder, text)?;
+                    let second = run(&xl.tokenizer, &xl.encoder, text)?;
+                    let pooled = second.text_embeds.clone().ok_or_else(|| {
+                        Error::invalid("text_encoder_2", "has no text_projection")
+                    })?;
+                    let context = Tensor::cat(
+                        &[penultimate(&first, skip)?, penultimate(&second, skip)?],
+                        2,
+                    )?;
+                    Ok((context, pooled))
+                };
+                let (positive, pooled) = encode(prompt, clip_skip)?;
+                let (context, text_embeds) = if !guidance {
+                    (positive, pooled)
+                } else if negative_prompt.is_empty() && xl.force_zeros_for_empty_prompt {
+                    (
+                        Tensor::cat(&[positive.zeros_like()?, positive], 0)?,
+                        Tensor::cat(&[pooled.zeros_like()?, pooled], 0)?,
+                    )
+                } else {
+                    let (negative, negative_pooled) = encode(negative_prompt, None)?;
+                    (
+                        Tensor::cat(&[negative, positive], 0)?,
+                        Tensor::cat(&[negative_pooled, pooled], 0)?,
+                    )
+                };
+                Ok(Conditioning {
+                    context: repeat_rows(&context, images)?,
+                    text_embeds: Some(repeat_rows(&text_embeds, images)?),
+                })
+            }
+        }
+    }
+}
+
+/// Repeats each row `images` times in place: `[a; b]` → `[a, a, …; b, b, …]`, as diffusers' `repeat` + `view`.
+fn repeat_rows(x: &Tensor, images: usize) -> Result<Tensor> {
+    if images == 1 {
+        return Ok(x.clone());
+    }
+    let rows = x.dim(0)?;
+    let parts = (0..rows)
+        .map(|r| {
+            let row = x.narrow(0, r, 1)?;
+            let mut shape = vec![images];
+            shape.extend(std::iter::repeat_n(1, x.rank() - 1));
+            row.repeat(shape)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+fn run(tokenizer: &ClipTokenizer, encoder: &ClipTextModel, text: &str) -> Result<ClipTextOutput> {
     let tokens = tokenizer.encode(text)?;
     if let Some(removed) = &tokens.truncated {
         tracing::warn!(
@@ -26,45 +150,42 @@ pub fn encode_text(
             tokenizer.max_length()
         );
     }
-    let ids = Tensor::new(tokens.ids.as_slice(), device)?.unsqueeze(0)?;
-    let out = encoder.forward(&ids)?;
-    match clip_skip {
-        None => Ok(out.last_hidden_state),
-        Some(k) => {
-            let layers = out.hidden_states.len();
-            let index = layers.checked_sub(k + 1).ok_or_else(|| {
-                crate::Error::invalid(
-                    "clip_skip",
-                    format!(
-                        "{k} skips more layers than the text encoder's {}",
-                        layers - 1
-                    ),
-                )
-            })?;
-            encoder.final_layer_norm(&out.hidden_states[index])
-        }
-    }
+    let ids = Tensor::new(tokens.ids.as_slice(), encoder.device())?.unsqueeze(0)?;
+    encoder.forward(&ids)
 }
 
-/// The text conditioning of one generation: `[n, tokens, hidden]`, or `[2n, …]` as `[negative; positive]`
-/// when classifier-free guidance is on.
-pub fn encode_prompts(
+fn hidden_state(out: &ClipTextOutput, from_end: usize) -> Result<&Tensor> {
+    let layers = out.hidden_states.len();
+    layers
+        .checked_sub(from_end)
+        .and_then(|i| out.hidden_states.get(i))
+        .ok_or_else(|| {
+            Error::invalid(
+                "clip_skip",
+                format!(
+                    "skips more layers than the text encoder's {}",
+                    layers.saturating_sub(1)
+                ),
+            )
+        })
+}
+
+/// SDXL's choice: the hidden state `clip_skip + 2` from the end (the penultimate layer by default), no final norm.
+fn penultimate(out: &ClipTextOutput, clip_skip: Option<usize>) -> Result<Tensor> {
+    Ok(hidden_state(out, clip_skip.unwrap_or(0) + 2)?.clone())
+}
+
+/// SD's choice: the final output, or with `clip_skip = k` the hidden state `k + 1` from the end passed through
+/// the final layer norm (A1111's "Clip skip: 2" is `k = 1`).
+fn single_embedding(
     tokenizer: &ClipTokenizer,
     encoder: &ClipTextModel,
-    prompt: &str,
-    negative_prompt: &str,
-    images: usize,
-    guidance: bool,
+    text: &str,
     clip_skip: Option<usize>,
 ) -> Result<Tensor> {
-    let device = encoder.device().clone();
-    let positive =
-        encode_text(tokenizer, encoder, prompt, clip_skip, &device)?.repeat((images, 1, 1))?;
-    if !guidance {
-        return Ok(positive);
+    let out = run(tokenizer, encoder, text)?;
+    match clip_skip {
+        None => Ok(out.last_hidden_state),
+        Some(k) => encoder.final_layer_norm(hidden_state(&out, k + 1)?),
     }
-    // diffusers encodes the negative prompt without clip_skip.
-    let negative =
-        encode_text(tokenizer, encoder, negative_prompt, None, &device)?.repeat((images, 1, 1))?;
-    Ok(Tensor::cat(&[negative, positive], 0)?)
 }

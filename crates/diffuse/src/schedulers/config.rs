@@ -158,14 +158,7 @@ impl SchedulerConfig {
     /// Reads `scheduler_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            cause: source,
-        })?;
-        let mut config: Self = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: Self = crate::loaders::json::read_json(path)?;
         config.origin = path.display().to_string();
         Ok(config)
     }

@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 
 use super::config::{PredictionType, TimestepSpacing};
-use super::ops;
+use super::ops::{self, lincomb};
 use super::schedule;
 use crate::Result;
 
@@ -88,4 +88,112 @@ pub(crate) fn clipped_index(alphas_cumprod: &[f32], lambda_min_clipped: Option<f
         .map(|&a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
         .filter(|&l| (l as f64) < min)
         .count()
+}
+
+/// The second-order update rule of DPM-Solver(++).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SolverType {
+    /// The midpoint rule.
+    Midpoint,
+    /// Heun's rule.
+    Heun,
+}
+
+/// One DPM-Solver++ step's span: `(alpha_t, sigma_t)` at the target sigma, `sigma_t` of the start sigma, and
+/// `h = lambda(target) − lambda(start)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    alpha_t: f32,
+    sigma_t: f32,
+    sigma_s: f32,
+    h: f32,
+}
+
+impl Span {
+    /// The span from k-diffusion sigma `start` to `target`.
+    pub(crate) fn new(target: f32, start: f32) -> Self {
+        let (alpha_t, sigma_t) = alpha_sigma(target);
+        let (_, sigma_s) = alpha_sigma(start);
+        Self {
+            alpha_t,
+            sigma_t,
+            sigma_s,
+            h: lambda(target) - lambda(start),
+        }
+    }
+
+    /// `h`, the log-SNR step.
+    pub(crate) fn h(&self) -> f32 {
+        self.h
+    }
+}
+
+/// The first-order DPM-Solver++ update from `sample` with data prediction `x0` (with `noise`: its SDE variant).
+pub(crate) fn first_order_update(
+    span: &Span,
+    sample: &Tensor,
+    x0: &Tensor,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    let Span {
+        alpha_t,
+        sigma_t,
+        sigma_s,
+        h,
+    } = *span;
+    match noise {
+        None => lincomb(&[
+            (sigma_t / sigma_s, sample),
+            (-(alpha_t * ((-h).exp() - 1.0)), x0),
+        ]),
+        Some(z) => lincomb(&[
+            (sigma_t / sigma_s * (-h).exp(), sample),
+            (alpha_t * (1.0 - (-2.0 * h).exp()), x0),
+            (sigma_t * (1.0 - (-2.0 * h).exp()).sqrt(), z),
+        ]),
+    }
+}
+
+/// The second-order DPM-Solver++ update from `sample`: data prediction `x0` at the span's start and the scaled
+/// first difference `d1`, combined by `solver` (with `noise`: the SDE variant).
+pub(crate) fn second_order_update(
+    span: &Span,
+    sample: &Tensor,
+    x0: &Tensor,
+    d1: &Tensor,
+    solver: SolverType,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    let Span {
+        alpha_t,
+        sigma_t,
+        sigma_s,
+        h,
+    } = *span;
+    let em1 = (-h).exp() - 1.0;
+    match (noise, solver) {
+        (None, SolverType::Midpoint) => lincomb(&[
+            (sigma_t / sigma_s, sample),
+            (-(alpha_t * em1), x0),
+            (-(0.5 * (alpha_t * em1)), d1),
+        ]),
+        (None, SolverType::Heun) => lincomb(&[
+            (sigma_t / sigma_s, sample),
+            (-(alpha_t * em1), x0),
+            (alpha_t * (em1 / h + 1.0), d1),
+        ]),
+        (Some(z), solver) => {
+            let e2 = 1.0 - (-2.0 * h).exp();
+            let c1 = match solver {
+                SolverType::Midpoint => 0.5 * (alpha_t * e2),
+                SolverType::Heun => alpha_t * (e2 / (-2.0 * h) + 1.0),
+            };
+            lincomb(&[
+                (sigma_t / sigma_s * (-h).exp(), sample),
+                (alpha_t * e2, x0),
+                (c1, d1),
+                (sigma_t * e2.sqrt(), z),
+            ])
+        }
+    }
 }

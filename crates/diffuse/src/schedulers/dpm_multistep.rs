@@ -5,20 +5,15 @@ use candle_core::Tensor;
 use super::config::{
     PredictionType, SchedulerConfig, SigmaSchedule, TimestepRequest, TimestepSpacing,
 };
-use super::dpm_common::{self, alpha_sigma, lambda};
+use super::dpm_common::{
+    self, alpha_sigma, first_order_update, lambda, second_order_update, SolverType, Span,
+};
 use super::ops::{self, lincomb, scale};
 use super::schedule::{self, LINEAR_DEFAULTS};
 use super::step_index::{Missing, StepIndex};
 use super::{Scheduler, SchedulerOutput};
 use crate::rng::{randn_tensor, NoiseSource};
 use crate::{Error, Result};
-
-/// The second-order update rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SolverType {
-    Midpoint,
-    Heun,
-}
 
 /// diffusers' `DPMSolverMultistepScheduler`, algorithm types `dpmsolver++` and `sde-dpmsolver++`.
 struct DpmMultistep {
@@ -186,21 +181,8 @@ impl DpmMultistep {
         sample: &Tensor,
         noise: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (s_t, s_s) = (self.sigmas[i + 1] as f32, self.sigmas[i] as f32);
-        let (alpha_t, sigma_t) = alpha_sigma(s_t);
-        let (_, sigma_s) = alpha_sigma(s_s);
-        let h = lambda(s_t) - lambda(s_s);
-        match noise {
-            None => lincomb(&[
-                (sigma_t / sigma_s, sample),
-                (-(alpha_t * ((-h).exp() - 1.0)), x0),
-            ]),
-            Some(z) => lincomb(&[
-                (sigma_t / sigma_s * (-h).exp(), sample),
-                (alpha_t * (1.0 - (-2.0 * h).exp()), x0),
-                (sigma_t * (1.0 - (-2.0 * h).exp()).sqrt(), z),
-            ]),
-        }
+        let span = Span::new(self.sigmas[i + 1] as f32, self.sigmas[i] as f32);
+        first_order_update(&span, sample, x0, noise)
     }
 
     /// The second-order multistep update, from the last two data predictions.
@@ -210,39 +192,11 @@ impl DpmMultistep {
             self.sigmas[i] as f32,
             self.sigmas[i - 1] as f32,
         );
-        let (alpha_t, sigma_t) = alpha_sigma(s_t);
-        let (_, sigma_0) = alpha_sigma(s_0);
-        let (l_t, l_0, l_1) = (lambda(s_t), lambda(s_0), lambda(s_1));
+        let span = Span::new(s_t, s_0);
         let (m0, m1) = self.last_two()?;
-        let (h, h_0) = (l_t - l_0, l_0 - l_1);
-        let r0 = h_0 / h;
+        let r0 = (lambda(s_0) - lambda(s_1)) / span.h();
         let d1 = scale(&(m0 - m1)?, 1.0 / r0)?;
-        let em1 = (-h).exp() - 1.0;
-        match (noise, self.solver_type) {
-            (None, SolverType::Midpoint) => lincomb(&[
-                (sigma_t / sigma_0, sample),
-                (-(alpha_t * em1), m0),
-                (-(0.5 * (alpha_t * em1)), &d1),
-            ]),
-            (None, SolverType::Heun) => lincomb(&[
-                (sigma_t / sigma_0, sample),
-                (-(alpha_t * em1), m0),
-                (alpha_t * (em1 / h + 1.0), &d1),
-            ]),
-            (Some(z), solver) => {
-                let e2 = 1.0 - (-2.0 * h).exp();
-                let c1 = match solver {
-                    SolverType::Midpoint => 0.5 * (alpha_t * e2),
-                    SolverType::Heun => alpha_t * (e2 / (-2.0 * h) + 1.0),
-                };
-                lincomb(&[
-                    (sigma_t / sigma_0 * (-h).exp(), sample),
-                    (alpha_t * e2, m0),
-                    (c1, &d1),
-                    (sigma_t * e2.sqrt(), z),
-                ])
-            }
-        }
+        second_order_update(&span, sample, m0, &d1, self.solver_type, noise)
     }
 
     /// The third-order multistep update, from the last three data predictions.

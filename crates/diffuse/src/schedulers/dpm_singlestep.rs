@@ -4,20 +4,15 @@
 use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig, SigmaSchedule, TimestepRequest};
-use super::dpm_common::{self, alpha_sigma, lambda};
+use super::dpm_common::{
+    self, alpha_sigma, first_order_update, lambda, second_order_update, SolverType, Span,
+};
 use super::ops::{self, div, lincomb, scale};
 use super::schedule::{self, LINEAR_PLAIN};
 use super::step_index::{Missing, StepIndex};
 use super::{Scheduler, SchedulerOutput};
 use crate::rng::{randn_tensor, NoiseSource};
 use crate::{Error, Result};
-
-/// The second- and third-order update rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SolverType {
-    Midpoint,
-    Heun,
-}
 
 /// diffusers' `DPMSolverSinglestepScheduler`, algorithm types `dpmsolver++` and `sde-dpmsolver++`.
 struct DpmSinglestep {
@@ -173,22 +168,8 @@ impl DpmSinglestep {
 
     /// The first-order update from `sigmas[i]` to `sigmas[i + 1]`.
     fn first_order(&self, i: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let m0 = self.history(1)?;
-        let (s_t, s_s) = (self.sigmas[i + 1] as f32, self.sigmas[i] as f32);
-        let (alpha_t, sigma_t) = alpha_sigma(s_t);
-        let (_, sigma_s) = alpha_sigma(s_s);
-        let h = lambda(s_t) - lambda(s_s);
-        match noise {
-            None => lincomb(&[
-                (sigma_t / sigma_s, sample),
-                (-(alpha_t * ((-h).exp() - 1.0)), m0),
-            ]),
-            Some(z) => lincomb(&[
-                (sigma_t / sigma_s * (-h).exp(), sample),
-                (alpha_t * (1.0 - (-2.0 * h).exp()), m0),
-                (sigma_t * (1.0 - (-2.0 * h).exp()).sqrt(), z),
-            ]),
-        }
+        let span = Span::new(self.sigmas[i + 1] as f32, self.sigmas[i] as f32);
+        first_order_update(&span, sample, self.history(1)?, noise)
     }
 
     /// The singlestep second-order update from `sigmas[i - 1]` to `sigmas[i + 1]`.
@@ -199,38 +180,10 @@ impl DpmSinglestep {
             self.sigmas[i] as f32,
             self.sigmas[i - 1] as f32,
         );
-        let (alpha_t, sigma_t) = alpha_sigma(s_t);
-        let (_, sigma_1) = alpha_sigma(s_1);
-        let (l_t, l_0, l_1) = (lambda(s_t), lambda(s_0), lambda(s_1));
-        let (h, h_0) = (l_t - l_1, l_0 - l_1);
-        let r0 = h_0 / h;
+        let span = Span::new(s_t, s_1);
+        let r0 = (lambda(s_0) - lambda(s_1)) / span.h();
         let d1 = scale(&(m0 - m1)?, 1.0 / r0)?;
-        let em1 = (-h).exp() - 1.0;
-        match (noise, self.solver_type) {
-            (None, SolverType::Midpoint) => lincomb(&[
-                (sigma_t / sigma_1, sample),
-                (-(alpha_t * em1), m1),
-                (-(0.5 * (alpha_t * em1)), &d1),
-            ]),
-            (None, SolverType::Heun) => lincomb(&[
-                (sigma_t / sigma_1, sample),
-                (-(alpha_t * em1), m1),
-                (alpha_t * (em1 / h + 1.0), &d1),
-            ]),
-            (Some(z), solver) => {
-                let e2 = 1.0 - (-2.0 * h).exp();
-                let c1 = match solver {
-                    SolverType::Midpoint => 0.5 * (alpha_t * e2),
-                    SolverType::Heun => alpha_t * (e2 / (-2.0 * h) + 1.0),
-                };
-                lincomb(&[
-                    (sigma_t / sigma_1 * (-h).exp(), sample),
-                    (alpha_t * e2, m1),
-                    (c1, &d1),
-                    (sigma_t * e2.sqrt(), z),
-                ])
-            }
-        }
+        second_order_update(&span, sample, m1, &d1, self.solver_type, noise)
     }
 
     /// The singlestep third-order update from `sigmas[i - 2]` to `sigmas[i + 1]`.

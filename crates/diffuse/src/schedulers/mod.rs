@@ -4,7 +4,15 @@
 //! every generation calls [`SchedulerConfig::build`] to get its own [`Scheduler`], so per-generation state
 //! (step index, multistep history) never lives in the loaded model.
 //!
-//! Adding a scheduler means adding one file and one row in [`names`]' class table.
+//! Classes: DDIM, DDPM, PNDM (PLMS with `skip_prk_steps`), LMS, Euler, Euler Ancestral, Heun, KDPM2,
+//! KDPM2 Ancestral, DPM-Solver multistep and singlestep (`dpmsolver++`, `sde-dpmsolver++`), UniPC, DEIS and
+//! LCM, with Karras, exponential and beta sigmas where diffusers offers them. [`scheduler_config_for`] maps
+//! A1111 sampler names ("Euler a", "DPM++ 2M Karras", ...) and class names onto a model's configuration.
+//!
+//! Scalars are computed in float32 where diffusers computes them on float32 tensors, and in float64 where
+//! it uses numpy, so trajectories match diffusers to 1e-5 (see `tests/schedulers.rs`).
+//!
+//! Adding a scheduler means adding one file and one row in the class table of `names.rs`.
 
 mod beta_ppf;
 mod config;
@@ -33,7 +41,7 @@ mod unipc;
 use candle_core::Tensor;
 
 pub use config::{PredictionType, SchedulerConfig, TimestepRequest, TimestepSpacing};
-pub use names::{known_scheduler_names, scheduler_config_for};
+pub use names::{a1111_sampler_of, known_scheduler_names, scheduler_config_for};
 pub use noise_schedule::NoiseSchedule;
 
 use crate::rng::NoiseSource;
@@ -57,7 +65,8 @@ pub trait Scheduler: Send {
     /// The timesteps to visit, in order (diffusers' `scheduler.timesteps`).
     fn timesteps(&self) -> &[f64];
 
-    /// The sigmas, one more than the timesteps, for the sigma-based schedulers; empty for the others.
+    /// diffusers' `scheduler.sigmas` for the sigma-based schedulers (one per timestep plus the final one;
+    /// interleaved like the timesteps for Heun and KDPM2); empty for the others.
     fn sigmas(&self) -> &[f64];
 
     /// The factor the initial noise is multiplied by.

@@ -153,3 +153,27 @@ pub fn scheduler_config_for(name: &str, base: &SchedulerConfig) -> Result<Schedu
         ),
     ))
 }
+
+/// How AUTOMATIC1111 names the sampler of `config` in its PNG metadata: the sampler name without the schedule
+/// suffix, and the schedule type ("Karras") when there is one. A config no A1111 sampler stands for is named by
+/// its diffusers class.
+pub fn a1111_sampler_of(config: &SchedulerConfig) -> (String, Option<&'static str>) {
+    let class = config.class_name.as_deref().unwrap_or("PNDMScheduler");
+    let karras = config.use_karras_sigmas.unwrap_or(false);
+    let plms = config.skip_prk_steps.unwrap_or(false);
+    let algorithm = config.algorithm_type.as_deref().unwrap_or("dpmsolver++");
+    let found = A1111.iter().find(|s| {
+        s.class == class
+            && s.karras == karras
+            && s.plms == (class == "PNDMScheduler" && plms)
+            && s.algorithm.is_none_or(|a| a == algorithm)
+    });
+    match found {
+        Some(s) if s.karras => (
+            s.name.trim_end_matches(" Karras").to_string(),
+            Some("Karras"),
+        ),
+        Some(s) => (s.name.to_string(), None),
+        None => (class.to_string(), None),
+    }
+}

@@ -1,6 +1,6 @@
 //! CLIPTextModel and CLIPTextModelWithProjection, with transformers' weight names.
 
-use crate::models::linear::{linear, linear_no_bias, Linear};
+use crate::kernels::linear::{linear, linear_no_bias, Linear};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{embedding, Embedding, VarBuilder};
 

@@ -11,7 +11,7 @@ mod files;
 mod options;
 mod special;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::utils::padding::{PaddingDirection, PaddingParams, PaddingStrategy};
@@ -81,24 +81,57 @@ impl ClipTokenizer {
                 cause: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
             });
         }
-        let config_path = folder.join("tokenizer_config.json");
-        let config = files::read_json_object(&config_path)?;
-        let tokenizer_json_path = folder.join("tokenizer.json");
-        let tokenizer_json = files::read_json_object_if_present(&tokenizer_json_path)?;
-        let map_path = folder.join("special_tokens_map.json");
-        let special_tokens_map = files::read_json_object_if_present(&map_path)?;
+        Self::from_files(folder, &|name: &str| {
+            let path = folder.join(name);
+            if path.is_file() {
+                files::read_text(&path).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+    }
+
+    /// Loads a tokenizer from the texts of its folder's files, as [`ClipTokenizer::from_folder`] reads them:
+    /// `read(name)` gives the text of the file `name` (`tokenizer_config.json`, `vocab.json`, ...) or `None`
+    /// when there is no such file; errors name the files as if they were in `folder`. This is how tokenizers
+    /// embedded in the binary are loaded.
+    pub fn from_files(
+        folder: &Path,
+        read: &dyn Fn(&str) -> Result<Option<String>>,
+    ) -> Result<Self> {
+        let optional_json = |name: &str| -> Result<(PathBuf, Option<_>)> {
+            let path = folder.join(name);
+            let parsed = read(name)?
+                .map(|text| files::parse_json_object(&path, &text))
+                .transpose()?;
+            Ok((path, parsed))
+        };
+        let (config_path, config) = optional_json("tokenizer_config.json")?;
+        let config = config.ok_or_else(|| Error::Io {
+            path: config_path.clone(),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        })?;
+        let (tokenizer_json_path, tokenizer_json) = optional_json("tokenizer.json")?;
+        let (map_path, special_tokens_map) = optional_json("special_tokens_map.json")?;
 
         let tables = match &tokenizer_json {
             Some(json) => files::tables_from_tokenizer_json(&tokenizer_json_path, json)?,
             None => {
-                let vocab_path = folder.join("vocab.json");
-                if !vocab_path.is_file() {
+                let Some(vocab) = read("vocab.json")? else {
                     return Err(Error::invalid(
                         folder.display().to_string(),
                         "no tokenizer files: expected tokenizer.json, or vocab.json and merges.txt",
                     ));
-                }
-                files::tables_from_vocab_and_merges(&vocab_path, &folder.join("merges.txt"))?
+                };
+                let merges_path = folder.join("merges.txt");
+                let merges = read("merges.txt")?.ok_or_else(|| Error::Io {
+                    path: merges_path.clone(),
+                    cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                })?;
+                files::tables_from_vocab_and_merges(
+                    (&folder.join("vocab.json"), &vocab),
+                    (&merges_path, &merges),
+                )?
             }
         };
         let specials = special::resolve(&special::Sources {

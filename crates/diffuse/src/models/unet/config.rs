@@ -95,8 +95,8 @@ pub struct UNet2DConditionConfig {
     /// Class count for class conditioning (unsupported when set).
     #[serde(default)]
     pub num_class_embeds: Option<usize>,
-    /// Compute attention in f32.
-    #[serde(default)]
+    /// Compute attention in f32 (`null`, as SDXL base's config has it, means false, as in diffusers).
+    #[serde(default, deserialize_with = "false_if_null")]
     pub upcast_attention: bool,
     /// `default`, the only supported resnet time conditioning.
     #[serde(default = "default_resnet_time_scale_shift")]
@@ -150,6 +150,9 @@ impl UNet2DConditionConfig {
     }
 }
 
+fn false_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
 fn default_in_channels() -> usize {
     4
 }

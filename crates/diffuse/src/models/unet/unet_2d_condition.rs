@@ -1,8 +1,9 @@
 //! `UNet2DConditionModel`: the denoiser, conditioned on the timestep and, by cross-attention, on the text.
 
-use crate::models::group_norm::{group_norm, GroupNorm};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::kernels::group_norm::{group_norm, GroupNorm};
 
 use super::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
 use super::config::UNet2DConditionConfig;
@@ -459,7 +460,7 @@ impl UNet2DConditionModel {
             };
             x = block.forward(&x, &emb, context, &mut skips, upsample_size)?;
         }
-        let x = self.conv_act.forward(&self.conv_norm_out.forward(&x)?)?;
+        let x = self.conv_norm_out.forward_act(&x, self.conv_act)?;
         Ok(self.conv_out.forward(&x)?)
     }
 

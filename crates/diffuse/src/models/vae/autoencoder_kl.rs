@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use super::config::AutoencoderKLConfig;
 use super::decoder::Decoder;
 use super::encoder::Encoder;
+use super::tiling::{tiled_decode, VaeTiling};
 use crate::models::activations::Activation;
 use crate::models::conv::Conv2d;
 use crate::rng::{randn_tensor, NoiseSource};
@@ -45,6 +46,7 @@ pub struct AutoencoderKL {
     config: AutoencoderKLConfig,
     dtype: DType,
     device: Device,
+    tiling: Option<VaeTiling>,
 }
 
 fn check_block_types(types: &[String], key: &str, expected: &str, levels: usize) -> Result<()> {
@@ -121,6 +123,7 @@ impl AutoencoderKL {
             config: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            tiling: None,
         })
     }
 
@@ -153,8 +156,77 @@ impl AutoencoderKL {
         })
     }
 
-    /// Decodes raw latents `z` (already divided by the scaling factor) to an image in about [-1, 1].
+    /// Maps a posterior sample to diffusion latents: `(z − mean) · scaling_factor / std` when the config has
+    /// per-channel statistics, else `(z − shift_factor) · scaling_factor`.
+    pub fn scale_latents(&self, z: &Tensor) -> Result<Tensor> {
+        let sf = self.config.scaling_factor;
+        if let Some((mean, std)) = self.channel_stats(z)? {
+            return Ok((z.broadcast_sub(&mean)? * sf)?.broadcast_div(&std)?);
+        }
+        Ok(z.affine(sf, -self.config.shift_factor.unwrap_or(0.0) * sf)?)
+    }
+
+    /// The inverse of [`AutoencoderKL::scale_latents`]: diffusion latents to the decoder's input.
+    pub fn unscale_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        let sf = self.config.scaling_factor;
+        if let Some((mean, std)) = self.channel_stats(latents)? {
+            return Ok((latents.broadcast_mul(&std)? / sf)?.broadcast_add(&mean)?);
+        }
+        Ok(latents.affine(1.0 / sf, self.config.shift_factor.unwrap_or(0.0))?)
+    }
+
+    fn channel_stats(&self, like: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let (Some(mean), Some(std)) = (&self.config.latents_mean, &self.config.latents_std) else {
+            return Ok(None);
+        };
+        let channels = self.config.latent_channels;
+        if mean.len() != channels || std.len() != channels {
+            return Err(Error::unsupported(
+                FILE,
+                "latents_mean/latents_std",
+                format!("{}/{} values", mean.len(), std.len()),
+                format!("{channels}, one per latent channel"),
+            ));
+        }
+        let as_tensor = |v: &[f64]| -> Result<Tensor> {
+            let values: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Ok(
+                Tensor::from_vec(values, (1, channels, 1, 1), like.device())?
+                    .to_dtype(like.dtype())?,
+            )
+        };
+        Ok(Some((as_tensor(mean)?, as_tensor(std)?)))
+    }
+
+    /// Decodes in overlapping tiles from now on (diffusers' `enable_tiling()` with its default geometry), so
+    /// the decoder's memory is that of one tile whatever the image size.
+    pub fn enable_tiling(&mut self) {
+        self.tiling = Some(VaeTiling::for_config(&self.config));
+    }
+
+    /// Sets the tile geometry, or turns tiling off with `None`.
+    pub fn set_tiling(&mut self, tiling: Option<VaeTiling>) {
+        self.tiling = tiling;
+    }
+
+    /// The tile geometry when tiled decoding is on.
+    pub fn tiling(&self) -> Option<&VaeTiling> {
+        self.tiling.as_ref()
+    }
+
+    /// Decodes raw latents `z` (already divided by the scaling factor) to an image in about [-1, 1]; in tiles
+    /// when tiling is on and `z` is larger than one tile, as diffusers does.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = z.dims4()?;
+        match &self.tiling {
+            Some(tiling) if tiling.applies_to(h, w) => {
+                tiled_decode(z, tiling, |tile| self.decode_whole(tile))
+            }
+            _ => self.decode_whole(z),
+        }
+    }
+
+    fn decode_whole(&self, z: &Tensor) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z)?,
             None => z.clone(),

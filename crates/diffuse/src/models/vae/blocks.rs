@@ -1,11 +1,11 @@
 //! The VAE's building blocks: resnet stacks with a resolution change, and the self-attention mid block.
 
-use crate::models::group_norm::{group_norm, GroupNorm};
-use crate::models::linear::{linear, Linear};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::attention::scaled_dot_product_attention;
+use crate::kernels::group_norm::{group_norm, GroupNorm};
+use crate::kernels::linear::{linear, Linear};
+use crate::models::attention::multi_head_attention;
 use crate::models::resnet::{ResnetBlock2D, ResnetConfig};
 
 /// Single-head self-attention over all pixels, with a GroupNorm in front and a residual connection
@@ -39,10 +39,10 @@ impl SpatialSelfAttention {
             .reshape((b, c, h * w))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = self.to_q.forward(&tokens)?.unsqueeze(1)?;
-        let k = self.to_k.forward(&tokens)?.unsqueeze(1)?;
-        let v = self.to_v.forward(&tokens)?.unsqueeze(1)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, self.scale, None, true)?.squeeze(1)?;
+        let q = self.to_q.forward(&tokens)?;
+        let k = self.to_k.forward(&tokens)?;
+        let v = self.to_v.forward(&tokens)?;
+        let out = multi_head_attention(&q, &k, &v, 1, self.scale, true)?;
         let out = self
             .to_out
             .forward(&out)?

@@ -43,6 +43,12 @@ pub struct AutoencoderKLConfig {
     /// Subtracted before scaling on encode and added back on decode, where present (SD3/Flux-style VAEs).
     #[serde(default)]
     pub shift_factor: Option<f64>,
+    /// Per-channel latent means, where present (e.g. Playground v2.5): latents are normalized with them.
+    #[serde(default)]
+    pub latents_mean: Option<Vec<f64>>,
+    /// Per-channel latent standard deviations, used with `latents_mean`.
+    #[serde(default)]
+    pub latents_std: Option<Vec<f64>>,
     /// Run the VAE in f32 when the pipeline runs in f16 (fp16 overflows in the decoder).
     #[serde(default = "default_true")]
     pub force_upcast: bool,

@@ -1,8 +1,9 @@
 //! The VAE decoder: latents → image in [-1, 1].
 
-use crate::models::group_norm::{group_norm, GroupNorm};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::kernels::group_norm::{group_norm, GroupNorm};
 
 use super::blocks::{resnet_stack, VaeMidBlock};
 use super::config::AutoencoderKLConfig;
@@ -92,7 +93,7 @@ impl Decoder {
                 x = up.forward(&x, None)?;
             }
         }
-        let x = self.act.forward(&self.conv_norm_out.forward(&x)?)?;
+        let x = self.conv_norm_out.forward_act(&x, self.act)?;
         self.conv_out.forward(&x)
     }
 }

@@ -1,8 +1,9 @@
 //! The VAE encoder: image → the moments (mean, log-variance) of the latent distribution.
 
-use crate::models::group_norm::{group_norm, GroupNorm};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::kernels::group_norm::{group_norm, GroupNorm};
 
 use super::blocks::{resnet_stack, VaeMidBlock};
 use super::config::AutoencoderKLConfig;
@@ -88,7 +89,7 @@ impl Encoder {
             }
         }
         let x = self.mid_block.forward(&x)?;
-        let x = self.act.forward(&self.conv_norm_out.forward(&x)?)?;
+        let x = self.conv_norm_out.forward_act(&x, self.act)?;
         self.conv_out.forward(&x)
     }
 }

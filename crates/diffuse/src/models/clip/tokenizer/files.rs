@@ -39,22 +39,12 @@ pub(super) fn json_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Reads and parses the JSON object in `path`.
-pub(super) fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
-    let text = read_text(path)?;
-    match serde_json::from_str(&text) {
+/// Parses `text`, the contents of `path`, as a JSON object.
+pub(super) fn parse_json_object(path: &Path, text: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(json_error(path, "expected a JSON object at the top level")),
         Err(e) => Err(json_error(path, e.to_string())),
-    }
-}
-
-/// Reads the JSON object in `path` when the file exists.
-pub(super) fn read_json_object_if_present(path: &Path) -> Result<Option<Map<String, Value>>> {
-    if path.is_file() {
-        read_json_object(path).map(Some)
-    } else {
-        Ok(None)
     }
 }
 
@@ -105,17 +95,16 @@ pub(super) fn tables_from_tokenizer_json(
     })
 }
 
-/// The vocabulary and merges of `vocab.json` and `merges.txt`.
+/// The vocabulary and merges from the texts of `vocab.json` and `merges.txt` (each with its path).
 pub(super) fn tables_from_vocab_and_merges(
-    vocab_path: &Path,
-    merges_path: &Path,
+    (vocab_path, vocab_text): (&Path, &str),
+    (merges_path, text): (&Path, &str),
 ) -> Result<BpeTables> {
     let mut vocab = Vocab::default();
-    for (token, id) in read_json_object(vocab_path)? {
+    for (token, id) in parse_json_object(vocab_path, vocab_text)? {
         let id = token_id(vocab_path, &token, &id)?;
         vocab.insert(token, id);
     }
-    let text = read_text(merges_path)?;
     let mut merges = Merges::new();
     // As the tokenizers library reads the file: lines starting with "#version" are skipped and every
     // other line must be exactly two symbols separated by one space.

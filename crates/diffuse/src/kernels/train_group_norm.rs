@@ -1,59 +1,19 @@
-//! GroupNorm: candle's for inference, and for training on the CPU a fused kernel with a hand-written backward
-//! pass (candle's composed version spends most of its backward pass summing weight and bias gradients over
-//! non-trailing dimensions, its slowest reduction).
+//! GroupNorm for training on the CPU: a fused kernel with a hand-written backward pass (candle's composed
+//! version spends most of its backward pass summing weight and bias gradients over non-trailing dimensions,
+//! its slowest reduction).
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-/// diffusers' `nn.GroupNorm` with affine weight and bias.
-#[derive(Debug, Clone)]
-pub struct GroupNorm {
-    inner: candle_nn::GroupNorm,
-    weight: Tensor,
-    bias: Tensor,
+/// GroupNorm of `x` (`[batch, channels, …]`, f32 on the CPU) with a backward pass, for training.
+pub fn group_norm_tracked(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
     groups: usize,
     eps: f64,
-}
-
-/// Reads `weight` and `bias` (`[channels]`) under `vb`.
-pub fn group_norm(
-    groups: usize,
-    channels: usize,
-    eps: f64,
-    vb: VarBuilder,
-) -> candle_core::Result<GroupNorm> {
-    let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?;
-    let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?;
-    Ok(GroupNorm {
-        inner: candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?,
-        weight,
-        bias,
-        groups,
-        eps,
-    })
-}
-
-impl Module for GroupNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
-        let fused = tracked
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && x.rank() >= 3;
-        if fused {
-            x.contiguous()?.apply_op3(
-                &self.weight,
-                &self.bias,
-                FusedGroupNorm {
-                    groups: self.groups,
-                    eps: self.eps,
-                },
-            )
-        } else {
-            self.inner.forward(x)
-        }
-    }
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(weight, bias, FusedGroupNorm { groups, eps })
 }
 
 /// `(x − mean) / √(var + eps) · weight + bias` over groups of channels, on contiguous f32 CPU tensors.

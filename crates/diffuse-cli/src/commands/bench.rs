@@ -1,0 +1,226 @@
+//! `diffuse bench FOLDER`: times the pieces of a Stable Diffusion pipeline, or one whole generation, and prints
+//! one JSON object per line (`tools/bench/bench.py` runs this next to diffusers and tabulates both).
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use diffuse::loaders::{LoadOptions, PipelineFolder};
+use diffuse::models::unet::ExtraConditioning;
+use diffuse::pipelines::{GenerationRequest, StableDiffusion};
+use diffuse::rng::TorchCpuRng;
+use diffuse::schedulers::scheduler_config_for;
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse on the moon, highly detailed";
+
+/// What to time.
+#[derive(Clone, Copy, ValueEnum)]
+enum Task {
+    /// Text encoding (prompt and empty negative prompt), one UNet step at batch 2 at 512² and 256², one VAE
+    /// decode at 512²: each `--reps` times after one warm-up run.
+    Components,
+    /// One text-to-image generation at 512², `--steps` DPM++ 2M steps, timed from load to the last step.
+    Generate,
+    /// One tiled VAE decode of random latents for a `--size`² image (peak memory of large images).
+    VaeTiled,
+}
+
+/// The compute dtype.
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchDType {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Arguments of `diffuse bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A diffusers pipeline folder (tools/bench/make_sd15_random.py writes a full-size SD 1.5 one).
+    path: PathBuf,
+    /// What to time.
+    #[arg(long, value_enum, default_value = "components")]
+    task: Task,
+    /// The dtype the models compute in.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: BenchDType,
+    /// Timed repetitions per component (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Denoising steps of `--task generate`.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Run on the first CUDA device instead of the CPU.
+    #[arg(long)]
+    cuda: bool,
+    /// Image side of `--task vae-tiled`, in pixels.
+    #[arg(long, default_value_t = 2048)]
+    size: usize,
+    /// Where `--task generate` writes its image (a PNG), e.g. to compare dtypes.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used by all threads of this process so far.
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        f64::NAN
+    }
+}
+
+fn list(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|t| format!("{t:.6}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One JSON line: wall-clock seconds of each repetition and, when measured, their CPU seconds.
+fn emit(name: &str, times: &[(f64, f64)]) {
+    let wall: Vec<f64> = times.iter().map(|t| t.0).collect();
+    let cpu: Vec<f64> = times.iter().map(|t| t.1).collect();
+    println!(
+        "{{\"name\": \"{name}\", \"times\": [{}], \"cpu\": [{}]}}",
+        list(&wall),
+        list(&cpu)
+    );
+}
+
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+    let (start, cpu) = (Instant::now(), cpu_seconds());
+    f()?;
+    Ok((start.elapsed().as_secs_f64(), cpu_seconds() - cpu))
+}
+
+fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<(f64, f64)>> {
+    f()?;
+    (0..reps).map(|_| timed(&mut f)).collect()
+}
+
+fn sync(t: &Tensor) -> Result<()> {
+    t.device().synchronize()?;
+    Ok(())
+}
+
+/// Runs the benchmark task.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let dtype = match args.dtype {
+        BenchDType::F32 => DType::F32,
+        BenchDType::Bf16 => DType::BF16,
+        BenchDType::F16 => DType::F16,
+    };
+    let device = if args.cuda {
+        Device::new_cuda(0)?
+    } else {
+        Device::Cpu
+    };
+    let folder = PipelineFolder::open(&args.path)?;
+    let opts = LoadOptions {
+        dtype,
+        device: device.clone(),
+        ..LoadOptions::default()
+    };
+    let mut loaded: Option<StableDiffusion> = None;
+    let load = timed(|| {
+        loaded = Some(StableDiffusion::load(&folder, &opts)?);
+        Ok(())
+    })?;
+    emit("load", &[load]);
+    let Some(mut pipe) = loaded else {
+        bail!("the pipeline did not load");
+    };
+    match args.task {
+        Task::Components => components(&pipe, args.reps, dtype, &device),
+        Task::Generate => generate(&pipe, args.steps, args.save.as_deref()),
+        Task::VaeTiled => {
+            pipe.vae.enable_tiling();
+            let side = args.size / pipe.vae_scale_factor();
+            let z = Tensor::randn(0f32, 1f32, (1, 4, side, side), &device)?
+                .to_dtype(pipe.vae.dtype())?;
+            let time = timed(|| sync(&pipe.vae.decode(&z)?))?;
+            emit("vae_tiled_decode", &[time]);
+            Ok(())
+        }
+    }
+}
+
+fn components(pipe: &StableDiffusion, reps: usize, dtype: DType, device: &Device) -> Result<()> {
+    if reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let times = time_reps(reps, || {
+        sync(&pipe.text.encode(PROMPT, "", 1, true, None)?.context)
+    })?;
+    emit("text_encode", &times);
+    let context = pipe
+        .text
+        .encode(PROMPT, "", 1, true, None)?
+        .context
+        .to_dtype(dtype)?;
+    let timestep = Tensor::new(&[999f32], device)?;
+    for (name, side) in [("unet_step_512", 64), ("unet_step_256", 32)] {
+        let latents = Tensor::randn(0f32, 1f32, (2, 4, side, side), device)?.to_dtype(dtype)?;
+        let times = time_reps(reps, || {
+            let out =
+                pipe.unet
+                    .forward(&latents, &timestep, &context, &ExtraConditioning::default())?;
+            sync(&out)
+        })?;
+        emit(name, &times);
+    }
+    let z = Tensor::randn(0f32, 1f32, (1, 4, 64, 64), device)?.to_dtype(pipe.vae.dtype())?;
+    let times = time_reps(reps, || sync(&pipe.vae.decode(&z)?))?;
+    emit("vae_decode_512", &times);
+    Ok(())
+}
+
+fn generate(pipe: &StableDiffusion, steps: usize, save: Option<&std::path::Path>) -> Result<()> {
+    let request = GenerationRequest {
+        prompt: PROMPT.to_string(),
+        steps,
+        width: Some(512),
+        height: Some(512),
+        scheduler: Some(scheduler_config_for("DPM++ 2M", &pipe.scheduler)?),
+        ..GenerationRequest::default()
+    };
+    let mut noise = TorchCpuRng::new(0);
+    let mut first_step = None;
+    let mut generated = None;
+    let time = timed(|| {
+        generated = Some(pipe.generate(&request, &mut noise, &mut |p| {
+            if p.step == 1 {
+                first_step = Some(now_unix());
+            }
+            ControlFlow::Continue(())
+        })?);
+        Ok(())
+    })?;
+    emit("generate_512", &[time]);
+    if let Some(t) = first_step {
+        println!("{{\"name\": \"first_step_unix\", \"times\": [{t:.6}]}}");
+    }
+    let image = generated.as_ref().and_then(|g| g.images.first());
+    if let (Some(path), Some(image)) = (save, image) {
+        std::fs::write(path, image.to_png(None)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! `diffuse generate`: text-to-image, image-to-image and inpainting from the command line.
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use diffuse::loaders::hash::model_hash;
+use diffuse::loaders::hub::{resolve_config, resolve_model};
+use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
+use diffuse::metadata::{GenerationParameters, RngSource};
+use diffuse::pipelines::images::read_png_parameters;
+use diffuse::pipelines::{GenerationRequest, InitImage, RgbImage, StableDiffusion};
+use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
+use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::default_model;
+
+/// Which random number stream draws the noise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RngKind {
+    /// `torch.Generator("cpu")`: diffusers' default on CPU (A1111's "CPU").
+    Torch,
+    /// torch's CUDA Philox generator, reproduced on any device (A1111's "NV").
+    Philox,
+}
+
+/// Arguments of `diffuse generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The prompt (or use --prompt).
+    #[arg(value_name = "PROMPT")]
+    positional_prompt: Option<String>,
+    /// The prompt.
+    #[arg(long, conflicts_with = "positional_prompt")]
+    prompt: Option<String>,
+    /// What to steer away from.
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// A diffusers folder, a single-file checkpoint (.safetensors, CompVis/A1111 layout) or a Hugging Face
+    /// Hub id (org/name[@revision]); default: the bundled model.
+    #[arg(long)]
+    model: Option<String>,
+    /// For a single-file --model: the diffusers folder or Hub id whose configs and tokenizers to use, as
+    /// diffusers' `config=`; default: built in, as diffusers picks them (SD 1.5, SD 2.1 768-v, SDXL base).
+    /// SD 2.x 512 (epsilon) checkpoints want stabilityai/stable-diffusion-2-1-base, also built in.
+    #[arg(long)]
+    config: Option<String>,
+    /// Prefer the fp16 weight files of the model.
+    #[arg(long)]
+    fp16_variant: bool,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale (off at ≤ 1).
+    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
+    guidance: f64,
+    /// Guidance rescale φ (0–1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    guidance_rescale: f64,
+    /// diffusers' clip_skip (A1111's "Clip skip: 2" is 1).
+    #[arg(long)]
+    clip_skip: Option<usize>,
+    /// Image width in pixels (multiple of 8); default: the model's.
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height in pixels (multiple of 8); default: the model's.
+    #[arg(long)]
+    height: Option<usize>,
+    /// Seed of the noise (default: random, printed); -1 also means random.
+    #[arg(long, allow_negative_numbers = true)]
+    seed: Option<i128>,
+    /// Images drawn in one batch from the one seed, as diffusers' num_images_per_prompt.
+    #[arg(long, default_value_t = 1)]
+    num_images: usize,
+    /// Scheduler: an A1111 sampler name ("DPM++ 2M Karras", "Euler a", ...) or a diffusers class name;
+    /// default: the model's scheduler_config.json.
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// DDIM's eta.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    eta: f64,
+    /// Input image for image-to-image (or inpainting, with --mask).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// How much to change the input image, 0–1 (default 0.8, or 1.0 when inpainting).
+    #[arg(long, allow_negative_numbers = true)]
+    strength: Option<f64>,
+    /// Inpainting mask: white is repainted, black is kept; the size of --image.
+    #[arg(long, requires = "image")]
+    mask: Option<PathBuf>,
+    /// Output PNG; with several images, STEM-1.png … STEM-N.png.
+    #[arg(long, short, default_value = "output.png")]
+    output: PathBuf,
+    /// Also write the final latents (before VAE decoding) as safetensors with one tensor `latents`.
+    #[arg(long)]
+    save_latents: Option<PathBuf>,
+    /// Start from these latents (safetensors with a tensor `latents`) instead of drawing them.
+    #[arg(long, conflicts_with = "image")]
+    latents: Option<PathBuf>,
+    /// Noise generator.
+    #[arg(long, value_enum, default_value_t = RngKind::Torch)]
+    rng: RngKind,
+    /// Compute dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Decode the image in overlapping tiles with blended seams (diffusers' `enable_vae_tiling`), so large
+    /// images decode in bounded memory.
+    #[arg(long)]
+    vae_tiling: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Regenerate the image whose PNG `parameters` this file holds (prompt, sampler, steps, CFG, seed, size).
+    #[arg(long, conflicts_with_all = ["positional_prompt", "prompt"])]
+    replay: Option<PathBuf>,
+}
+
+/// Runs the command.
+pub fn run(mut args: GenerateArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("invalid --threads: 0: at least one thread");
+        }
+        // candle and its GEMM read this when they first size their thread pools.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let replay_pos = match args.replay.clone() {
+        Some(png) => Some(apply_replay(&mut args, &png)?),
+        None => None,
+    };
+    let prompt = args
+        .prompt
+        .clone()
+        .or_else(|| args.positional_prompt.clone())
+        .context("no prompt: give one as the first argument or with --prompt")?;
+    let seed = match args.seed {
+        None | Some(-1) => random_seed(),
+        Some(s) if (0..=u64::MAX as i128).contains(&s) => s as u64,
+        Some(s) => bail!(
+            "invalid --seed: {s}: expected 0 to {} or -1 for random",
+            u64::MAX
+        ),
+    };
+
+    let model_spec = match &args.model {
+        Some(m) => m.clone(),
+        None => default_model()?.display().to_string(),
+    };
+    let variant = if args.fp16_variant {
+        Variant::Fp16
+    } else {
+        Variant::Default
+    };
+    let model_path = resolve_model(&model_spec, variant)?;
+    let config = args.config.as_deref().map(resolve_config).transpose()?;
+    let folder = PipelineFolder::open_path(&model_path, config)?;
+    let opts = LoadOptions {
+        dtype: diffuse::device::dtype_from_name(&args.dtype)?,
+        device: diffuse::device::device_from_name(&args.device)?,
+        variant,
+    };
+    let mut pipe = StableDiffusion::load(&folder, &opts)?;
+    if args.vae_tiling {
+        pipe.vae.enable_tiling();
+    }
+
+    let scheduler = args
+        .scheduler
+        .as_deref()
+        .map(|name| scheduler_config_for(name, &pipe.scheduler))
+        .transpose()?;
+    let init = match &args.image {
+        Some(path) => Some(InitImage {
+            image: RgbImage::open(path, "--image")?,
+            strength: args
+                .strength
+                .unwrap_or(if args.mask.is_some() { 1.0 } else { 0.8 }),
+            mask: args
+                .mask
+                .as_deref()
+                .map(|m| RgbImage::open(m, "--mask"))
+                .transpose()?,
+        }),
+        None => {
+            if args.strength.is_some() {
+                bail!("--strength needs --image");
+            }
+            None
+        }
+    };
+    let latents = args
+        .latents
+        .as_deref()
+        .map(|path| read_latents(path, &opts.device))
+        .transpose()?;
+    let request = GenerationRequest {
+        prompt: prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.steps,
+        guidance_scale: args.guidance,
+        guidance_rescale: args.guidance_rescale,
+        clip_skip: args.clip_skip,
+        width: args.width,
+        height: args.height,
+        num_images: args.num_images,
+        eta: args.eta,
+        scheduler,
+        init,
+        latents,
+    };
+    request.validate()?;
+
+    let mut noise: Box<dyn NoiseSource> = match args.rng {
+        RngKind::Torch => Box::new(TorchCpuRng::new(seed)),
+        RngKind::Philox => Box::new(PhiloxRng::new(seed)),
+    };
+    let bar = progress_bar(args.quiet);
+    let generated = pipe.generate(&request, noise.as_mut(), &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.step as u64);
+        ControlFlow::Continue(())
+    })?;
+    bar.finish_and_clear();
+
+    if let Some(path) = &args.save_latents {
+        let tensors =
+            std::collections::HashMap::from([("latents".to_string(), generated.latents.clone())]);
+        candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("cannot write --save-latents {}", path.display()))?;
+    }
+
+    let scheduler_config = request
+        .scheduler
+        .clone()
+        .unwrap_or_else(|| pipe.scheduler.clone());
+    let (sampler, schedule_type) = a1111_sampler_of(&scheduler_config);
+    let first = generated
+        .images
+        .first()
+        .context("the pipeline produced no image")?;
+    let params = GenerationParameters {
+        prompt,
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.steps as u32,
+        sampler,
+        schedule_type: schedule_type.map(String::from),
+        cfg_scale: args.guidance,
+        seed,
+        width: first.width as u32,
+        height: first.height as u32,
+        model_hash: model_hash(&folder).ok(),
+        model: model_name(&model_spec),
+        denoising_strength: request.init.as_ref().map(|i| i.strength),
+        clip_skip: args.clip_skip.map(|k| k as u32 + 1),
+        rng: match args.rng {
+            RngKind::Torch => RngSource::Cpu,
+            RngKind::Philox => RngSource::Nv,
+        },
+        extra: Vec::new(),
+    };
+    let n = generated.images.len();
+    for (i, image) in generated.images.iter().enumerate() {
+        if replay_pos.is_some_and(|pos| pos != i) {
+            continue;
+        }
+        let mut params = params.clone();
+        if n > 1 {
+            params.extra.push(("Batch size".into(), n.to_string()));
+            params.extra.push(("Batch pos".into(), i.to_string()));
+        }
+        let path = if n > 1 && replay_pos.is_none() {
+            numbered(&args.output, i + 1)
+        } else {
+            args.output.clone()
+        };
+        image
+            .save_png(&path, Some(&params))
+            .with_context(|| format!("cannot write the image to {}", path.display()))?;
+        println!("wrote {} (seed {seed})", path.display());
+    }
+    Ok(())
+}
+
+/// `out.png` → `out-3.png`.
+fn numbered(output: &Path, index: usize) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = output
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    output.with_file_name(format!("{stem}-{index}.{ext}"))
+}
+
+/// The `Model:` A1111 records: a checkpoint file's name without its extension, else the folder or repo name.
+fn model_name(spec: &str) -> Option<String> {
+    let path = Path::new(spec.trim_end_matches('/'));
+    let name = if path.is_file() {
+        path.file_stem()
+    } else {
+        path.file_name()
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    // A1111 and ComfyUI show seeds below 2^32; keep them as short.
+    hasher.finish() & 0xffff_ffff
+}
+
+fn read_latents(path: &Path, device: &candle_core::Device) -> Result<candle_core::Tensor> {
+    let tensors = candle_core::safetensors::load(path, device)
+        .with_context(|| format!("cannot read --latents {}", path.display()))?;
+    tensors
+        .get("latents")
+        .cloned()
+        .with_context(|| format!("--latents {}: no tensor named `latents`", path.display()))
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Fills the generation settings from a PNG's `parameters` text; returns the batch position to keep.
+fn apply_replay(args: &mut GenerateArgs, png: &Path) -> Result<usize> {
+    let text = read_png_parameters(png)?.with_context(|| {
+        format!(
+            "--replay {}: the PNG has no `parameters` text",
+            png.display()
+        )
+    })?;
+    let p = GenerationParameters::parse(&text)
+        .with_context(|| format!("--replay {}", png.display()))?;
+    args.prompt = Some(p.prompt.clone());
+    args.negative_prompt = p.negative_prompt.clone();
+    args.steps = p.steps as usize;
+    args.guidance = p.cfg_scale;
+    args.seed = Some(p.seed as i128);
+    args.width = Some(p.width as usize);
+    args.height = Some(p.height as usize);
+    args.clip_skip = p
+        .clip_skip
+        .and_then(|k| (k as usize).checked_sub(1))
+        .filter(|&k| k > 0);
+    args.scheduler = Some(match &p.schedule_type {
+        Some(schedule) if schedule != "Automatic" => format!("{} {schedule}", p.sampler),
+        _ => p.sampler.clone(),
+    });
+    args.rng = match p.rng {
+        RngSource::Cpu => RngKind::Torch,
+        RngSource::Nv => RngKind::Philox,
+        RngSource::Gpu => bail!(
+            "--replay {}: made with A1111's GPU noise (torch on CUDA); diffuse reproduces CPU and NV noise only",
+            png.display()
+        ),
+    };
+    if p.denoising_strength.is_some() && args.image.is_none() {
+        bail!(
+            "--replay {}: an image-to-image result; give the input image with --image",
+            png.display()
+        );
+    }
+    args.strength = p.denoising_strength;
+    let get = |key: &str| {
+        p.extra
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let batch = get("Batch size")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1);
+    let pos = get("Batch pos")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if pos >= batch {
+        bail!(
+            "--replay {}: Batch pos {pos} is outside the batch of {batch}",
+            png.display()
+        );
+    }
+    args.num_images = batch;
+    Ok(pos)
+}

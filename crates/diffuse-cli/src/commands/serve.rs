@@ -1,0 +1,87 @@
+//! `diffuse serve`: the HTTP server (crates/diffuse-server), configured from flags.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use diffuse_server::{Limits, ModelSpec, ServerConfig};
+
+/// Arguments of `diffuse serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A model to serve, `PATH` or `NAME=PATH` (a diffusers folder); repeat for several, the first is the
+    /// default. Without it: the bundled model.
+    #[arg(long = "model", value_name = "[NAME=]PATH")]
+    models: Vec<String>,
+    /// Address to listen on; anything but loopback needs --api-key.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 7860)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every API request.
+    #[arg(long, env = "DIFFUSE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Generation threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Jobs that may wait; beyond that requests get 429.
+    #[arg(long, default_value_t = 64)]
+    queue_capacity: usize,
+    /// Finished jobs kept for their status and image URLs.
+    #[arg(long, default_value_t = 100)]
+    retained_jobs: usize,
+    /// Seconds running jobs may take to finish at shutdown before they are cancelled.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_body_mib: usize,
+    /// Most images per request.
+    #[arg(long, default_value_t = Limits::default().max_images)]
+    max_images: usize,
+    /// Most denoising steps per request.
+    #[arg(long, default_value_t = Limits::default().max_steps)]
+    max_steps: usize,
+    /// Largest output width or height.
+    #[arg(long, default_value_t = Limits::default().max_side)]
+    max_side: usize,
+    /// Largest output width × height.
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    max_pixels: usize,
+}
+
+/// Starts the server and serves until Ctrl-C or SIGTERM.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let models = if args.models.is_empty() {
+        let path = super::default_model()?;
+        vec![ModelSpec::parse(&path.to_string_lossy())?]
+    } else {
+        args.models
+            .iter()
+            .map(|m| ModelSpec::parse(m))
+            .collect::<Result<_, _>>()?
+    };
+    let mut config = ServerConfig::new(models);
+    config.addr = SocketAddr::new(args.host, args.port);
+    config.api_key = args.api_key;
+    config.workers = args.workers;
+    config.queue_capacity = args.queue_capacity;
+    config.retained_jobs = args.retained_jobs;
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.limits = Limits {
+        max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
+        max_images: args.max_images,
+        max_steps: args.max_steps,
+        max_side: args.max_side,
+        max_pixels: args.max_pixels,
+        ..Limits::default()
+    };
+    diffuse_server::run_until_signal(config, |addr| {
+        println!("diffuse serve: listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+    })
+    .context("diffuse serve")
+}

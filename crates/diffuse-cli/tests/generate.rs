@@ -1,0 +1,447 @@
+//! `diffuse generate` end to end on the tiny sd1 fixture pipeline: outputs, metadata, replay, latents in and
+//! out, and every bad input giving a clear message and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures(area: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(area)
+}
+
+fn sd1() -> String {
+    fixtures("models").join("sd1").display().to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("diffuse-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn diffuse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(args)
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("diffuse-cli-cache"),
+        )
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn fails_with(args: &[&str], expected: &[&str]) {
+    let out = diffuse(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = stderr(&out);
+    for part in expected {
+        assert!(
+            err.contains(part),
+            "{args:?}: `{err}` does not mention `{part}`"
+        );
+    }
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+/// Without `--model` (and without `DIFFUSE_MODEL`) the bundled model draws the README's first image.
+#[test]
+fn the_bundled_model_is_the_default() {
+    let dir = scratch("default-model");
+    let out = dir.join("circle.png");
+    let run = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args([
+            "generate",
+            "a red circle at the top left on a blue background",
+            "--seed",
+            "1",
+            "--steps",
+            "8",
+            "-o",
+        ])
+        .arg(&out)
+        .env_remove("DIFFUSE_MODEL")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let info = diffuse(&["info", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("Model: diffuse-tiny"), "{text}");
+    assert!(text.contains("Size: 32x32"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn writes_pngs_with_parameters_and_replays_them() {
+    let dir = scratch("replay");
+    let out = dir.join("img.png");
+    let model = sd1();
+    let o = out.to_str().unwrap();
+    let run = diffuse(&[
+        "generate",
+        "a red circle",
+        "--model",
+        &model,
+        "--steps",
+        "4",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--seed",
+        "7",
+        "--num-images",
+        "2",
+        "--scheduler",
+        "DPM++ 2M Karras",
+        "--negative-prompt",
+        "blurry",
+        "-o",
+        o,
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let first = dir.join("img-1.png");
+    let second = dir.join("img-2.png");
+    assert!(first.is_file() && second.is_file());
+
+    let info = diffuse(&["info", second.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    for part in [
+        "a red circle\nNegative prompt: blurry\n",
+        "Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 7, Size: 64x48",
+        "Model: sd1",
+        "RNG: CPU",
+        "Batch size: 2, Batch pos: 1",
+    ] {
+        assert!(text.contains(part), "missing `{part}` in {text}");
+    }
+
+    let replayed = dir.join("again.png");
+    let run = diffuse(&[
+        "generate",
+        "--replay",
+        second.to_str().unwrap(),
+        "--model",
+        &model,
+        "-o",
+        replayed.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let a = diffuse::pipelines::RgbImage::open(&second, "a").unwrap();
+    let b = diffuse::pipelines::RgbImage::open(&replayed, "b").unwrap();
+    assert_eq!(a, b, "the replayed image differs");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn saved_latents_equal_diffusers_and_feed_back_in() {
+    let dir = scratch("latents");
+    let latents = dir.join("latents.safetensors");
+    // The fixture case t2i_pndm_batch2, through the command line.
+    let run = diffuse(&[
+        "generate",
+        "--prompt",
+        "a red circle on a blue background",
+        "--negative-prompt",
+        "blurry",
+        "--model",
+        &sd1(),
+        "--steps",
+        "8",
+        "--num-images",
+        "2",
+        "--width",
+        "48",
+        "--height",
+        "64",
+        "--seed",
+        "42",
+        "-o",
+        dir.join("x.png").to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let ours = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap();
+    let reference = candle_core::safetensors::load(
+        fixtures("pipelines").join("t2i_pndm_batch2.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let diff = (&ours["latents"] - &reference["latents"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let max = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(max < 1e-4, "latents differ from diffusers by {max}");
+
+    // Zero initial latents, passed in, give a deterministic run whatever the seed.
+    let zeros = dir.join("zeros.safetensors");
+    let t = candle_core::Tensor::zeros(
+        (1, 4, 8, 8),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("latents".to_string(), t)]),
+        &zeros,
+    )
+    .unwrap();
+    for (seed, name) in [("1", "a.png"), ("2", "b.png")] {
+        let run = diffuse(&[
+            "generate",
+            "x",
+            "--model",
+            &sd1(),
+            "--steps",
+            "2",
+            "--latents",
+            zeros.to_str().unwrap(),
+            "--seed",
+            seed,
+            "-o",
+            dir.join(name).to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    let a = diffuse::pipelines::RgbImage::open(&dir.join("a.png"), "a").unwrap();
+    let b = diffuse::pipelines::RgbImage::open(&dir.join("b.png"), "b").unwrap();
+    assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn long_prompts_are_truncated_with_a_warning() {
+    let dir = scratch("long");
+    let prompt = "a very ".repeat(60) + "red circle";
+    let run = diffuse(&[
+        "generate",
+        &prompt,
+        "--model",
+        &sd1(),
+        "--steps",
+        "1",
+        "-o",
+        dir.join("l.png").to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("truncated because CLIP can only handle sequences up to 77 tokens")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    let dir = scratch("bad");
+    let model = sd1();
+    let m = model.as_str();
+    let text = dir.join("not-an-image.png");
+    std::fs::write(&text, "hello").unwrap();
+    let img = dir.join("in.png");
+    diffuse::pipelines::RgbImage {
+        width: 64,
+        height: 48,
+        pixels: vec![128; 64 * 48 * 3],
+    }
+    .save_png(&img, None)
+    .unwrap();
+    let small_mask = dir.join("mask.png");
+    diffuse::pipelines::RgbImage {
+        width: 32,
+        height: 32,
+        pixels: vec![255; 32 * 32 * 3],
+    }
+    .save_png(&small_mask, None)
+    .unwrap();
+    let (img, text, small_mask) = (
+        img.to_str().unwrap(),
+        text.to_str().unwrap(),
+        small_mask.to_str().unwrap(),
+    );
+    let out = dir.join("o.png");
+    let o = out.to_str().unwrap();
+
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            o,
+            "--image",
+            "/nonexistent/in.png",
+        ],
+        &["/nonexistent/in.png"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--image", text],
+        &["--image", "not a readable image"],
+    );
+    fails_with(
+        &[
+            "generate", "x", "--model", m, "-o", o, "--image", img, "--mask", small_mask,
+        ],
+        &["mask", "32×32", "64×48"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--width", "100"],
+        &["width", "100", "multiple of 8"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--height", "8192"],
+        &["height", "8192", "4096"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--steps", "0"],
+        &["steps"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            o,
+            "--image",
+            img,
+            "--strength",
+            "1.5",
+        ],
+        &["strength", "1.5"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            o,
+            "--image",
+            img,
+            "--strength",
+            "-0.1",
+        ],
+        &["strength"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--guidance", "NaN"],
+        &["guidance", "NaN"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--guidance", "-2"],
+        &["guidance", "-2"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            o,
+            "--scheduler",
+            "Eulr",
+        ],
+        &["unknown scheduler", "Euler a", "DPM++ 2M Karras"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            o,
+            "--image",
+            img,
+            "--strength",
+            "0.01",
+            "--steps",
+            "10",
+        ],
+        &["strength"],
+    );
+    fails_with(
+        &["generate", "x", "--model", "/nonexistent/model", "-o", o],
+        &["/nonexistent/model"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--dtype", "f8"],
+        &["dtype", "f8"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--device", "tpu"],
+        &["device", "tpu"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            "/nonexistent/dir/o.png",
+            "--steps",
+            "1",
+        ],
+        &["/nonexistent/dir/o.png"],
+    );
+    fails_with(&["generate", "--model", m, "-o", o], &["no prompt"]);
+    fails_with(
+        &["generate", "--model", m, "-o", o, "--replay", text],
+        &["not-an-image.png"],
+    );
+    fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--replay", text],
+        &["cannot be used with"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn vae_tiling_decodes_in_tiles() {
+    let dir = scratch("tiling");
+    let (tiled, plain) = (dir.join("tiled.png"), dir.join("plain.png"));
+    let model = sd1();
+    for (path, extra) in [(&tiled, Some("--vae-tiling")), (&plain, None)] {
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "--model",
+            &model,
+            "--steps",
+            "2",
+        ];
+        args.extend([
+            "--width",
+            "256",
+            "--height",
+            "192",
+            "--seed",
+            "5",
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        args.extend(extra);
+        let run = diffuse(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    // The fixture VAE's tiles are 64 pixels: a 256×192 image is decoded in overlapping tiles, which changes it.
+    let a = diffuse::pipelines::RgbImage::open(&tiled, "a").unwrap();
+    let b = diffuse::pipelines::RgbImage::open(&plain, "b").unwrap();
+    assert_eq!((a.width, a.height), (256, 192));
+    assert_ne!(a.pixels, b.pixels);
+    let _ = std::fs::remove_dir_all(&dir);
+}

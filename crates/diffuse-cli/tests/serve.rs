@@ -1,0 +1,100 @@
+//! `diffuse serve`: starts, prints its address, answers, stops cleanly on SIGTERM; refuses bad setups by name.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+fn sd1() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/sd1")
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Starts `diffuse serve ARGS --port 0` (without `DIFFUSE_MODEL`) and reads the address it prints.
+fn start(args: &[String]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
+        .env_remove("DIFFUSE_API_KEY")
+        .env_remove("DIFFUSE_MODEL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("diffuse serve: listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+#[test]
+fn without_a_model_it_serves_the_bundled_one() {
+    let (mut child, addr) = start(&[]);
+    let health = get(&addr, "/health");
+    assert!(
+        health.contains(r#""models":["diffuse-tiny"]"#),
+        "{health}"
+    );
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
+fn serve_answers_and_stops_cleanly_on_sigterm() {
+    let (mut child, addr) = start(&["--model".into(), format!("tiny={}", sd1().display())]);
+    let health = get(&addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(r#""models":["tiny"]"#), "{health}");
+    let status = terminate(&mut child);
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn serve_refuses_bad_setups_naming_the_option() {
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["serve", "--model", "/nonexistent/model"],
+            "/nonexistent/model",
+        ),
+        (
+            &["serve", "--model", "x=/tmp", "--host", "0.0.0.0"],
+            "--api-key",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .args(args)
+            .env_remove("DIFFUSE_MODEL")
+            .env_remove("DIFFUSE_API_KEY")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,173 @@
+//! A1111's informational endpoints: samplers, schedulers, models, options, scripts, progress, interrupt and
+//! PNG info.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use base64::Engine as _;
+use diffuse::metadata::GenerationParameters;
+use diffuse::pipelines::images::png_parameters;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::input::parse_json;
+use crate::api::uploads::base64_bytes;
+use crate::api::SharedState;
+use crate::error::ApiError;
+use crate::jobs::job::JobState;
+
+/// `GET /sdapi/v1/samplers`: the A1111 sampler names this server runs.
+pub async fn samplers() -> Json<Value> {
+    let names: Vec<Value> = diffuse::schedulers::known_scheduler_names()
+        .into_iter()
+        .filter(|name| !name.ends_with("Scheduler"))
+        .map(|name| json!({"name": name, "aliases": [], "options": {}}))
+        .collect();
+    Json(Value::Array(names))
+}
+
+/// `GET /sdapi/v1/schedulers`: the schedule types accepted as `scheduler`.
+pub async fn schedulers() -> Json<Value> {
+    Json(json!([
+        {"name": "automatic", "label": "Automatic", "aliases": null, "default_rho": -1.0, "need_inner_model": false},
+        {"name": "karras", "label": "Karras", "aliases": null, "default_rho": 7.0, "need_inner_model": false},
+    ]))
+}
+
+/// `GET /sdapi/v1/sd-models`: the served models (names only; paths are never shown).
+pub async fn sd_models(State(state): State<SharedState>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .registry
+        .names()
+        .into_iter()
+        .map(|name| {
+            json!({
+                "title": name,
+                "model_name": name,
+                "hash": null,
+                "sha256": null,
+                "filename": name,
+                "config": null,
+            })
+        })
+        .collect();
+    Json(Value::Array(models))
+}
+
+/// `GET /sdapi/v1/options`: the few settings that mean something here.
+pub async fn options(State(state): State<SharedState>) -> Json<Value> {
+    Json(json!({
+        "sd_model_checkpoint": state.registry.names().first(),
+        "CLIP_stop_at_last_layers": 1,
+        "randn_source": "GPU",
+        "samples_format": "png",
+    }))
+}
+
+/// `GET /sdapi/v1/scripts`: none.
+pub async fn scripts() -> Json<Value> {
+    Json(json!({"txt2img": [], "img2img": []}))
+}
+
+/// The query of `GET /sdapi/v1/progress`.
+#[derive(Deserialize)]
+pub struct ProgressQuery {
+    #[serde(default)]
+    skip_current_image: bool,
+}
+
+/// `GET /sdapi/v1/progress`: the oldest running job's progress and preview.
+pub async fn progress(
+    State(state): State<SharedState>,
+    Query(query): Query<ProgressQuery>,
+) -> Json<Value> {
+    let active = state.engine.store.active();
+    let running = active
+        .iter()
+        .map(|job| (job, job.status()))
+        .filter(|(_, s)| s.state == JobState::Running)
+        .min_by(|a, b| a.1.created_at.total_cmp(&b.1.created_at));
+    let Some((job, status)) = running else {
+        return Json(json!({
+            "progress": 0.0,
+            "eta_relative": 0.0,
+            "state": {
+                "skipped": false, "interrupted": false, "stopping_generation": false, "job": "",
+                "job_count": active.len(), "job_timestamp": "0", "job_no": 0,
+                "sampling_step": 0, "sampling_steps": 0,
+            },
+            "current_image": null,
+            "textinfo": null,
+        }));
+    };
+    let fraction = status.fraction();
+    let elapsed = crate::clock::unix_seconds() - status.started_at.unwrap_or(status.created_at);
+    let eta = if fraction > 0.0 {
+        elapsed / fraction - elapsed
+    } else {
+        0.0
+    };
+    let image = status
+        .preview
+        .as_ref()
+        .filter(|_| !query.skip_current_image)
+        .map(|png| base64::engine::general_purpose::STANDARD.encode(png.as_slice()));
+    Json(json!({
+        "progress": fraction,
+        "eta_relative": eta.max(0.0),
+        "state": {
+            "skipped": false,
+            "interrupted": job.cancel_reason().is_some(),
+            "stopping_generation": false,
+            "job": job.id,
+            "job_count": active.len(),
+            "job_timestamp": crate::clock::a1111_timestamp(status.created_at),
+            "job_no": 0,
+            "sampling_step": status.step,
+            "sampling_steps": status.total_steps,
+        },
+        "current_image": image,
+        "textinfo": null,
+    }))
+}
+
+/// `POST /sdapi/v1/interrupt`: cancels the running jobs (their clients get 409).
+pub async fn interrupt(State(state): State<SharedState>) -> Json<Value> {
+    let stopped = state.engine.interrupt_running();
+    Json(json!({"interrupted": stopped}))
+}
+
+/// The body of `POST /sdapi/v1/png-info`.
+#[derive(Deserialize)]
+struct PngInfoBody {
+    image: String,
+}
+
+/// `POST /sdapi/v1/png-info`: the `parameters` text of a PNG, and its fields.
+pub async fn png_info(body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let body: PngInfoBody = parse_json(&body)?;
+    let bytes = base64_bytes(&body.image, "image")?;
+    let text = png_parameters(&bytes)
+        .map_err(|e| ApiError::bad_field("image", e.to_string()))?
+        .unwrap_or_default();
+    let parameters = GenerationParameters::parse(&text)
+        .map(|p| {
+            json!({
+                "Prompt": p.prompt,
+                "Negative prompt": p.negative_prompt,
+                "Steps": p.steps.to_string(),
+                "Sampler": p.sampler,
+                "CFG scale": p.cfg_scale.to_string(),
+                "Seed": p.seed.to_string(),
+                "Size-1": p.width.to_string(),
+                "Size-2": p.height.to_string(),
+                "Model": p.model,
+                "RNG": p.rng.as_str(),
+            })
+        })
+        .unwrap_or_else(|_| json!({}));
+    Ok(Json(json!({
+        "info": text,
+        "items": {"parameters": text},
+        "parameters": parameters,
+    })))
+}

@@ -1,0 +1,81 @@
+//! The HTTP surface: routes, shared state, and the layers around them.
+
+pub mod a1111;
+pub mod input;
+pub mod middleware;
+pub mod native;
+pub mod openai;
+pub mod ops;
+pub mod uploads;
+pub mod wait;
+pub mod web;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Limits;
+use crate::jobs::Engine;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The served models.
+    pub registry: Arc<Registry>,
+    /// Jobs and workers.
+    pub engine: Arc<Engine>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Request limits.
+    pub limits: Limits,
+    /// The Bearer key, if one is required.
+    pub api_key: Option<String>,
+}
+
+/// The state as handlers receive it.
+pub type SharedState = Arc<AppState>;
+
+/// Every route. The page, its assets and `/health` are open; everything else needs the key when there is one.
+pub fn router(state: SharedState) -> Router {
+    let api = Router::new()
+        .route("/v1/images/generations", post(openai::generations))
+        .route("/v1/images/edits", post(openai::edits))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/schedulers", get(native::schedulers))
+        .route("/v1/jobs", post(native::create))
+        .route("/v1/jobs/{id}", get(native::get).delete(native::delete))
+        .route("/v1/jobs/{id}/events", get(native::events))
+        .route("/v1/jobs/{id}/preview", get(native::preview))
+        .route("/v1/jobs/{id}/images/{file}", get(native::image))
+        .route("/sdapi/v1/txt2img", post(a1111::txt2img))
+        .route("/sdapi/v1/img2img", post(a1111::img2img))
+        .route("/sdapi/v1/samplers", get(a1111::samplers))
+        .route("/sdapi/v1/schedulers", get(a1111::schedulers))
+        .route("/sdapi/v1/sd-models", get(a1111::sd_models))
+        .route("/sdapi/v1/options", get(a1111::options))
+        .route("/sdapi/v1/scripts", get(a1111::scripts))
+        .route("/sdapi/v1/progress", get(a1111::progress))
+        .route("/sdapi/v1/interrupt", post(a1111::interrupt))
+        .route("/sdapi/v1/png-info", post(a1111::png_info))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_key,
+        ));
+    Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/style.css", get(web::style))
+        .route("/health", get(ops::health))
+        .merge(api)
+        .fallback(middleware::not_found)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::json_errors,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,287 @@
+//! The native job API: submit (`POST /v1/jobs` → 202), watch (`GET /v1/jobs/{id}`, server-sent events at
+//! `/v1/jobs/{id}/events`), fetch images and previews, cancel (`DELETE`).
+//!
+//! Seeds follow diffusers: `n` images come from one torch CPU generator seeded once.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use diffuse::pipelines::{GenerationRequest, InitImage};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::input::{parse_json, Draft, FieldNames, Seed};
+use super::uploads::{self, MaskRule};
+use super::SharedState;
+use crate::error::ApiError;
+use crate::jobs::job::{CancelReason, Job, JobStatus};
+use crate::jobs::spec::{RngKind, SeedMode};
+
+const FIELDS: FieldNames = FieldNames {
+    steps: "steps",
+    guidance: "guidance",
+    width: "width",
+    height: "height",
+    images: "n",
+    scheduler: "scheduler",
+    strength: "strength",
+    image: "image",
+    mask: "mask",
+};
+
+/// The body of `POST /v1/jobs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobBody {
+    prompt: String,
+    model: Option<String>,
+    negative_prompt: Option<String>,
+    width: Option<usize>,
+    height: Option<usize>,
+    steps: Option<usize>,
+    guidance: Option<f64>,
+    guidance_rescale: Option<f64>,
+    clip_skip: Option<usize>,
+    eta: Option<f64>,
+    seed: Option<Seed>,
+    scheduler: Option<String>,
+    n: Option<usize>,
+    /// Base64 or a data URL: image-to-image, or inpainting with `mask`.
+    image: Option<String>,
+    /// Base64 or a data URL; white (or opaque, for an image with transparency) is repainted.
+    mask: Option<String>,
+    strength: Option<f64>,
+}
+
+/// `POST /v1/jobs`: queues a generation and answers 202 with its id.
+pub async fn create(
+    State(state): State<SharedState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: JobBody = parse_json(&body)?;
+    let model = state.registry.get(body.model.as_deref(), "model")?;
+    let init = match &body.image {
+        Some(text) => {
+            let decoded = uploads::decode(
+                &uploads::base64_bytes(text, "image")?,
+                "image",
+                &state.limits,
+            )?;
+            let image = uploads::to_rgb(&decoded);
+            let mask = match &body.mask {
+                Some(text) => {
+                    let decoded = uploads::decode(
+                        &uploads::base64_bytes(text, "mask")?,
+                        "mask",
+                        &state.limits,
+                    )?;
+                    Some(uploads::to_mask(
+                        &decoded,
+                        MaskRule::OpaqueOrWhiteRepaints,
+                        image.width,
+                        image.height,
+                    ))
+                }
+                None => None,
+            };
+            let strength = body
+                .strength
+                .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
+            Some(InitImage {
+                image,
+                strength,
+                mask,
+            })
+        }
+        None if body.mask.is_some() => {
+            return Err(ApiError::bad_field("mask", "needs an image to inpaint"))
+        }
+        None if body.strength.is_some() => {
+            return Err(ApiError::bad_field("strength", "needs an image"))
+        }
+        None => None,
+    };
+    let defaults = GenerationRequest::default();
+    let draft = Draft {
+        model,
+        request: GenerationRequest {
+            prompt: body.prompt,
+            negative_prompt: body.negative_prompt.unwrap_or_default(),
+            steps: body.steps.unwrap_or(defaults.steps),
+            guidance_scale: body.guidance.unwrap_or(defaults.guidance_scale),
+            guidance_rescale: body.guidance_rescale.unwrap_or(0.0),
+            clip_skip: body.clip_skip.filter(|k| *k > 0),
+            width: body.width,
+            height: body.height,
+            eta: body.eta.unwrap_or(0.0),
+            init,
+            ..defaults
+        },
+        images: body.n.unwrap_or(1),
+        seed: body.seed.unwrap_or(Seed(None)),
+        seed_mode: SeedMode::Batch,
+        rng: RngKind::Cpu,
+        scheduler: body.scheduler,
+        sampler_label: None,
+        schedule_type: None,
+    };
+    let spec = draft.into_spec(&state.limits, &FIELDS)?;
+    let seed = spec.seed;
+    let job = state.engine.submit(spec)?;
+    let url = format!("/v1/jobs/{}", job.id);
+    let mut body = describe(&state, &job, &job.status(), false);
+    if let Some(object) = body.as_object_mut() {
+        object.insert("seed".into(), json!(seed));
+    }
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, url)], Json(body)).into_response())
+}
+
+fn find(state: &SharedState, id: &str) -> Result<std::sync::Arc<Job>, ApiError> {
+    state.engine.store.get(id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no job {id:?} (finished jobs are kept for a while)"
+        ))
+    })
+}
+
+/// A job as JSON; `preview` adds the latest preview as a data URL.
+fn describe(state: &SharedState, job: &Job, status: &JobStatus, preview: bool) -> Value {
+    let base = format!("/v1/jobs/{}", job.id);
+    let images: Vec<Value> = status
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            json!({
+                "url": format!("{base}/images/{i}.png"),
+                "seed": image.seed,
+                "width": image.width,
+                "height": image.height,
+                "parameters": image.infotext,
+            })
+        })
+        .collect();
+    let preview = status.preview.as_ref().filter(|_| preview).map(|png| {
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png.as_slice())
+        )
+    });
+    json!({
+        "id": job.id,
+        "object": "job",
+        "model": job.model,
+        "prompt": job.prompt,
+        "state": status.state,
+        "progress": {"step": status.step, "total": status.total_steps, "fraction": status.fraction()},
+        "queue_position": state.engine.queue.position(&job.id),
+        "preview": preview,
+        "images": images,
+        "error": status.error.as_ref().map(|e| json!({
+            "message": e.message, "param": e.param, "status": e.status.as_u16(),
+        })),
+        "created_at": status.created_at,
+        "started_at": status.started_at,
+        "finished_at": status.finished_at,
+        "urls": {"self": base, "events": format!("{base}/events"), "preview": format!("{base}/preview")},
+    })
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn get(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = find(&state, &id)?;
+    Ok(Json(describe(&state, &job, &job.status(), true)))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a waiting or running job (202); forgets a finished one (200).
+pub async fn delete(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&state, &id)?;
+    if job.status().state.is_terminal() {
+        state.engine.store.remove(&id);
+        return Ok((StatusCode::OK, Json(json!({"id": id, "deleted": true}))).into_response());
+    }
+    state.engine.cancel(&job, CancelReason::Requested);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(describe(&state, &job, &job.status(), false)),
+    )
+        .into_response())
+}
+
+fn png(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "image/png")], bytes).into_response()
+}
+
+/// `GET /v1/jobs/{id}/images/{i}.png`.
+pub async fn image(
+    State(state): State<SharedState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let job = find(&state, &id)?;
+    let status = job.status();
+    let index: usize = file
+        .strip_suffix(".png")
+        .unwrap_or(&file)
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no image {file:?}")))?;
+    let image = status
+        .outputs
+        .get(index)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no image {index}")))?;
+    Ok(png(image.png.clone()))
+}
+
+/// `GET /v1/jobs/{id}/preview`: the latest preview PNG (404 before the first step).
+pub async fn preview(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = find(&state, &id)?;
+    let preview = job
+        .status()
+        .preview
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no preview yet")))?;
+    Ok(png(preview.as_ref().clone()))
+}
+
+/// `GET /v1/jobs/{id}/events`: server-sent `status` events (the job's JSON with its preview) on every change,
+/// the last one when the job ends.
+pub async fn events(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job = find(&state, &id)?;
+    let updates = job.subscribe();
+    let stream = stream::unfold(Some((state, job, updates, true)), |step| async move {
+        let (state, job, mut updates, first) = step?;
+        if !first && updates.changed().await.is_err() {
+            return None;
+        }
+        let status = updates.borrow_and_update().clone();
+        let event = Event::default()
+            .event("status")
+            .json_data(describe(&state, &job, &status, true))
+            .unwrap_or_else(|_| Event::default().event("status"));
+        let next = (!status.state.is_terminal()).then_some((state, job, updates, false));
+        Some((Ok(event), next))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `GET /v1/schedulers`: every scheduler name requests may give.
+pub async fn schedulers() -> Json<Value> {
+    Json(json!({"data": diffuse::schedulers::known_scheduler_names()}))
+}

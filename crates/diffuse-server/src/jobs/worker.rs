@@ -1,0 +1,130 @@
+//! A worker thread: takes jobs off the queue and runs them through the pipeline, off the async runtime.
+
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use diffuse::pipelines::preview::latent_preview;
+use diffuse::pipelines::Progress;
+
+use super::job::{ImageOutput, Job, JobState};
+use super::spec::JobSpec;
+use super::Engine;
+use crate::error::ApiError;
+use crate::metrics::Outcome;
+
+/// Longest side of a preview, in pixels: latents are upsampled up to this.
+const PREVIEW_SIDE: usize = 256;
+
+/// Runs jobs until the queue closes.
+pub(crate) fn run(engine: Arc<Engine>) {
+    while let Some(job) = engine.queue.pop() {
+        run_one(&engine, &job);
+    }
+}
+
+fn run_one(engine: &Engine, job: &Job) {
+    let spec = match job.take_spec() {
+        Some(spec) if job.cancel_reason().is_none() => spec,
+        _ => {
+            engine.end(job, JobState::Cancelled, Vec::new(), None);
+            return;
+        }
+    };
+    job.update(|s| {
+        s.state = JobState::Running;
+        s.started_at = Some(crate::clock::unix_seconds());
+    });
+    engine.running.fetch_add(1, Ordering::SeqCst);
+    let result = catch_unwind(AssertUnwindSafe(|| generate(engine, job, &spec)));
+    engine.running.fetch_sub(1, Ordering::SeqCst);
+    drop(spec);
+    match result {
+        Ok(Ok(outputs)) => engine.end(job, JobState::Succeeded, outputs, None),
+        Ok(Err(diffuse::Error::Cancelled)) => {
+            engine.end(job, JobState::Cancelled, Vec::new(), None)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("job {} failed: {e}", job.id);
+            engine.end(job, JobState::Failed, Vec::new(), Some(ApiError::from(e)))
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            tracing::error!("job {} panicked: {message}", job.id);
+            engine.end(
+                job,
+                JobState::Failed,
+                Vec::new(),
+                Some(ApiError::internal(format!("generation failed: {message}"))),
+            )
+        }
+    }
+}
+
+fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<ImageOutput>> {
+    let generations = spec.generations();
+    let mut outputs = Vec::with_capacity(spec.images);
+    for index in 0..generations {
+        if job.cancel_reason().is_some() {
+            return Err(diffuse::Error::Cancelled);
+        }
+        let mut noise = spec.noise(index);
+        let mut last_step = Instant::now();
+        let mut progress = |p: &Progress| {
+            engine.metrics.step(last_step.elapsed());
+            let preview = preview_png(p);
+            job.update(|s| {
+                s.step = index * p.total + p.step;
+                s.total_steps = generations * p.total;
+                if preview.is_some() {
+                    s.preview = preview;
+                }
+            });
+            last_step = Instant::now();
+            if job.cancel_reason().is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let generated =
+            spec.model
+                .pipeline
+                .generate(&spec.request, noise.as_mut(), &mut progress)?;
+        let seed = spec.generation_seed(index);
+        for image in generated.images {
+            let parameters = spec.parameters(seed, image.width, image.height);
+            outputs.push(ImageOutput {
+                png: image.to_png(Some(&parameters))?,
+                seed,
+                width: image.width,
+                height: image.height,
+                infotext: parameters.to_parameters_string(),
+            });
+        }
+    }
+    Ok(outputs)
+}
+
+/// The cheap preview of the batch's first image, as PNG; `None` if it cannot be made (never fatal).
+fn preview_png(p: &Progress) -> Option<Arc<Vec<u8>>> {
+    let (_, _, h, w) = p.latents.dims4().ok()?;
+    let upscale = (PREVIEW_SIDE / h.max(w).max(1)).clamp(1, 8);
+    let image = latent_preview(p.latents, 0, upscale).ok()?;
+    image.to_png(None).ok().map(Arc::new)
+}
+
+/// How a job's end counts in the metrics.
+pub(crate) fn outcome(state: JobState) -> Outcome {
+    match state {
+        JobState::Succeeded => Outcome::Succeeded,
+        JobState::Cancelled => Outcome::Cancelled,
+        _ => Outcome::Failed,
+    }
+}

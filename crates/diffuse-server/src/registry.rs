@@ -1,0 +1,98 @@
+//! The models the server was started with, loaded once; requests can name only these.
+
+use std::sync::Arc;
+
+use diffuse::loaders::hub::resolve_model;
+use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
+use diffuse::pipelines::StableDiffusion;
+
+use crate::config::ModelSpec;
+use crate::error::{ApiError, ServerError};
+
+/// One loaded model.
+pub struct LoadedModel {
+    /// The name requests use.
+    pub name: String,
+    /// The loaded pipeline, shared by every worker.
+    pub pipeline: StableDiffusion,
+    /// When it was loaded (Unix seconds).
+    pub loaded_at: u64,
+}
+
+impl LoadedModel {
+    /// The default output (width, height).
+    pub fn default_size(&self) -> (usize, usize) {
+        self.pipeline.default_size()
+    }
+
+    /// The diffusers class of the model's own scheduler.
+    pub fn scheduler_class(&self) -> String {
+        self.pipeline
+            .scheduler
+            .class_name
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+/// The served models, in the order given; the first is the default.
+pub struct Registry {
+    models: Vec<Arc<LoadedModel>>,
+}
+
+impl Registry {
+    /// Loads every model (slow: call off the async runtime).
+    pub fn load(specs: &[ModelSpec], opts: &LoadOptions) -> Result<Self, ServerError> {
+        let loaded_at = crate::clock::unix_seconds() as u64;
+        let models = specs
+            .iter()
+            .map(|spec| {
+                let load = || -> diffuse::Result<StableDiffusion> {
+                    // Whatever `diffuse generate --model` takes: a folder, a Hub id or a single file.
+                    let path = resolve_model(&spec.path.to_string_lossy(), Variant::Default)?;
+                    let folder = PipelineFolder::open_path(&path, None)?;
+                    StableDiffusion::load(&folder, opts)
+                };
+                let pipeline = load().map_err(|source| ServerError::Load {
+                    name: spec.name.clone(),
+                    source: Box::new(source),
+                })?;
+                Ok(Arc::new(LoadedModel {
+                    name: spec.name.clone(),
+                    pipeline,
+                    loaded_at,
+                }))
+            })
+            .collect::<Result<Vec<_>, ServerError>>()?;
+        Ok(Self { models })
+    }
+
+    /// Every model, the default first.
+    pub fn all(&self) -> &[Arc<LoadedModel>] {
+        &self.models
+    }
+
+    /// The model named `name` (the default when `None` or empty); `param` names the request field in errors.
+    pub fn get(&self, name: Option<&str>, param: &str) -> Result<Arc<LoadedModel>, ApiError> {
+        let wanted = name.map(str::trim).filter(|n| !n.is_empty());
+        let found = match wanted {
+            None => self.models.first(),
+            Some(n) => self.models.iter().find(|m| m.name == n),
+        };
+        found.cloned().ok_or_else(|| {
+            ApiError::bad_field(
+                param,
+                format!(
+                    "unknown model {:?}; this server has: {}",
+                    wanted.unwrap_or_default(),
+                    self.names().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// The model names.
+    pub fn names(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.name.as_str()).collect()
+    }
+}

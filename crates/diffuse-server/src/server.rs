@@ -1,0 +1,144 @@
+//! Starting and stopping the server: load the models, start the workers, bind, serve, shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{router, AppState};
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::jobs::Engine;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    serving: JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Loads the models (off the runtime), starts the workers, binds and starts serving.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        config.validate()?;
+        let specs = config.models.clone();
+        let load = config.load.clone();
+        let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &load))
+            .await
+            .map_err(|e| ServerError::Config(format!("loading the models failed: {e}")))??;
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| ServerError::Io {
+                addr: config.addr.to_string(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Io {
+            addr: config.addr.to_string(),
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let engine = Engine::start(
+            config.workers,
+            config.queue_capacity,
+            config.retained_jobs,
+            metrics.clone(),
+        )
+        .map_err(|source| ServerError::Io {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let state = Arc::new(AppState {
+            registry: Arc::new(registry),
+            engine: engine.clone(),
+            metrics,
+            limits: config.limits.clone(),
+            api_key: config.api_key.clone(),
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let app = router(state);
+        let serving = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            engine,
+            stop,
+            serving,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, cancels waiting jobs, lets running ones finish within the grace period
+    /// (then cancels them), joins the workers and waits for open connections to finish.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        self.engine.shutdown(self.grace).await;
+        let io = |source| ServerError::Io {
+            addr: self.addr.to_string(),
+            source,
+        };
+        match self.serving.await {
+            Ok(result) => result.map_err(io),
+            Err(e) => Err(io(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Runs a server until Ctrl-C or SIGTERM, then shuts it down gracefully. `on_listening` is told the address
+/// once the server accepts connections.
+pub fn run_until_signal(
+    config: ServerConfig,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Io {
+            addr: config.addr.to_string(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        on_listening(server.local_addr());
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,311 @@
+// The diffuse web page: submits jobs to /v1/jobs, follows their server-sent events (progress and preview),
+// and keeps a gallery of results with their parameters.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TERMINAL = ["succeeded", "failed", "cancelled"];
+let currentJob = null;
+let input = null; // {dataUrl, width, height} of the image-to-image input
+let maskPainted = false;
+
+function apiKey() {
+  return localStorage.getItem("diffuse-api-key") || "";
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (apiKey()) headers["Authorization"] = "Bearer " + apiKey();
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try {
+      const body = await response.json();
+      if (body.error) {
+        message = body.error.message + (body.error.param ? " (" + body.error.param + ")" : "");
+      }
+    } catch (_) { /* not JSON */ }
+    if (response.status === 401) $("api-key").closest("details").open = true;
+    throw new Error(message);
+  }
+  return response;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function loadServerInfo() {
+  try {
+    const health = await (await fetch("/health")).json();
+    $("server-status").textContent = health.status + " · " + health.models.length + " model(s)";
+    const models = (await (await api("/v1/models")).json()).data;
+    $("model").replaceChildren(...models.map((m) => new Option(m.id, m.id)));
+    $("model").dataset.models = JSON.stringify(models);
+    applyModelDefaults();
+    const schedulers = (await (await api("/v1/schedulers")).json()).data;
+    for (const name of schedulers) $("scheduler").add(new Option(name, name));
+  } catch (e) {
+    setStatus("Could not reach the server: " + e.message, true);
+  }
+}
+
+function applyModelDefaults() {
+  const models = JSON.parse($("model").dataset.models || "[]");
+  const model = models.find((m) => m.id === $("model").value);
+  if (!model || input) return;
+  $("width").value = model.default_width;
+  $("height").value = model.default_height;
+  $("width").step = $("height").step = model.size_multiple;
+}
+
+function settingsFromForm() {
+  const settings = {
+    model: $("model").value,
+    prompt: $("prompt").value,
+    negative_prompt: $("negative").value,
+    width: parseInt($("width").value, 10),
+    height: parseInt($("height").value, 10),
+    n: parseInt($("n").value, 10),
+    steps: parseInt($("steps").value, 10),
+    guidance: parseFloat($("guidance").value),
+    seed: parseInt($("seed").value, 10),
+  };
+  if ($("scheduler").value) settings.scheduler = $("scheduler").value;
+  return settings;
+}
+
+function applySettings(settings) {
+  $("model").value = settings.model;
+  $("prompt").value = settings.prompt;
+  $("negative").value = settings.negative_prompt || "";
+  for (const key of ["width", "height", "n", "steps", "guidance", "seed"]) {
+    if (settings[key] !== undefined) $(key).value = settings[key];
+  }
+  $("scheduler").value = settings.scheduler || "";
+}
+
+function maskDataUrl() {
+  const source = $("mask-canvas");
+  const out = document.createElement("canvas");
+  out.width = source.width;
+  out.height = source.height;
+  const ctx = out.getContext("2d");
+  ctx.drawImage(source, 0, 0);
+  ctx.globalCompositeOperation = "source-in";
+  ctx.fillStyle = "white";
+  ctx.fillRect(0, 0, out.width, out.height);
+  ctx.globalCompositeOperation = "destination-over";
+  ctx.fillStyle = "black";
+  ctx.fillRect(0, 0, out.width, out.height);
+  return out.toDataURL("image/png");
+}
+
+async function generate(event) {
+  event.preventDefault();
+  const settings = settingsFromForm();
+  const body = Object.assign({}, settings);
+  if (input) {
+    body.image = input.dataUrl;
+    body.strength = parseFloat($("strength").value);
+    if (maskPainted) body.mask = maskDataUrl();
+  }
+  $("generate").disabled = true;
+  $("cancel").disabled = false;
+  $("progress").value = 0;
+  setStatus("Submitting…");
+  try {
+    const job = await (await api("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    })).json();
+    currentJob = job.id;
+    settings.seed = job.seed;
+    const final = await follow(job.id);
+    await finish(final, settings);
+  } catch (e) {
+    setStatus(e.message, true);
+  } finally {
+    currentJob = null;
+    $("generate").disabled = false;
+    $("cancel").disabled = true;
+  }
+}
+
+function show(status) {
+  $("progress").value = status.progress.fraction;
+  if (status.state === "queued") {
+    setStatus("Queued" + (status.queue_position !== null ? " (position " + (status.queue_position + 1) + ")" : ""));
+  } else if (status.state === "running") {
+    setStatus("Step " + status.progress.step + " of " + status.progress.total);
+  }
+  if (status.preview) {
+    $("preview").src = status.preview;
+    $("preview").hidden = false;
+  }
+}
+
+// Reads the job's server-sent events; falls back to polling if the stream breaks.
+async function follow(id) {
+  try {
+    const response = await api("/v1/jobs/" + id + "/events");
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const chunk = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = chunk.split("\n").filter((l) => l.startsWith("data:"))
+          .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+        if (!data) continue;
+        const status = JSON.parse(data);
+        show(status);
+        if (TERMINAL.includes(status.state)) return status;
+      }
+    }
+  } catch (e) {
+    console.warn("event stream failed, polling", e);
+  }
+  for (;;) {
+    const status = await (await api("/v1/jobs/" + id)).json();
+    show(status);
+    if (TERMINAL.includes(status.state)) return status;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+async function finish(status, settings) {
+  if (status.state !== "succeeded") {
+    const why = status.error ? status.error.message : status.state;
+    setStatus(status.state === "cancelled" ? "Cancelled." : "Failed: " + why, status.state !== "cancelled");
+    return;
+  }
+  const seconds = status.finished_at - status.created_at;
+  setStatus("Done in " + seconds.toFixed(1) + " s.");
+  $("progress").value = 1;
+  for (const image of status.images) {
+    const blob = await (await api(image.url)).blob();
+    // The whole batch comes from one seed (diffusers' batching): reusing n and the seed reproduces this image.
+    addCard(URL.createObjectURL(blob), image, Object.assign({}, settings, { seed: image.seed }));
+  }
+}
+
+function addCard(url, image, settings) {
+  const card = $("card").content.firstElementChild.cloneNode(true);
+  card.querySelector("img").src = url;
+  card.querySelector(".parameters").textContent = image.parameters;
+  card.querySelector(".download").href = url;
+  card.querySelector(".reuse").addEventListener("click", () => applySettings(settings));
+  card.querySelector(".use-input").addEventListener("click", () => loadInput(url));
+  $("gallery").prepend(card);
+}
+
+function loadInput(url) {
+  const img = new Image();
+  img.onload = () => {
+    for (const canvas of [$("image-canvas"), $("mask-canvas")]) {
+      canvas.width = img.naturalWidth;
+      canvas.height = img.naturalHeight;
+    }
+    $("image-canvas").getContext("2d").drawImage(img, 0, 0);
+    clearMask();
+    input = {
+      dataUrl: $("image-canvas").toDataURL("image/png"),
+      width: img.naturalWidth,
+      height: img.naturalHeight,
+    };
+    const step = parseInt($("width").step, 10) || 8;
+    $("width").value = Math.max(step, Math.floor(img.naturalWidth / step) * step);
+    $("height").value = Math.max(step, Math.floor(img.naturalHeight / step) * step);
+    $("canvas-box").hidden = false;
+    $("image-tools").hidden = false;
+  };
+  img.onerror = () => setStatus("That file is not an image this browser can read.", true);
+  img.src = url;
+}
+
+function clearMask() {
+  const canvas = $("mask-canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  maskPainted = false;
+}
+
+function removeInput() {
+  input = null;
+  $("image-file").value = "";
+  $("canvas-box").hidden = true;
+  $("image-tools").hidden = true;
+  clearMask();
+  applyModelDefaults();
+}
+
+function setUpBrush() {
+  const canvas = $("mask-canvas");
+  let last = null;
+  const point = (event) => {
+    const rect = canvas.getBoundingClientRect();
+    return {
+      x: (event.clientX - rect.left) * (canvas.width / rect.width),
+      y: (event.clientY - rect.top) * (canvas.height / rect.height),
+    };
+  };
+  const width = () => parseInt($("brush").value, 10) * (canvas.width / canvas.getBoundingClientRect().width);
+  const stroke = (to) => {
+    const ctx = canvas.getContext("2d");
+    ctx.strokeStyle = ctx.fillStyle = "#ff2e63";
+    ctx.lineWidth = width();
+    ctx.lineCap = "round";
+    ctx.beginPath();
+    if (last) {
+      ctx.moveTo(last.x, last.y);
+      ctx.lineTo(to.x, to.y);
+      ctx.stroke();
+    } else {
+      ctx.arc(to.x, to.y, width() / 2, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    last = to;
+    maskPainted = true;
+  };
+  canvas.addEventListener("pointerdown", (event) => {
+    canvas.setPointerCapture(event.pointerId);
+    last = null;
+    stroke(point(event));
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (last) stroke(point(event));
+  });
+  for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { last = null; });
+}
+
+async function cancel() {
+  if (!currentJob) return;
+  try {
+    await api("/v1/jobs/" + currentJob, { method: "DELETE" });
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+$("form").addEventListener("submit", generate);
+$("cancel").addEventListener("click", cancel);
+$("model").addEventListener("change", applyModelDefaults);
+$("image-file").addEventListener("change", () => {
+  const file = $("image-file").files[0];
+  if (file) loadInput(URL.createObjectURL(file));
+});
+$("clear-mask").addEventListener("click", clearMask);
+$("remove-image").addEventListener("click", removeInput);
+$("api-key").value = apiKey();
+$("api-key").addEventListener("change", () => {
+  localStorage.setItem("diffuse-api-key", $("api-key").value.trim());
+  loadServerInfo();
+});
+setUpBrush();
+loadServerInfo();

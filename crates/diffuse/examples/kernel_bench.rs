@@ -1,0 +1,93 @@
+//! Times each CPU kernel against the candle ops it replaces, at SD 1.5 shapes (batch 2), and prints GFLOP/s.
+//!
+//!     RAYON_NUM_THREADS=2 cargo run --release -p diffuse --example kernel_bench [f32|bf16]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use diffuse::kernels::{attention, conv, group_norm};
+
+fn median_secs(reps: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> f64 {
+    f().expect("warm-up");
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f().expect("run");
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn row(name: &str, flop: f64, ours: f64, candle: f64) {
+    println!(
+        "| {name} | {:.1} ms ({:.0} GFLOP/s) | {:.1} ms ({:.0} GFLOP/s) | {:.2}× |",
+        ours * 1e3,
+        flop / ours / 1e9,
+        candle * 1e3,
+        flop / candle / 1e9,
+        candle / ours
+    );
+}
+
+fn main() -> candle_core::Result<()> {
+    let dtype = match std::env::args().nth(1).as_deref() {
+        Some("bf16") => DType::BF16,
+        _ => DType::F32,
+    };
+    let dev = Device::Cpu;
+    let reps = 5;
+    let randn = |shape: &[usize]| -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, 1f32, shape, &dev)?.to_dtype(dtype)
+    };
+    println!("| op ({dtype:?}) | diffuse kernel | candle ops | speed-up |\n|---|---|---|---|");
+    let n = 4096 * 4096;
+    let a = randn(&[1, 4096, 4096])?;
+    let b = randn(&[1, 4096, 4096])?;
+    let t = median_secs(3, || a.matmul(&b));
+    println!(
+        "| matmul 4096³ (candle, gemm x86-v4) | {:.0} ms ({:.0} GFLOP/s) | | |",
+        t * 1e3,
+        2.0 * n as f64 * 4096.0 / t / 1e9
+    );
+    for (c, side) in [(320, 64), (640, 32), (1280, 16)] {
+        let x = randn(&[2, c, side, side])?;
+        let w = (randn(&[c, c, 3, 3])? * 0.02)?;
+        let bias = randn(&[c])?;
+        let flop = 2.0 * 2.0 * (c * c * 9 * side * side) as f64;
+        let ours = median_secs(reps, || conv::conv2d(&x, &w, &bias, 1, 1));
+        let theirs = median_secs(reps, || conv::conv2d_reference(&x, &w, &bias, 1, 1));
+        row(
+            &format!("conv 3×3, {c} ch, {side}×{side}"),
+            flop,
+            ours,
+            theirs,
+        );
+    }
+    // (batch, heads per item, tokens, head dim): the UNet's first and second levels, the VAE's mid block.
+    for (batch, heads, tokens, d) in [(2, 8, 4096, 40), (2, 8, 1024, 80), (1, 1, 4096, 512)] {
+        let q = randn(&[batch, tokens, heads * d])?;
+        let scale = (d as f64).powf(-0.5);
+        let flop = 4.0 * (batch * heads * tokens * tokens * d) as f64;
+        let ours = median_secs(3, || attention::attention(&q, &q, &q, heads, scale));
+        let theirs = median_secs(1, || {
+            attention::attention_reference(&q, &q, &q, heads, scale)
+        });
+        let name = format!(
+            "self-attention {} heads × {tokens} tokens, d {d}",
+            batch * heads
+        );
+        row(&name, flop, ours, theirs);
+    }
+    let x = randn(&[2, 320, 64, 64])?;
+    let g = randn(&[320])?;
+    let ours = median_secs(reps, || {
+        group_norm::group_norm_silu(&x, &g, &g, 32, 1e-5, true)
+    });
+    let theirs = median_secs(reps, || {
+        candle_nn::ops::silu(&group_norm::group_norm_reference(&x, &g, &g, 32, 1e-5)?)
+    });
+    row("GroupNorm+SiLU 2×320×64×64", 1.0, ours, theirs);
+    Ok(())
+}

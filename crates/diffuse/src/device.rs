@@ -1,0 +1,52 @@
+//! Choosing where tensors live: the CPU, or a CUDA GPU when built with the `cuda` feature.
+
+use candle_core::{DType, Device};
+
+use crate::{Error, Result};
+
+/// The device named `cpu`, `cuda` or `cuda:N`.
+pub fn device_from_name(name: &str) -> Result<Device> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "cpu" => Ok(Device::Cpu),
+        other if other == "cuda" || other.starts_with("cuda:") => cuda_device(other),
+        other => Err(Error::invalid(
+            "device",
+            format!("{other:?}: expected cpu, cuda or cuda:N"),
+        )),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(name: &str) -> Result<Device> {
+    let ordinal = match name.strip_prefix("cuda:") {
+        Some(n) => n.parse::<usize>().map_err(|_| {
+            Error::invalid(
+                "device",
+                format!("{name:?}: the GPU index must be a number"),
+            )
+        })?,
+        None => 0,
+    };
+    Device::new_cuda(ordinal).map_err(|e| Error::invalid("device", format!("{name}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(name: &str) -> Result<Device> {
+    Err(Error::invalid(
+        "device",
+        format!("{name}: this build of diffuse has no CUDA support (build with `--features cuda`)"),
+    ))
+}
+
+/// The dtype named `f32`, `f16` or `bf16` (also `fp32`, `fp16`, `float16`, `bfloat16`).
+pub fn dtype_from_name(name: &str) -> Result<DType> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "f32" | "fp32" | "float32" => Ok(DType::F32),
+        "f16" | "fp16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::invalid(
+            "dtype",
+            format!("{other:?}: expected f32, f16 or bf16"),
+        )),
+    }
+}

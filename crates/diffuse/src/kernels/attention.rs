@@ -1,0 +1,267 @@
+//! Flash-style multi-head attention on the CPU: queries in blocks of [`Q_BLOCK`] rows, keys in blocks of
+//! [`K_BLOCK`], with an online softmax, so no thread ever holds more than a `Q_BLOCK`×`K_BLOCK` block of
+//! scores and memory stays bounded whatever the token count. Computes in f32 for every input dtype.
+
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, MatMut, MatRef};
+use super::simd::multiversion;
+use super::storage::{as_f32, from_f32};
+use super::vmath::{self, LANES};
+
+/// Query rows per task.
+pub const Q_BLOCK: usize = 64;
+/// Keys per score block.
+pub const K_BLOCK: usize = 512;
+
+/// softmax(q·kᵀ · scale) · v per head, on token-major tensors: `q` `[batch, q_tokens, heads · d]`, `k` and `v`
+/// `[batch, kv_tokens, heads · d]` → `[batch, q_tokens, heads · d]` in `q`'s dtype. CPU tensors only.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let op = FlashAttention {
+        heads,
+        scale: scale as f32,
+    };
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+}
+
+/// The same attention composed from candle ops (it forms the full score matrix): the reference the kernel is
+/// tested against.
+pub fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let (b, n, c) = t.dims3()?;
+        t.to_dtype(candle_core::DType::F32)?
+            .reshape((b, n, heads, c / heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v)?;
+    let (b, h, n, d) = out.dims4()?;
+    out.transpose(1, 2)?.reshape((b, n, h * d))?.to_dtype(dtype)
+}
+
+struct FlashAttention {
+    heads: usize,
+    scale: f32,
+}
+
+struct Dims {
+    nq: usize,
+    nk: usize,
+    channels: usize,
+    d: usize,
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, nq, channels) = lq.shape().dims3()?;
+        let (bk, nk, ck) = lk.shape().dims3()?;
+        if lv.shape().dims3()? != (bk, nk, ck) || bk != batch || ck != channels {
+            bail!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit together",
+                lq.shape(),
+                lk.shape(),
+                lv.shape()
+            );
+        }
+        if self.heads == 0 || !channels.is_multiple_of(self.heads) || nk == 0 {
+            bail!(
+                "attention: {channels} channels, {} heads, {nk} keys",
+                self.heads
+            );
+        }
+        let dims = Dims {
+            nq,
+            nk,
+            channels,
+            d: channels / self.heads,
+        };
+        let q = as_f32(sq, lq, "attention q")?;
+        let k = as_f32(sk, lk, "attention k")?;
+        let v = as_f32(sv, lv, "attention v")?;
+        let mut out = vec![0f32; batch * nq * channels];
+        if nq > 0 {
+            out.par_chunks_mut(nq * channels)
+                .enumerate()
+                .try_for_each(|(b, out_batch)| {
+                    out_batch
+                        .par_chunks_mut(Q_BLOCK * channels)
+                        .enumerate()
+                        .try_for_each(|(i, out_block)| {
+                            self.block(&dims, &q, &k, &v, b, i * Q_BLOCK, out_block)
+                        })
+                })?;
+        }
+        Ok((from_f32(out, sq.dtype())?, lq.shape().clone()))
+    }
+}
+
+impl FlashAttention {
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        dims: &Dims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        b: usize,
+        q0: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let c = dims.channels;
+        let d = dims.d;
+        let rows = out.len() / c;
+        let q_batch = &q[b * dims.nq * c..(b + 1) * dims.nq * c];
+        let k_batch = &k[b * dims.nk * c..(b + 1) * dims.nk * c];
+        let v_batch = &v[b * dims.nk * c..(b + 1) * dims.nk * c];
+        let kb_max = K_BLOCK.min(dims.nk);
+        let mut qbuf = vec![0f32; rows * d];
+        let mut scores = vec![0f32; rows * kb_max];
+        let mut acc = vec![0f32; rows * d];
+        let mut row_max = vec![0f32; rows];
+        let mut row_sum = vec![0f32; rows];
+        for h in 0..self.heads {
+            for (r, dst) in qbuf.chunks_exact_mut(d).enumerate() {
+                let src = &q_batch[(q0 + r) * c + h * d..][..d];
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(o, &x)| *o = x * self.scale);
+            }
+            row_max.fill(f32::NEG_INFINITY);
+            row_sum.fill(0.0);
+            acc.fill(0.0);
+            let mut j0 = 0;
+            while j0 < dims.nk {
+                let kb = kb_max.min(dims.nk - j0);
+                let s = &mut scores[..rows * kb];
+                matmul(
+                    MatMut {
+                        data: s,
+                        rows,
+                        cols: kb,
+                        rs: kb,
+                        cs: 1,
+                    },
+                    MatRef {
+                        data: &qbuf,
+                        rows,
+                        cols: d,
+                        rs: d,
+                        cs: 1,
+                    },
+                    MatRef {
+                        data: &k_batch[j0 * c + h * d..],
+                        rows: d,
+                        cols: kb,
+                        rs: 1,
+                        cs: c,
+                    },
+                    false,
+                    1,
+                )?;
+                for r in 0..rows {
+                    let row = &mut s[r * kb..(r + 1) * kb];
+                    let (new_max, sum) = softmax_update(row, row_max[r]);
+                    let correction = vmath::exp(row_max[r] - new_max);
+                    row_sum[r] = row_sum[r] * correction + sum;
+                    row_max[r] = new_max;
+                    if correction != 1.0 {
+                        acc[r * d..(r + 1) * d]
+                            .iter_mut()
+                            .for_each(|a| *a *= correction);
+                    }
+                }
+                matmul(
+                    MatMut {
+                        data: &mut acc,
+                        rows,
+                        cols: d,
+                        rs: d,
+                        cs: 1,
+                    },
+                    MatRef {
+                        data: s,
+                        rows,
+                        cols: kb,
+                        rs: kb,
+                        cs: 1,
+                    },
+                    MatRef {
+                        data: &v_batch[j0 * c + h * d..],
+                        rows: kb,
+                        cols: d,
+                        rs: c,
+                        cs: 1,
+                    },
+                    true,
+                    1,
+                )?;
+                j0 += kb;
+            }
+            for r in 0..rows {
+                let inv = 1.0 / row_sum[r];
+                let dst = &mut out[r * c + h * d..][..d];
+                dst.iter_mut()
+                    .zip(&acc[r * d..(r + 1) * d])
+                    .for_each(|(o, &a)| *o = a * inv);
+            }
+        }
+        Ok(())
+    }
+}
+
+multiversion! {
+    /// Replaces `row` by exp(row − m) with m = max(`prev_max`, max(row)); returns (m, Σ exp(row − m)).
+    fn softmax_update(row: &mut [f32], prev_max: f32) -> (f32, f32) {
+        let mut lanes = [prev_max; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (l, &x) in lanes.iter_mut().zip(chunk) {
+                *l = l.max(x);
+            }
+        }
+        let m = chunks
+            .remainder()
+            .iter()
+            .fold(lanes.iter().fold(prev_max, |m, &x| m.max(x)), |m, &x| m.max(x));
+        let mut sums = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (s, x) in sums.iter_mut().zip(chunk.iter_mut()) {
+                *x = vmath::exp(*x - m);
+                *s += *x;
+            }
+        }
+        let mut sum = 0f32;
+        for x in chunks.into_remainder() {
+            *x = vmath::exp(*x - m);
+            sum += *x;
+        }
+        (m, sum + sums.iter().sum::<f32>())
+    }
+}

@@ -1,0 +1,226 @@
+//! bf16 matrix products on the AVX512-BF16 dot-product instruction (VDPBF16PS: 32 bf16 products summed
+//! pairwise into 16 f32 lanes), f32 accumulation: C (m × n) = A (m × k) · B (k × n), A row-major with k even,
+//! B supplied panel by panel by a packer that interleaves row pairs ("VNNI" order). Used only when the CPU
+//! reports `avx512bf16` at run time; callers fall back to f32 arithmetic otherwise.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::storage::Elem;
+
+/// Columns of C per packed panel (four 16-lane vectors).
+pub const NR: usize = 64;
+/// Rows of C per micro-kernel call.
+const MR: usize = 6;
+/// Rows of C per task.
+const MC: usize = MR * 32;
+
+/// Whether this CPU has the AVX512-BF16 instructions (checked once).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The bias added to C: one value per row or one per column.
+#[derive(Clone, Copy)]
+pub enum Bias<'a> {
+    /// No bias.
+    None,
+    /// `bias[i]` added to row i.
+    Rows(&'a [f32]),
+    /// `bias[j]` added to column j.
+    Cols(&'a [f32]),
+}
+
+/// One batched product: for each batch item b, C_b = A_b · B_b where A_b starts at `b · a_batch_stride` (0:
+/// shared), C_b at `b · c_batch_stride` with row stride `c_rs` and unit column stride.
+pub struct Problem<'a> {
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// Inner dimension (even).
+    pub k: usize,
+    /// Batch items.
+    pub batch: usize,
+    /// A, row-major with row stride k.
+    pub a: &'a [bf16],
+    /// Distance between batch items of A (0 when shared).
+    pub a_batch_stride: usize,
+    /// Row stride of C.
+    pub c_rs: usize,
+    /// Distance between batch items of C.
+    pub c_batch_stride: usize,
+    /// Bias.
+    pub bias: Bias<'a>,
+}
+
+/// Fills a panel: `panel[(kk / 2) · 2·NR + 2·c + kk % 2] = B_b[kk, j0 + c]`, zero for columns past n.
+pub trait PackB: Sync {
+    /// Packs columns `j0..j0 + NR` of batch item `b` into `panel` (`k · NR` values).
+    fn pack(&self, b: usize, j0: usize, panel: &mut [bf16]);
+}
+
+/// Shares the output among tasks that write disjoint (row, column) sets.
+struct SharedOut<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint elements (distinct (batch, row block, column panel) triples), and the buffer
+// outlives the parallel loop that uses it.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+/// Runs the product into `out` (f32 or bf16), in parallel over (batch, column panel, row block).
+pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_core::Result<()> {
+    if !available() {
+        candle_core::bail!("bf16 gemm: this CPU has no AVX512-BF16");
+    }
+    if !p.k.is_multiple_of(2) {
+        candle_core::bail!("bf16 gemm: odd inner dimension {}", p.k);
+    }
+    let last_c = (p.batch.max(1) - 1) * p.c_batch_stride + p.m.saturating_sub(1) * p.c_rs + p.n;
+    let last_a = (p.batch.max(1) - 1) * p.a_batch_stride + p.m * p.k;
+    if p.m == 0 || p.n == 0 || p.batch == 0 {
+        return Ok(());
+    }
+    if last_c > out.len() || last_a > p.a.len() {
+        candle_core::bail!("bf16 gemm: views outside their buffers");
+    }
+    let panels = p.n.div_ceil(NR);
+    let blocks = p.m.div_ceil(MC);
+    let shared = SharedOut {
+        ptr: out.as_mut_ptr(),
+        len: out.len(),
+    };
+    (0..p.batch * panels * blocks)
+        .into_par_iter()
+        .for_each_init(
+            || vec![bf16::ZERO; p.k * NR],
+            |panel, task| {
+                let b = task / (panels * blocks);
+                let j0 = (task / blocks % panels) * NR;
+                let i0 = task % blocks * MC;
+                packer.pack(b, j0, panel);
+                // SAFETY: AVX512-BF16 was detected above; the A rows and C elements addressed lie inside their
+                // buffers (checked above) and this task's C elements are written by no other task.
+                unsafe { task_block(p, panel, b, i0, j0, &shared) };
+            },
+        );
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq,fma")]
+unsafe fn task_block<T: Elem>(
+    p: &Problem,
+    panel: &[bf16],
+    b: usize,
+    i0: usize,
+    j0: usize,
+    out: &SharedOut<T>,
+) {
+    let rows = MC.min(p.m - i0);
+    let cols = NR.min(p.n - j0);
+    let a_base = b * p.a_batch_stride;
+    let mut tile = [[0f32; NR]; MR];
+    let mut i = 0;
+    while i < rows {
+        let mr = MR.min(rows - i);
+        let a = &p.a[a_base + (i0 + i) * p.k..a_base + (i0 + i + mr) * p.k];
+        match mr {
+            6 => micro::<6>(a, p.k, panel, &mut tile),
+            5 => micro::<5>(a, p.k, panel, &mut tile),
+            4 => micro::<4>(a, p.k, panel, &mut tile),
+            3 => micro::<3>(a, p.k, panel, &mut tile),
+            2 => micro::<2>(a, p.k, panel, &mut tile),
+            _ => micro::<1>(a, p.k, panel, &mut tile),
+        }
+        for (r, acc) in tile.iter().enumerate().take(mr) {
+            let row = i0 + i + r;
+            let start = b * p.c_batch_stride + row * p.c_rs + j0;
+            debug_assert!(start + cols <= out.len);
+            let dst = std::slice::from_raw_parts_mut(out.ptr.add(start), cols);
+            match p.bias {
+                Bias::None => store(dst, &acc[..cols], 0.0, None),
+                Bias::Rows(bias) => store(dst, &acc[..cols], bias[row], None),
+                Bias::Cols(bias) => store(dst, &acc[..cols], 0.0, Some(&bias[j0..j0 + cols])),
+            }
+        }
+        i += mr;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn task_block<T: Elem>(
+    _p: &Problem,
+    _panel: &[bf16],
+    _b: usize,
+    _i0: usize,
+    _j0: usize,
+    _out: &SharedOut<T>,
+) {
+}
+
+#[inline(always)]
+fn store<T: Elem>(dst: &mut [T], acc: &[f32], row_bias: f32, col_bias: Option<&[f32]>) {
+    match col_bias {
+        Some(bias) => {
+            for ((d, &a), &b) in dst.iter_mut().zip(acc).zip(bias) {
+                *d = T::from_f32(a + b);
+            }
+        }
+        None => {
+            for (d, &a) in dst.iter_mut().zip(acc) {
+                *d = T::from_f32(a + row_bias);
+            }
+        }
+    }
+}
+
+/// `tile[r][c] = Σ_kk a[r · lda + kk] · B[kk, c]` for the first `R` rows, B read from the packed panel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro<const R: usize>(
+    a: &[bf16],
+    lda: usize,
+    panel: &[bf16],
+    tile: &mut [[f32; NR]; MR],
+) {
+    use std::arch::x86_64::*;
+    let pairs = lda / 2;
+    debug_assert!(a.len() >= R * lda && panel.len() >= pairs * 2 * NR);
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let a_ptr = a.as_ptr() as *const i32;
+    let b_ptr = panel.as_ptr() as *const __m512i;
+    for kp in 0..pairs {
+        let bv = [
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b_ptr.add(kp * 4))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b_ptr.add(kp * 4 + 1))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b_ptr.add(kp * 4 + 2))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b_ptr.add(kp * 4 + 3))),
+        ];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let pair = a_ptr.add(r * pairs + kp).read_unaligned();
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
+            for (acc_v, &b_v) in acc_r.iter_mut().zip(&bv) {
+                *acc_v = _mm512_dpbf16_ps(*acc_v, av, b_v);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, &acc_v) in acc_r.iter().enumerate() {
+            _mm512_storeu_ps(tile[r].as_mut_ptr().add(16 * v), acc_v);
+        }
+    }
+}

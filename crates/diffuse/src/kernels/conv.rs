@@ -1,0 +1,310 @@
+//! 2-D convolution on the CPU as im2col tiles times the weight matrix (the `gemm` crate's AVX-512/AVX2
+//! kernels, chosen at run time): the input is unfolded a few output rows at a time, so the unfolded tile stays
+//! a few MiB whatever the image size, and 1×1 convolutions multiply the input in place. Computes in f32.
+
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+use super::bf16_gemm::{self, Bias, PackB, Problem, NR};
+use super::gemm::{matmul, MatMut, MatRef};
+use super::storage::{as_f32, from_f32};
+use half::bf16;
+
+/// The unfolded tile holds at most about this many f32 values (8 MiB).
+const TILE_VALUES: usize = 1 << 21;
+
+/// `x` (`[batch, in, h, w]`) convolved with `weight` (`[out, in, kh, kw]`) plus `bias` (`[out]`), zero padding
+/// `padding` on every side, step `stride`. CPU tensors of one dtype; f32 arithmetic.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let op = Conv2dOp { padding, stride };
+    x.contiguous()?
+        .apply_op3_no_bwd(&weight.contiguous()?, bias, &op)
+}
+
+/// The same convolution with candle's own `conv2d` (in f32), the reference of the kernel.
+pub fn conv2d_reference(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let f32 = candle_core::DType::F32;
+    let y = x
+        .to_dtype(f32)?
+        .conv2d(&weight.to_dtype(f32)?, padding, stride, 1, 1)?;
+    y.broadcast_add(&bias.to_dtype(f32)?.reshape((1, (), 1, 1))?)?
+        .to_dtype(x.dtype())
+}
+
+struct Conv2dOp {
+    padding: usize,
+    stride: usize,
+}
+
+/// The geometry of one convolution.
+struct Geometry {
+    batch: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    pad: usize,
+    stride: usize,
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, cin, h, w) = lx.shape().dims4()?;
+        let (cout, win, kh, kw) = lw.shape().dims4()?;
+        if win != cin || lb.shape().elem_count() != cout || self.stride == 0 {
+            bail!(
+                "conv2d: input {:?}, weight {:?}, bias {:?}, stride {}",
+                lx.shape(),
+                lw.shape(),
+                lb.shape(),
+                self.stride
+            );
+        }
+        if h + 2 * self.padding < kh || w + 2 * self.padding < kw {
+            bail!("conv2d: input {h}×{w} smaller than the kernel {kh}×{kw}");
+        }
+        let g = Geometry {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            ho: (h + 2 * self.padding - kh) / self.stride + 1,
+            wo: (w + 2 * self.padding - kw) / self.stride + 1,
+            pad: self.padding,
+            stride: self.stride,
+        };
+        let bias = as_f32(sb, lb, "conv2d bias")?;
+        if let (CpuStorage::BF16(xs), CpuStorage::BF16(ws)) = (sx, sw) {
+            let k = cin * kh * kw;
+            if bf16_gemm::available() && k.is_multiple_of(2) {
+                let (Some((x0, x1)), Some((w0, w1))) =
+                    (lx.contiguous_offsets(), lw.contiguous_offsets())
+                else {
+                    bail!("conv2d: the kernel needs contiguous tensors");
+                };
+                let out = forward_bf16(&g, &xs[x0..x1], &ws[w0..w1], &bias)?;
+                return Ok((
+                    CpuStorage::BF16(out),
+                    Shape::from((batch, cout, g.ho, g.wo)),
+                ));
+            }
+        }
+        let x = as_f32(sx, lx, "conv2d input")?;
+        let weight = as_f32(sw, lw, "conv2d weight")?;
+        let out = forward(&g, &x, &weight, &bias)?;
+        let shape = Shape::from((batch, cout, g.ho, g.wo));
+        Ok((from_f32(out, sx.dtype())?, shape))
+    }
+}
+
+fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
+    let plane = g.ho * g.wo;
+    let k = g.cin * g.kh * g.kw;
+    let mut out = vec![0f32; g.batch * g.cout * plane];
+    if plane == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(i, p)| p.fill(bias[i % g.cout]));
+    let threads = rayon::current_num_threads();
+    let weights = MatRef {
+        data: weight,
+        rows: g.cout,
+        cols: k,
+        rs: k,
+        cs: 1,
+    };
+    let pointwise = g.kh == 1 && g.kw == 1 && g.pad == 0 && g.stride == 1;
+    let rows_per_tile = (TILE_VALUES / (k * g.wo).max(1)).clamp(1, g.ho);
+    let mut col = if pointwise {
+        Vec::new()
+    } else {
+        vec![0f32; k * rows_per_tile * g.wo]
+    };
+    for b in 0..g.batch {
+        let input = &x[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
+        let output = &mut out[b * g.cout * plane..(b + 1) * g.cout * plane];
+        if pointwise {
+            let dst = MatMut {
+                data: output,
+                rows: g.cout,
+                cols: plane,
+                rs: plane,
+                cs: 1,
+            };
+            let rhs = MatRef {
+                data: input,
+                rows: g.cin,
+                cols: plane,
+                rs: plane,
+                cs: 1,
+            };
+            matmul(dst, weights, rhs, true, threads)?;
+            continue;
+        }
+        let mut r0 = 0;
+        while r0 < g.ho {
+            let rows = rows_per_tile.min(g.ho - r0);
+            let p = rows * g.wo;
+            let col = &mut col[..k * p];
+            unfold(g, input, r0, rows, col);
+            let dst = MatMut {
+                data: &mut output[r0 * g.wo..],
+                rows: g.cout,
+                cols: p,
+                rs: plane,
+                cs: 1,
+            };
+            let rhs = MatRef {
+                data: col,
+                rows: k,
+                cols: p,
+                rs: p,
+                cs: 1,
+            };
+            matmul(dst, weights, rhs, true, threads)?;
+            r0 += rows;
+        }
+    }
+    Ok(out)
+}
+
+/// The convolution as one bf16 product per image: weights (`[out, in·kh·kw]`, already row-major) times the
+/// unfolded input, unfolded panel by panel straight into the dot-product instruction's pair order.
+fn forward_bf16(g: &Geometry, x: &[bf16], weight: &[bf16], bias: &[f32]) -> Result<Vec<bf16>> {
+    let plane = g.ho * g.wo;
+    let k = g.cin * g.kh * g.kw;
+    let mut out = vec![bf16::ZERO; g.batch * g.cout * plane];
+    let problem = Problem {
+        m: g.cout,
+        n: plane,
+        k,
+        batch: g.batch,
+        a: weight,
+        a_batch_stride: 0,
+        c_rs: plane,
+        c_batch_stride: g.cout * plane,
+        bias: Bias::Rows(bias),
+    };
+    bf16_gemm::run(&problem, &Im2colPanels { g, x }, &mut out)?;
+    Ok(out)
+}
+
+/// Unfolds panels of [`NR`] output pixels from a bf16 input.
+struct Im2colPanels<'a> {
+    g: &'a Geometry,
+    x: &'a [bf16],
+}
+
+impl PackB for Im2colPanels<'_> {
+    fn pack(&self, b: usize, j0: usize, panel: &mut [bf16]) {
+        let g = self.g;
+        let plane = g.ho * g.wo;
+        let image = &self.x[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
+        // Top-left input coordinate of each column's receptive field; None past the last pixel.
+        let mut origin = [None; NR];
+        for (c, o) in origin.iter_mut().enumerate() {
+            let p = j0 + c;
+            if p < plane {
+                let (oy, ox) = (p / g.wo, p % g.wo);
+                *o = Some((
+                    (oy * g.stride) as isize - g.pad as isize,
+                    (ox * g.stride) as isize - g.pad as isize,
+                ));
+            }
+        }
+        let k = g.cin * g.kh * g.kw;
+        for kk in 0..k {
+            let kx = (kk % g.kw) as isize;
+            let ky = ((kk / g.kw) % g.kh) as isize;
+            let channel = &image[kk / (g.kw * g.kh) * g.h * g.w..][..g.h * g.w];
+            let row = &mut panel[kk / 2 * 2 * NR..(kk / 2 + 1) * 2 * NR];
+            for (c, o) in origin.iter().enumerate() {
+                let value = match o {
+                    Some((y0, x0)) => {
+                        let (iy, ix) = (y0 + ky, x0 + kx);
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                            channel[iy as usize * g.w + ix as usize]
+                        } else {
+                            bf16::ZERO
+                        }
+                    }
+                    None => bf16::ZERO,
+                };
+                row[2 * c + kk % 2] = value;
+            }
+        }
+    }
+}
+
+/// im2col of output rows `r0..r0 + rows`: row `(ci · kh + ky) · kw + kx` of `col` holds, for each output pixel
+/// of the tile, the input value that kernel tap meets (0 in the padding).
+fn unfold(g: &Geometry, input: &[f32], r0: usize, rows: usize, col: &mut [f32]) {
+    let p = rows * g.wo;
+    col.par_chunks_mut(p).enumerate().for_each(|(row, dst)| {
+        let kx = row % g.kw;
+        let ky = (row / g.kw) % g.kh;
+        let ci = row / (g.kw * g.kh);
+        let channel = &input[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        // Output columns whose input column ox · stride + kx − pad lies inside the image.
+        let first = g.pad.saturating_sub(kx).div_ceil(g.stride).min(g.wo);
+        let last = if g.w + g.pad > kx {
+            ((g.w + g.pad - kx - 1) / g.stride + 1).min(g.wo)
+        } else {
+            0
+        }
+        .max(first);
+        for (r, seg) in dst.chunks_exact_mut(g.wo).enumerate() {
+            let iy = (r0 + r) * g.stride + ky;
+            if iy < g.pad || iy - g.pad >= g.h {
+                seg.fill(0.0);
+                continue;
+            }
+            let src = &channel[(iy - g.pad) * g.w..(iy - g.pad + 1) * g.w];
+            seg[..first].fill(0.0);
+            seg[last..].fill(0.0);
+            if g.stride == 1 {
+                let ix0 = first + kx - g.pad;
+                seg[first..last].copy_from_slice(&src[ix0..ix0 + (last - first)]);
+            } else {
+                for (ox, v) in seg[first..last].iter_mut().enumerate() {
+                    *v = src[(first + ox) * g.stride + kx - g.pad];
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,187 @@
+//! Linear layers (`y = x · Wᵀ + b`) whose bf16 products run on the AVX512-BF16 kernel when the CPU has it;
+//! everything else goes through candle's matmul, as candle-nn's `Linear` does.
+
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result,
+    Shape, Tensor,
+};
+use candle_nn::VarBuilder;
+use half::bf16;
+
+use super::bf16_gemm::{self, Bias, PackB, Problem, NR};
+use super::storage::as_f32;
+
+/// A linear layer with diffusers' weight names (`weight` `[out, in]`, optional `bias` `[out]`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+/// Reads a biased linear layer under `vb` (the signature of candle-nn's `linear`).
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        weight: vb.get((out_dim, in_dim), "weight")?,
+        bias: Some(vb.get(out_dim, "bias")?),
+    })
+}
+
+/// Reads a bias-free linear layer under `vb` (the signature of candle-nn's `linear_no_bias`).
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        weight: vb.get((out_dim, in_dim), "weight")?,
+        bias: None,
+    })
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let tracked = super::tracked(&[x, &self.weight]) || self.bias.as_ref().is_some_and(Tensor::track_op);
+        if tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return super::train_linear::linear_tracked(x, &self.weight, self.bias.as_ref());
+        }
+        let k = self.weight.dim(1)?;
+        // candle's batched matmul mishandles non-contiguous 3-D inputs: always multiply a contiguous copy.
+        let x = x.contiguous()?;
+        if !tracked
+            && x.device().is_cpu()
+            && x.dtype() == DType::BF16
+            && self.weight.dtype() == DType::BF16
+            && bf16_gemm::available()
+            && k.is_multiple_of(2)
+        {
+            let w = self.weight.contiguous()?;
+            return match &self.bias {
+                Some(b) => x.apply_op3_no_bwd(&w, b, &LinearBf16),
+                None => x.apply_op2_no_bwd(&w, &LinearBf16),
+            };
+        }
+        let y = match x.rank() {
+            2 => x.matmul(&self.weight.t()?)?,
+            _ => x.broadcast_matmul(&self.weight.t()?)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct LinearBf16;
+
+fn forward_bf16(
+    sx: &CpuStorage,
+    lx: &Layout,
+    sw: &CpuStorage,
+    lw: &Layout,
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (CpuStorage::BF16(xs), CpuStorage::BF16(ws)) = (sx, sw) else {
+        bail!("bf16 linear: expected bf16 input and weight");
+    };
+    let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets())
+    else {
+        bail!("bf16 linear: the kernel needs contiguous tensors");
+    };
+    let (n, k) = lw.shape().dims2()?;
+    let dims = lx.shape().dims();
+    if dims.last() != Some(&k) {
+        bail!(
+            "bf16 linear: input {:?} against weight {:?}",
+            dims,
+            lw.shape()
+        );
+    }
+    let m = lx.shape().elem_count() / k.max(1);
+    let bias = bias.map(|(s, l)| as_f32(s, l, "linear bias")).transpose()?;
+    let mut out = vec![bf16::ZERO; m * n];
+    let problem = Problem {
+        m,
+        n,
+        k,
+        batch: 1,
+        a: &xs[x0..x1],
+        a_batch_stride: 0,
+        c_rs: n,
+        c_batch_stride: 0,
+        bias: bias.as_deref().map_or(Bias::None, Bias::Cols),
+    };
+    bf16_gemm::run(
+        &problem,
+        &TransposedPanels {
+            w: &ws[w0..w1],
+            n,
+            k,
+        },
+        &mut out,
+    )?;
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Ok((CpuStorage::BF16(out), Shape::from(shape)))
+}
+
+impl CustomOp2 for LinearBf16 {
+    fn name(&self) -> &'static str {
+        "linear-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        forward_bf16(sx, lx, sw, lw, None)
+    }
+}
+
+impl CustomOp3 for LinearBf16 {
+    fn name(&self) -> &'static str {
+        "linear-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if sb.dtype() != DType::BF16 && sb.dtype() != DType::F32 {
+            bail!("bf16 linear: bias of dtype {:?}", sb.dtype());
+        }
+        forward_bf16(sx, lx, sw, lw, Some((sb, lb)))
+    }
+}
+
+/// Packs Wᵀ (`[k, n]` read from W `[n, k]`) panel by panel; weight rows give the pairs directly.
+struct TransposedPanels<'a> {
+    w: &'a [bf16],
+    n: usize,
+    k: usize,
+}
+
+impl PackB for TransposedPanels<'_> {
+    fn pack(&self, _b: usize, j0: usize, panel: &mut [bf16]) {
+        for c in 0..NR {
+            let j = j0 + c;
+            if j < self.n {
+                let row = &self.w[j * self.k..(j + 1) * self.k];
+                for (kp, pair) in row.chunks_exact(2).enumerate() {
+                    panel[kp * 2 * NR + 2 * c] = pair[0];
+                    panel[kp * 2 * NR + 2 * c + 1] = pair[1];
+                }
+            } else {
+                for kp in 0..self.k / 2 {
+                    panel[kp * 2 * NR + 2 * c] = bf16::ZERO;
+                    panel[kp * 2 * NR + 2 * c + 1] = bf16::ZERO;
+                }
+            }
+        }
+    }
+}

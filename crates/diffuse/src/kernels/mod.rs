@@ -1,0 +1,29 @@
+//! CPU kernels that replace candle's slowest operations in the diffusion models: flash-style attention,
+//! tiled im2col convolution, fused GroupNorm(+SiLU), fused GEGLU, bf16 products on AVX512-BF16 (convolution, linear). Each has a
+//! reference composed of plain candle ops and a parity test against it (`tests/kernels.rs`); each dispatches
+//! on CPU features at run time. Training takes the `train_*` kernels (hand-written backward passes) or the
+//! composed references whenever a gradient is tracked.
+
+pub mod attention;
+pub mod bf16_gemm;
+pub mod conv;
+pub mod geglu;
+mod gemm;
+pub mod group_norm;
+pub mod linear;
+pub mod simd;
+mod storage;
+pub mod train_conv;
+pub mod train_group_norm;
+pub mod train_linear;
+pub mod vmath;
+
+pub use attention::attention;
+pub use conv::conv2d;
+pub use group_norm::{group_norm, group_norm_silu, GroupNorm};
+
+/// Whether any of `tensors` takes part in a tracked computation (training): the inference kernels have no
+/// backward pass, so a tracked computation takes the differentiable path instead.
+pub fn tracked(tensors: &[&candle_core::Tensor]) -> bool {
+    tensors.iter().any(|t| t.track_op())
+}

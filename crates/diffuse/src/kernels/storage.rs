@@ -1,0 +1,87 @@
+//! Moving between candle's CPU storage and the f32 slices the kernels compute on.
+
+use std::borrow::Cow;
+
+use candle_core::{backend::BackendStorage, bail, CpuStorage, DType, Layout, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// The tensor's elements as f32, borrowed when they already are f32. The layout must be contiguous.
+pub fn as_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("{what}: the kernel needs a contiguous tensor");
+    };
+    Ok(match storage {
+        CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
+        CpuStorage::BF16(v) => Cow::Owned(widen(&v[start..end], bf16::to_f32)),
+        CpuStorage::F16(v) => Cow::Owned(widen(&v[start..end], f16::to_f32)),
+        other => bail!("{what}: unsupported dtype {:?}", other.dtype()),
+    })
+}
+
+fn widen<T: Copy + Send + Sync>(src: &[T], f: fn(T) -> f32) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(src.par_chunks(1 << 16))
+        .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &s)| *o = f(s)));
+    out
+}
+
+fn narrow<T: Copy + Send + Sync + Default>(src: &[f32], f: fn(f32) -> T) -> Vec<T> {
+    let mut out = vec![T::default(); src.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(src.par_chunks(1 << 16))
+        .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &s)| *o = f(s)));
+    out
+}
+
+/// Wraps f32 results as storage of `dtype` (rounding to nearest for bf16 and f16).
+pub fn from_f32(values: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(values),
+        DType::BF16 => CpuStorage::BF16(narrow(&values, bf16::from_f32)),
+        DType::F16 => CpuStorage::F16(narrow(&values, f16::from_f32)),
+        other => bail!("unsupported dtype {other:?}"),
+    })
+}
+
+/// An element type the kernels read and write directly, computing in f32.
+pub trait Elem: Copy + Send + Sync + Default + 'static {
+    /// Widens to f32.
+    fn to_f32(self) -> f32;
+    /// Rounds an f32 to this type.
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}

@@ -1,0 +1,101 @@
+//! Hub ids resolve to snapshots in a local Hugging Face cache laid out as `huggingface_hub` writes it
+//! (refs/main → snapshots/<commit>/… → symlinks into blobs/), offline.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixtures, ScratchDir};
+use diffuse::loaders::hub::{looks_like_repo_id, resolve_model, wanted_files};
+use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
+
+/// Copies `from` into the cache the way huggingface_hub stores files: content in blobs/, symlinks in the
+/// snapshot.
+fn cache_snapshot(from: &Path, snapshot: &Path, blobs: &Path, rel: &Path) {
+    std::fs::create_dir_all(snapshot.join(rel)).unwrap();
+    for entry in std::fs::read_dir(from.join(rel)).unwrap() {
+        let entry = entry.unwrap();
+        let rel_file = rel.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            cache_snapshot(from, snapshot, blobs, &rel_file);
+        } else {
+            let blob = blobs.join(rel_file.to_string_lossy().replace('/', "_"));
+            std::fs::copy(entry.path(), &blob).unwrap();
+            std::os::unix::fs::symlink(&blob, snapshot.join(&rel_file)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn hub_ids_resolve_from_the_cache_offline() {
+    let scratch = ScratchDir::new("hub-cache");
+    let repo = scratch.path().join("models--acme--tiny-sd");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snapshot = repo.join("snapshots").join(commit);
+    cache_snapshot(
+        &fixtures("models").join("sd1"),
+        &snapshot,
+        &repo.join("blobs"),
+        Path::new(""),
+    );
+
+    // SAFETY of the environment: this test binary runs this one test, so nothing reads the variables concurrently.
+    std::env::set_var("HF_HUB_CACHE", scratch.path());
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+
+    let resolved = resolve_model("acme/tiny-sd", Variant::Default).unwrap();
+    assert_eq!(resolved, snapshot);
+    let folder = PipelineFolder::open(&resolved).unwrap();
+    assert!(folder.load_unet(&LoadOptions::default()).is_ok());
+
+    let err = resolve_model("acme/not-cached", Variant::Default)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("acme/not-cached") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+
+    let err = resolve_model("./no/such/folder/here", Variant::Default)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no such folder"), "{err}");
+
+    assert!(looks_like_repo_id("stabilityai/stable-diffusion-2-1"));
+    assert!(looks_like_repo_id("runwayml/stable-diffusion-v1-5@fp16"));
+    assert!(!looks_like_repo_id("models/diffuse-tiny/extra"));
+    assert!(!looks_like_repo_id("../model"));
+
+    let listing: Vec<String> = [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.bin",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "safety_checker/model.safetensors",
+        "v1-5-pruned.ckpt",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut wanted = wanted_files(&listing, Variant::Default);
+    wanted.sort();
+    assert_eq!(
+        wanted,
+        [
+            "model_index.json",
+            "text_encoder/model.safetensors",
+            "tokenizer/merges.txt",
+            "tokenizer/vocab.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+        ]
+    );
+}

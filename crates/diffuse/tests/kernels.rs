@@ -1,0 +1,217 @@
+//! Parity of the CPU kernels with their references built from plain candle ops, on random inputs.
+
+use candle_core::{DType, Device, Tensor};
+use diffuse::kernels::{attention, conv, group_norm};
+use diffuse::rng::{randn_tensor, TorchCpuRng};
+
+fn randn(rng: &mut TorchCpuRng, shape: &[usize]) -> Tensor {
+    randn_tensor(rng, shape, &Device::Cpu, DType::F32).unwrap()
+}
+
+/// Largest |a − b| over all elements, compared in f32.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn attention_matches_reference() {
+    let mut rng = TorchCpuRng::new(1);
+    // (batch, q tokens, kv tokens, heads, head dim): self-attention shorter and longer than a key block,
+    // cross-attention to 77 text tokens, a single wide head as in the VAE, token counts off the block grid.
+    for (b, nq, nk, heads, d) in [
+        (2, 300, 300, 4, 16),
+        (1, 1100, 1100, 2, 40),
+        (2, 130, 77, 8, 8),
+        (1, 65, 600, 1, 96),
+    ] {
+        let q = randn(&mut rng, &[b, nq, heads * d]);
+        let k = randn(&mut rng, &[b, nk, heads * d]);
+        let v = randn(&mut rng, &[b, nk, heads * d]);
+        let scale = (d as f64).powf(-0.5);
+        let got = attention::attention(&q, &k, &v, heads, scale).unwrap();
+        let want = attention::attention_reference(&q, &k, &v, heads, scale).unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 2e-5, "f32 {b}×{nq}×{nk} heads {heads} d {d}: {err}");
+        // bf16 inputs: both compute in f32 and round once, so they differ by at most a bf16 rounding step.
+        let (qb, kb, vb) = (
+            q.to_dtype(DType::BF16).unwrap(),
+            k.to_dtype(DType::BF16).unwrap(),
+            v.to_dtype(DType::BF16).unwrap(),
+        );
+        let got = attention::attention(&qb, &kb, &vb, heads, scale).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = attention::attention_reference(&qb, &kb, &vb, heads, scale).unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 1e-2, "bf16 {b}×{nq}×{nk}: {err}");
+    }
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let mut rng = TorchCpuRng::new(2);
+    // (batch, in, out, h, w, kernel, padding, stride)
+    for (b, cin, cout, h, w, k, pad, stride) in [
+        (2, 5, 6, 7, 9, 3, 1, 1),
+        (1, 4, 3, 8, 8, 3, 1, 2),
+        (2, 3, 5, 9, 7, 3, 0, 2),
+        (2, 6, 4, 5, 6, 1, 0, 1),
+        (1, 3, 2, 6, 5, 3, 0, 1),
+        // Several unfolded tiles per image.
+        (1, 64, 16, 130, 64, 3, 1, 1),
+    ] {
+        let x = randn(&mut rng, &[b, cin, h, w]);
+        let weight = randn(&mut rng, &[cout, cin, k, k]);
+        let bias = randn(&mut rng, &[cout]);
+        let got = conv::conv2d(&x, &weight, &bias, pad, stride).unwrap();
+        let want = conv::conv2d_reference(&x, &weight, &bias, pad, stride).unwrap();
+        let err = max_abs_diff(&got, &want);
+        let bound = 1e-6 * (cin * k * k) as f32;
+        assert!(
+            err < bound.max(1e-5),
+            "conv {cin}→{cout} {h}×{w} k{k} p{pad} s{stride}: {err}"
+        );
+        let to = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let got = conv::conv2d(&to(&x), &to(&weight), &to(&bias), pad, stride).unwrap();
+        let want = conv::conv2d_reference(&to(&x), &to(&weight), &to(&bias), pad, stride).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let scale = want
+            .to_dtype(DType::F32)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap();
+        let scale = scale
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max_abs_diff(&got, &want) <= scale * 8e-3, "bf16 conv");
+    }
+}
+
+#[test]
+fn conv2d_rejects_mismatched_shapes() {
+    let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((4, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    let err = conv::conv2d(&x, &w, &b, 1, 1).unwrap_err().to_string();
+    assert!(err.contains("conv2d"), "{err}");
+}
+
+#[test]
+fn group_norm_matches_reference() {
+    let mut rng = TorchCpuRng::new(3);
+    for (shape, groups) in [
+        (vec![2, 12, 7, 5], 3),
+        (vec![1, 32, 16, 16], 32),
+        (vec![2, 8, 77], 4),
+    ] {
+        let channels = shape[1];
+        // Offset inputs: a naive one-pass variance would lose digits here.
+        let x = randn(&mut rng, &shape).affine(3.0, 5.0).unwrap();
+        let weight = randn(&mut rng, &[channels]);
+        let bias = randn(&mut rng, &[channels]);
+        let want = group_norm::group_norm_reference(&x, &weight, &bias, groups, 1e-5).unwrap();
+        let got = group_norm::group_norm_silu(&x, &weight, &bias, groups, 1e-5, false).unwrap();
+        assert!(max_abs_diff(&got, &want) < 2e-5, "{shape:?}");
+        let got = group_norm::group_norm_silu(&x, &weight, &bias, groups, 1e-5, true).unwrap();
+        let want_silu = candle_nn::ops::silu(&want).unwrap();
+        assert!(max_abs_diff(&got, &want_silu) < 2e-5, "{shape:?} silu");
+        let xb = x.to_dtype(DType::BF16).unwrap();
+        let (wb, bb) = (
+            weight.to_dtype(DType::BF16).unwrap(),
+            bias.to_dtype(DType::BF16).unwrap(),
+        );
+        let got = group_norm::group_norm_silu(&xb, &wb, &bb, groups, 1e-5, true).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = candle_nn::ops::silu(
+            &group_norm::group_norm_reference(
+                &xb.to_dtype(DType::F32).unwrap(),
+                &wb.to_dtype(DType::F32).unwrap(),
+                &bb.to_dtype(DType::F32).unwrap(),
+                groups,
+                1e-5,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 4e-2, "{shape:?} bf16: {err}");
+    }
+}
+
+#[test]
+fn bf16_linear_matches_f32_product() {
+    use candle_core::Module;
+    use std::collections::HashMap;
+    let mut rng = TorchCpuRng::new(4);
+    // (batch, tokens, in, out): widths off the 64-column panel and 6-row block grid, with and without bias.
+    for (b, n, k, out, with_bias) in [
+        (2, 77, 96, 130, true),
+        (1, 13, 40, 64, false),
+        (2, 200, 320, 70, true),
+    ] {
+        let x = randn(&mut rng, &[b, n, k]).to_dtype(DType::BF16).unwrap();
+        let w = randn(&mut rng, &[out, k]).to_dtype(DType::BF16).unwrap();
+        let bias = randn(&mut rng, &[out]).to_dtype(DType::BF16).unwrap();
+        let mut tensors = HashMap::from([("weight".to_string(), w.clone())]);
+        if with_bias {
+            tensors.insert("bias".to_string(), bias.clone());
+        }
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::BF16, &Device::Cpu);
+        let layer = if with_bias {
+            diffuse::kernels::linear::linear(k, out, vb).unwrap()
+        } else {
+            diffuse::kernels::linear::linear_no_bias(k, out, vb).unwrap()
+        };
+        let got = layer.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[b, n, out]);
+        assert_eq!(got.dtype(), DType::BF16);
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let mut want = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap();
+        if with_bias {
+            want = want.broadcast_add(&f(&bias)).unwrap();
+        }
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        // Same products, f32 sums in another order, one rounding to bf16 (relative step 2⁻⁸).
+        let err = max_abs_diff(&got, &want);
+        assert!(err <= scale * 5e-3, "{b}×{n}×{k}→{out}: {err} of {scale}");
+    }
+}
+
+#[test]
+fn geglu_matches_reference() {
+    use diffuse::kernels::geglu;
+    let mut rng = TorchCpuRng::new(5);
+    for shape in [[2usize, 77, 64], [1, 3, 2]] {
+        let h = (randn(&mut rng, &shape) * 3.0).unwrap();
+        let got = geglu::geglu(&h).unwrap();
+        let want = geglu::geglu_reference(&h).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 5e-6 * 9.0, "{shape:?}: {err}");
+        let hb = h.to_dtype(DType::BF16).unwrap();
+        let got = geglu::geglu(&hb).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = geglu::geglu_reference(&hb.to_dtype(DType::F32).unwrap()).unwrap();
+        // One rounding to bf16 (relative step 2⁻⁸) of values up to `scale`.
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        assert!(max_abs_diff(&got, &want) <= scale * 4e-3, "{shape:?} bf16");
+    }
+    assert!(geglu::geglu(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap()).is_err());
+}

@@ -1,0 +1,56 @@
+"""The `webuiapi` A1111 client against `diffuse serve`: txt2img, img2img, inpainting, PNG info, listings."""
+
+from PIL import Image
+
+import webuiapi
+
+
+def api(server):
+    return webuiapi.WebUIApi(host=server.host, port=int(server.port), sampler="Euler a", steps=3)
+
+
+def test_txt2img_batches_with_a1111_seeds(server):
+    result = api(server).txt2img(
+        prompt="a castle", negative_prompt="people", width=64, height=64, seed=42, cfg_scale=6,
+        batch_size=2, n_iter=2,
+    )
+    assert len(result.images) == 4
+    assert all(image.size == (64, 64) for image in result.images)
+    assert result.info["all_seeds"] == [42, 43, 44, 45]
+    assert result.info["sampler_name"] == "Euler a"
+    assert result.parameters["prompt"] == "a castle"
+    assert result.images[0].info["parameters"] == result.info["infotexts"][0]
+    assert "Seed: 43" in result.info["infotexts"][1]
+    again = api(server).txt2img(prompt="a castle", negative_prompt="people", width=64, height=64,
+                                seed=43, cfg_scale=6)
+    assert again.image.tobytes() == result.images[1].tobytes(), "seed + i reproduces image i alone"
+
+
+def test_img2img_and_inpainting(server):
+    client = api(server)
+    base = client.txt2img(prompt="a hill", width=64, height=64, seed=7).image
+    reworked = client.img2img(images=[base], prompt="a hill at night", denoising_strength=0.6,
+                              width=64, height=64, seed=8)
+    assert reworked.image.size == (64, 64)
+    assert reworked.info["denoising_strength"] == 0.6
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpainted = client.img2img(images=[base], mask_image=mask, prompt="a tower", denoising_strength=1.0,
+                               width=64, height=64, seed=9)
+    assert inpainted.image.size == (64, 64)
+    corner = (2, 2)
+    assert abs(inpainted.image.getpixel(corner)[0] - base.convert("RGB").getpixel(corner)[0]) < 40
+
+
+def test_png_info_samplers_models_progress(server):
+    client = api(server)
+    image = client.txt2img(prompt="a tree", width=64, height=64, seed=1).image
+    info = client.png_info(image)
+    assert info.info.startswith("a tree\nSteps: 3, Sampler: Euler a")
+    assert "Euler a" in client.util_get_sampler_names()
+    assert client.util_get_model_names() == ["sd1"]
+    assert client.util_get_current_model() == "sd1"
+    progress = client.get_progress()
+    assert progress["state"]["job_count"] == 0
+    client.util_wait_for_ready(check_interval=0.1)
+    assert client.interrupt() == {"interrupted": 0}

@@ -1,0 +1,196 @@
+"""Side-by-side benchmark: diffuse against diffusers, same weights, same thread count, same run.
+
+    flock /work/heavy.lock /opt/refenv/bin/python tools/bench/bench.py /work/bench-models/sd15-random \
+        --diffuse target/release/diffuse --threads 2 --dtypes f32,bf16
+
+Each (engine, dtype, task) runs in its own process: `components` times text encoding, one UNet step at
+batch 2 (CFG) at 512² and 256², and one VAE decode at 512² (medians of --reps after a warm-up); `generate` runs
+one 512² text-to-image generation with --steps DPM++ 2M steps and gives the end-to-end time, the time from
+process start to the end of the first denoising step, and the process's peak RSS (from wait4).
+
+diffusers runs once per --diffusers-alloc setting: `default` (glibc malloc, as users run it), `tuned`
+(glibc malloc with mmap disabled and a huge trim threshold, so big tensors are not returned to the OS and
+faulted in again), `mimalloc` (LD_PRELOAD of Debian's libmimalloc, the allocator diffuse links in).
+Ratios are diffusers/diffuse: above 1 means diffuse is faster.
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ALLOCS = {
+    "default": {},
+    "tuned": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"},
+    "mimalloc": {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"},
+}
+ROWS = [
+    ("text_encode", "text encoding (prompt + negative)", "s"),
+    ("unet_step_512", "UNet step, batch 2, 512² (64² latents)", "s"),
+    ("unet_step_256", "UNet step, batch 2, 256² (32² latents)", "s"),
+    ("vae_decode_512", "VAE decode 512²", "s"),
+    ("generate_512", "end-to-end 512², DPM++ 2M", "s"),
+    ("first_step", "process start → end of first step", "s"),
+    ("peak_rss", "peak RSS (generate)", "GiB"),
+    ("vae_tiled_decode", "tiled VAE decode, --size² (task vae-tiled)", "s"),
+    ("peak_rss_vae_tiled", "peak RSS (vae-tiled)", "GiB"),
+]
+
+
+def run(cmd, env_extra, threads):
+    env = dict(os.environ)
+    env.update({"RAYON_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)})
+    env.update(env_extra)
+    start = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} exited with {proc.returncode}")
+    results = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            results[rec["name"]] = {"wall": rec.get("times", []), "cpu": rec.get("cpu", [])}
+    if "first_step_unix" in results:
+        results["first_step"] = {"wall": [results.pop("first_step_unix")["wall"][0] - start]}
+    results["peak_rss"] = {"wall": [usage.ru_maxrss / 2**20]}
+    results["loadavg"] = {"wall": [os.getloadavg()[0]]}
+    return results
+
+
+def median(values):
+    return statistics.median(values) if values else math.nan
+
+
+def psnr(a_path, b_path):
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(a_path), dtype=np.float64)
+    b = np.asarray(Image.open(b_path), dtype=np.float64)
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def main():
+    p = argparse.ArgumentParser(description="diffuse vs diffusers")
+    p.add_argument("model", type=pathlib.Path)
+    p.add_argument("--diffuse", default=str(REPO / "target/release/diffuse"))
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--dtypes", default="f32,bf16")
+    p.add_argument("--tasks", default="components,generate", help="components, generate, vae-tiled")
+    p.add_argument("--engines", default="diffuse,diffusers")
+    p.add_argument("--diffusers-alloc", default="default,tuned")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=2048, help="image side of the vae-tiled task")
+    p.add_argument("--cuda", action="store_true", help="run both on the first CUDA device (f16 recommended)")
+    p.add_argument("--out", type=pathlib.Path, help="also write all raw timings here as JSON (after each process)")
+    p.add_argument("--reuse", type=pathlib.Path, action="append", default=[],
+                   help="raw JSON of an earlier run: its results for engines not in --engines are tabulated too")
+    p.add_argument("--images", type=pathlib.Path, default=pathlib.Path("/tmp/diffuse-bench"))
+    args = p.parse_args()
+    args.images.mkdir(parents=True, exist_ok=True)
+    engines = args.engines.split(",")
+    columns = []
+    if "diffuse" in engines:
+        columns.append(("diffuse", {}))
+    if "diffusers" in engines:
+        columns += [(f"diffusers[{a}]", ALLOCS[a]) for a in args.diffusers_alloc.split(",")]
+    raw = {}
+    running = [c[0] for c in columns]
+    for path in args.reuse:
+        earlier = json.loads(path.read_text())
+        for key, rows in earlier.items():
+            if key.rsplit(" ", 1)[0] not in running:
+                raw.setdefault(key, {}).update(rows)
+    reused = set(raw)
+    if reused:
+        print(f"# reusing {sorted(reused)}", file=sys.stderr)
+    for dtype in args.dtypes.split(","):
+        for name, alloc in columns:
+            res = {}
+            for task in args.tasks.split(","):
+                image = args.images / f"{name}-{dtype}.png"
+                if name == "diffuse":
+                    cmd = [args.diffuse, "bench", str(args.model), "--task", task, "--dtype", dtype,
+                           "--reps", str(args.reps), "--steps", str(args.steps), "--save", str(image),
+                           "--size", str(args.size)]
+                    if args.cuda:
+                        cmd.append("--cuda")
+                else:
+                    cmd = [args.python, str(HERE / "diffusers_runner.py"), str(args.model), "--task", task,
+                           "--dtype", dtype, "--reps", str(args.reps), "--steps", str(args.steps),
+                           "--threads", str(args.threads), "--save", str(image), "--size", str(args.size),
+                           "--device", "cuda" if args.cuda else "cpu"]
+                print(f"# {name} {dtype} {task}", file=sys.stderr, flush=True)
+                got = run(cmd, alloc, args.threads)
+                if task == "components":
+                    got.pop("peak_rss")
+                    got["loadavg_components"] = got.pop("loadavg")
+                elif task == "vae-tiled":
+                    got["peak_rss_vae_tiled"] = got.pop("peak_rss")
+                    got["loadavg_vae_tiled"] = got.pop("loadavg")
+                res.update(got)
+                raw[f"{name} {dtype}"] = res
+                if args.out:
+                    args.out.write_text(json.dumps(raw, indent=1))
+            summary = {k: round(median(v["wall"]), 3) for k, v in res.items()}
+            print(f"#   {json.dumps(summary)}", file=sys.stderr)
+    all_columns = list(columns)
+    for key in raw:
+        name = key.rsplit(" ", 1)[0]
+        if name not in [c[0] for c in all_columns]:
+            all_columns.append((name, {}))
+    print_tables(raw, args, all_columns)
+
+
+def cell(raw, column, dtype, key, kind):
+    return median(raw.get(f"{column} {dtype}", {}).get(key, {}).get(kind, []))
+
+
+def print_tables(raw, args, columns):
+    names = [c[0] for c in columns]
+    for dtype in args.dtypes.split(","):
+        for kind, title in [("wall", "wall-clock seconds"), ("cpu", "CPU seconds (all threads)")]:
+            print(f"\n### {dtype}, {title}, {args.threads} threads, medians of {args.reps} (generate: 1 run)\n")
+            head = ["row"] + names + [f"{n} / diffuse" for n in names if n != "diffuse"]
+            print("| " + " | ".join(head) + " |")
+            print("|" + "---|" * len(head))
+            for key, label, unit in ROWS:
+                vals = {n: cell(raw, n, dtype, key, kind) for n in names}
+                if all(math.isnan(v) for v in vals.values()):
+                    continue
+                cells = [f"{label} ({unit})"] + [f"{vals[n]:.3f}" for n in names]
+                base = vals.get("diffuse", math.nan)
+                cells += [f"{vals[n] / base:.2f}×" for n in names if n != "diffuse"]
+                print("| " + " | ".join(cells) + " |")
+        loads = [cell(raw, n, dtype, k, "wall") for n in names for k in ["loadavg_components", "loadavg", "loadavg_vae_tiled"]]
+        loads = [x for x in loads if not math.isnan(x)]
+        print(f"\n1-minute load average after each process: {', '.join(f'{x:.1f}' for x in loads)}")
+    dtypes = args.dtypes.split(",")
+    if "generate" in args.tasks and "f32" in dtypes and "bf16" in dtypes:
+        print()
+        for n in names:
+            a, b = args.images / f"{n}-f32.png", args.images / f"{n}-bf16.png"
+            if a.exists() and b.exists():
+                print(f"PSNR of {n}'s bf16 image against its f32 image: {psnr(a, b):.2f} dB")
+        if "diffuse" in names:
+            d_bf16 = cell(raw, "diffuse", "bf16", "generate_512", "wall")
+            for n in names[1:]:
+                ref = cell(raw, n, "f32", "generate_512", "wall")
+                print(f"end-to-end, {n} f32 / diffuse bf16: {ref / d_bf16:.2f}×")
+
+
+if __name__ == "__main__":
+    main()

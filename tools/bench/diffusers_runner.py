@@ -1,0 +1,117 @@
+"""The diffusers side of tools/bench/bench.py: the same tasks as `diffuse bench`, the same JSON lines.
+
+    python diffusers_runner.py MODEL --task components|generate --dtype f32|bf16 --reps N --steps N [--save PNG]
+
+Thread count: torch.set_num_threads(--threads), as users of diffusers set it.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def emit(name, times):
+    """One JSON line: wall-clock seconds of each repetition and their CPU seconds (all threads)."""
+    print(json.dumps({"name": name, "times": [t[0] for t in times], "cpu": [t[1] for t in times]}), flush=True)
+
+
+def timed(fn):
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def time_reps(reps, fn):
+    fn()
+    return [timed(fn) for _ in range(reps)]
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--task", choices=["components", "generate", "vae-tiled"], default="components")
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--dtype", choices=list(DTYPES), default="f32")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--save")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    dtype = DTYPES[args.dtype]
+    loaded = []
+    load = timed(lambda: loaded.append(
+        StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)))
+    pipe = loaded[0]
+    pipe.set_progress_bar_config(disable=True)
+    emit("load", [load])
+    with torch.inference_mode():
+        if args.task == "components":
+            components(pipe, args, dtype)
+        elif args.task == "vae-tiled":
+            pipe.vae.enable_tiling()
+            side = args.size // pipe.vae_scale_factor
+            z = torch.randn(1, 4, side, side).to(args.device, pipe.vae.dtype)
+            emit("vae_tiled_decode", [timed(lambda: pipe.vae.decode(z))])
+        else:
+            generate(pipe, args, DPMSolverMultistepScheduler)
+
+
+def components(pipe, args, dtype):
+    dev = args.device
+
+    def text():
+        pipe.encode_prompt(PROMPT, dev, 1, True, "")
+
+    emit("text_encode", time_reps(args.reps, text))
+    pos, neg = pipe.encode_prompt(PROMPT, dev, 1, True, "")
+    context = torch.cat([neg, pos]).to(dtype)
+    t = torch.tensor([999.0], device=dev)
+    for name, side in [("unet_step_512", 64), ("unet_step_256", 32)]:
+        latents = torch.randn(2, 4, side, side).to(dev, dtype)
+        emit(name, time_reps(args.reps, lambda: pipe.unet(latents, t, encoder_hidden_states=context)))
+    z = torch.randn(1, 4, 64, 64).to(dev, pipe.vae.dtype)
+    emit("vae_decode_512", time_reps(args.reps, lambda: pipe.vae.decode(z)))
+
+
+def generate(pipe, args, scheduler_class):
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    first = []
+
+    def on_step(pipeline, i, t, kwargs):
+        if i == 0:
+            first.append(time.time())
+        return kwargs
+
+    out = []
+    run = timed(lambda: out.append(pipe(
+        PROMPT,
+        num_inference_steps=args.steps,
+        width=512,
+        height=512,
+        generator=torch.Generator("cpu").manual_seed(0),
+        callback_on_step_end=on_step,
+    )))
+    emit("generate_512", [run])
+    print(json.dumps({"name": "first_step_unix", "times": first}), flush=True)
+    if args.save:
+        out[0].images[0].save(args.save)
+
+
+if __name__ == "__main__":
+    main()
