@@ -57,10 +57,7 @@ fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
 fn without_a_model_it_serves_the_bundled_one() {
     let (mut child, addr) = start(&[]);
     let health = get(&addr, "/health");
-    assert!(
-        health.contains(r#""models":["diffuse-tiny"]"#),
-        "{health}"
-    );
+    assert!(health.contains(r#""models":["diffuse-tiny"]"#), "{health}");
     assert!(terminate(&mut child).success());
 }
 

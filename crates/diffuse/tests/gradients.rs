@@ -3,11 +3,11 @@
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
+use diffuse::kernels::group_norm::group_norm;
+use diffuse::kernels::train_conv::conv2d_im2col;
 use diffuse::models::activations::Activation;
 use diffuse::models::attention::scaled_dot_product_attention;
 use diffuse::models::conv::Conv2d;
-use diffuse::kernels::group_norm::group_norm;
-use diffuse::kernels::train_conv::conv2d_im2col;
 use diffuse::models::layer_norm::layer_norm;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {

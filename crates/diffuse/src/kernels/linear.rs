@@ -36,7 +36,8 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let tracked = super::tracked(&[x, &self.weight]) || self.bias.as_ref().is_some_and(Tensor::track_op);
+        let tracked =
+            super::tracked(&[x, &self.weight]) || self.bias.as_ref().is_some_and(Tensor::track_op);
         if tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
             return super::train_linear::linear_tracked(x, &self.weight, self.bias.as_ref());
         }
