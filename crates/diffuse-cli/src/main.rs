@@ -9,6 +9,19 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h: the milliseconds freed memory waits before it goes back to the OS.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory in mimalloc for good (the process's footprint stays at its high-water mark, as with
+/// PyTorch's caching allocator): with the default delay, buffers freed early in a UNet step or VAE decode
+/// went back to the OS and were faulted in (zeroed) again later in the same step; 9 % of a UNet step's time
+/// was the kernel clearing pages (BENCHMARKS.md, "The allocator").
+fn keep_freed_memory() {
+    // SAFETY: mi_option_set only stores an integer in mimalloc's option table; it is called before any
+    // other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 /// Stable Diffusion in Rust: text-to-image, image-to-image and inpainting, equal to diffusers.
 #[derive(Parser)]
 #[command(name = "diffuse", version, about)]
@@ -33,6 +46,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DIFFUSE_LOG")
