@@ -33,15 +33,30 @@ fn attention_matches_reference() {
         (1, 1100, 1100, 2, 40),
         (2, 130, 77, 8, 8),
         (1, 65, 600, 1, 96),
+        // Head dimensions off the AVX-512 kernel's 5-row output step, a single query and a single key.
+        (1, 70, 130, 3, 7),
+        (2, 1, 5, 2, 12),
+        (1, 3, 1, 1, 5),
     ] {
         let q = randn(&mut rng, &[b, nq, heads * d]);
         let k = randn(&mut rng, &[b, nk, heads * d]);
         let v = randn(&mut rng, &[b, nk, heads * d]);
         let scale = (d as f64).powf(-0.5);
-        let got = attention::attention(&q, &k, &v, heads, scale).unwrap();
         let want = attention::attention_reference(&q, &k, &v, heads, scale).unwrap();
-        let err = max_abs_diff(&got, &want);
-        assert!(err < 2e-5, "f32 {b}×{nq}×{nk} heads {heads} d {d}: {err}");
+        // The dispatched kernel (AVX-512 where the CPU has it) and the portable one.
+        for (path, got) in [
+            ("dispatched", attention::attention(&q, &k, &v, heads, scale)),
+            (
+                "portable",
+                attention::attention_portable(&q, &k, &v, heads, scale),
+            ),
+        ] {
+            let err = max_abs_diff(&got.unwrap(), &want);
+            assert!(
+                err < 2e-5,
+                "f32 {path} {b}×{nq}×{nk} heads {heads} d {d}: {err}"
+            );
+        }
         // bf16 inputs: both compute in f32 and round once, so they differ by at most a bf16 rounding step.
         let (qb, kb, vb) = (
             q.to_dtype(DType::BF16).unwrap(),

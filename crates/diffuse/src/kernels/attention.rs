@@ -7,22 +7,44 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::attention_avx512;
 use super::gemm::{matmul, MatMut, MatRef};
 use super::simd::multiversion;
 use super::storage::{as_f32, from_f32};
 use super::vmath::{self, LANES};
 
-/// Query rows per task.
-pub const Q_BLOCK: usize = 64;
+/// Query rows per task (the AVX-512 kernel's block).
+pub const Q_BLOCK: usize = attention_avx512::QB;
 /// Keys per score block.
 pub const K_BLOCK: usize = 512;
 
 /// softmax(q·kᵀ · scale) · v per head, on token-major tensors: `q` `[batch, q_tokens, heads · d]`, `k` and `v`
 /// `[batch, kv_tokens, heads · d]` → `[batch, q_tokens, heads · d]` in `q`'s dtype. CPU tensors only.
+/// On CPUs with AVX-512 the blocks run the transposed kernel of [`attention_avx512`], elsewhere two `gemm`
+/// products per block.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     let op = FlashAttention {
         heads,
         scale: scale as f32,
+        avx512: attention_avx512::available(),
+    };
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+}
+
+/// [`attention`] on its portable path (the `gemm` products), whatever the CPU: what CPUs without AVX-512
+/// run, public so that its parity test runs everywhere.
+pub fn attention_portable(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let op = FlashAttention {
+        heads,
+        scale: scale as f32,
+        avx512: false,
     };
     q.contiguous()?
         .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
@@ -56,6 +78,7 @@ pub fn attention_reference(
 struct FlashAttention {
     heads: usize,
     scale: f32,
+    avx512: bool,
 }
 
 struct Dims {
@@ -139,6 +162,22 @@ impl FlashAttention {
         let q_batch = &q[b * dims.nq * c..(b + 1) * dims.nq * c];
         let k_batch = &k[b * dims.nk * c..(b + 1) * dims.nk * c];
         let v_batch = &v[b * dims.nk * c..(b + 1) * dims.nk * c];
+        if self.avx512 {
+            let mut scratch = attention_avx512::Scratch::new(d);
+            for h in 0..self.heads {
+                let kv = attention_avx512::HeadKv {
+                    k: k_batch,
+                    v: v_batch,
+                    stride: c,
+                    offset: h * d,
+                    d,
+                    tokens: dims.nk,
+                };
+                let q_rows = &q_batch[q0 * c..(q0 + rows) * c];
+                attention_avx512::head_block(q_rows, rows, &kv, self.scale, &mut scratch, out);
+            }
+            return Ok(());
+        }
         let kb_max = K_BLOCK.min(dims.nk);
         let mut qbuf = vec![0f32; rows * d];
         let mut scores = vec![0f32; rows * kb_max];

@@ -5,6 +5,7 @@
 //! composed references whenever a gradient is tracked.
 
 pub mod attention;
+pub mod attention_avx512;
 pub mod bf16_gemm;
 pub mod conv;
 pub mod geglu;

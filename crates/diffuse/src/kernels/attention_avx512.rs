@@ -1,0 +1,287 @@
+//! The AVX-512 path of the flash-style attention, computed transposed: a block of [`QB`] queries is held
+//! query-minor (16 queries per vector), so the scores of a key block form Sᵀ (keys × queries), and the online
+//! softmax (running max, rescaling, exponentials, sums) and the output update Oᵀ += Vᵀ·Pᵀ all run across 16
+//! queries per vector instruction. Neither K nor V is repacked: the micro-kernels broadcast their elements
+//! straight from the token-major tensors, and the only copies are the query block's transpose in and the
+//! output's transpose out. Small head dimensions (40, 80) gain most: a general GEMM with an inner dimension
+//! of 40 spends much of its time packing.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::vmath;
+
+/// Queries per block (four vectors of 16).
+pub const QB: usize = 64;
+/// Vectors per query block.
+const VECS: usize = QB / 16;
+/// Keys per score block: Sᵀ is `KB`×`QB` f32 (32 KiB, L1-sized).
+const KB: usize = 128;
+/// Keys per score micro-kernel call.
+const SCORE_ROWS: usize = 6;
+/// Head dimensions per output micro-kernel call.
+const OUT_ROWS: usize = 5;
+
+/// One head of one batch item: K and V token-major with row stride `stride`, the head's columns starting at
+/// `offset`, `d` wide.
+pub struct HeadKv<'a> {
+    /// Keys, `[tokens, stride]`.
+    pub k: &'a [f32],
+    /// Values, `[tokens, stride]`.
+    pub v: &'a [f32],
+    /// Channels per token.
+    pub stride: usize,
+    /// The head's first channel.
+    pub offset: usize,
+    /// Head dimension.
+    pub d: usize,
+    /// Key tokens.
+    pub tokens: usize,
+}
+
+/// The per-task working memory of [`head_block`].
+pub struct Scratch {
+    qt: Vec<f32>,
+    st: Vec<f32>,
+    ot: Vec<f32>,
+}
+
+impl Scratch {
+    /// Working memory for head dimension `d`.
+    pub fn new(d: usize) -> Self {
+        Self {
+            qt: vec![0.0; d * QB],
+            st: vec![0.0; KB * QB],
+            ot: vec![0.0; d * QB],
+        }
+    }
+}
+
+/// Whether this CPU runs the AVX-512 path.
+pub fn available() -> bool {
+    super::simd::simd_level() == super::simd::SimdLevel::Avx512
+}
+
+/// Attention of `rows` (≤ [`QB`]) queries of one head: `q` holds the query tokens (row stride `kv.stride`,
+/// the head at `kv.offset`), `out` receives the head's columns of the same rows. Panics if a slice is too
+/// short for the shapes given (callers size them from the tensors).
+pub fn head_block(
+    q: &[f32],
+    rows: usize,
+    kv: &HeadKv,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let (c, d) = (kv.stride, kv.d);
+    assert!(rows <= QB && rows > 0 && kv.tokens > 0 && kv.offset + d <= c);
+    assert!(
+        q.len() >= (rows - 1) * c + kv.offset + d && out.len() >= (rows - 1) * c + kv.offset + d
+    );
+    assert!(kv.k.len() >= kv.tokens * c && kv.v.len() >= kv.tokens * c);
+    assert!(scratch.qt.len() >= d * QB && scratch.ot.len() >= d * QB);
+    assert!(available(), "the AVX-512 attention needs AVX-512");
+    // SAFETY: AVX-512 was detected; every index the kernel forms is below the lengths asserted above.
+    unsafe { head_block_avx512(q, rows, kv, scale, scratch, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn head_block_avx512(
+    q: &[f32],
+    rows: usize,
+    kv: &HeadKv,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let (c, d, h0) = (kv.stride, kv.d, kv.offset);
+    let qt = &mut scratch.qt[..d * QB];
+    qt.fill(0.0);
+    for r in 0..rows {
+        let src = &q[r * c + h0..r * c + h0 + d];
+        for (kk, &x) in src.iter().enumerate() {
+            qt[kk * QB + r] = x * scale;
+        }
+    }
+    let ot = &mut scratch.ot[..d * QB];
+    ot.fill(0.0);
+    let mut max = [f32::NEG_INFINITY; QB];
+    let mut sum = [0f32; QB];
+    let mut j0 = 0;
+    while j0 < kv.tokens {
+        let kb = KB.min(kv.tokens - j0);
+        let st = &mut scratch.st[..kb * QB];
+        let mut new_max = max;
+        let running = new_max.as_mut_ptr();
+        let mut jj = 0;
+        while jj < kb {
+            let n = SCORE_ROWS.min(kb - jj);
+            let k = kv.k.as_ptr().add((j0 + jj) * c + h0);
+            let dst = st.as_mut_ptr().add(jj * QB);
+            match n {
+                6 => scores::<6>(qt.as_ptr(), k, c, d, dst, running),
+                5 => scores::<5>(qt.as_ptr(), k, c, d, dst, running),
+                4 => scores::<4>(qt.as_ptr(), k, c, d, dst, running),
+                3 => scores::<3>(qt.as_ptr(), k, c, d, dst, running),
+                2 => scores::<2>(qt.as_ptr(), k, c, d, dst, running),
+                _ => scores::<1>(qt.as_ptr(), k, c, d, dst, running),
+            }
+            jj += n;
+        }
+        softmax_block(st, &mut max, new_max, &mut sum, ot);
+        let mut dd = 0;
+        while dd < d {
+            let n = OUT_ROWS.min(d - dd);
+            let v = kv.v.as_ptr().add(j0 * c + h0 + dd);
+            let acc = ot.as_mut_ptr().add(dd * QB);
+            match n {
+                5 => accumulate::<5>(st.as_ptr(), kb, v, c, acc),
+                4 => accumulate::<4>(st.as_ptr(), kb, v, c, acc),
+                3 => accumulate::<3>(st.as_ptr(), kb, v, c, acc),
+                2 => accumulate::<2>(st.as_ptr(), kb, v, c, acc),
+                _ => accumulate::<1>(st.as_ptr(), kb, v, c, acc),
+            }
+            dd += n;
+        }
+        j0 += kb;
+    }
+    let inv = sum.map(|s| 1.0 / s);
+    for r in 0..rows {
+        let dst = &mut out[r * c + h0..r * c + h0 + d];
+        for (kk, o) in dst.iter_mut().enumerate() {
+            *o = ot[kk * QB + r] * inv[r];
+        }
+    }
+}
+
+/// Folds a block of scores Sᵀ (`st`, keys × [`QB`]) whose maximum (with the running one) is `new_max` into
+/// the running softmax: rescales `sum` and the output accumulator `ot` by e^(`max` − `new_max`), replaces
+/// the scores by e^(s − `new_max`), adds them to `sum` and sets `max` to `new_max`.
+#[inline(always)]
+fn softmax_block(
+    st: &mut [f32],
+    max: &mut [f32; QB],
+    new_max: [f32; QB],
+    sum: &mut [f32; QB],
+    ot: &mut [f32],
+) {
+    let mut correction = [0f32; QB];
+    for ((corr, &old), &new) in correction.iter_mut().zip(max.iter()).zip(&new_max) {
+        *corr = vmath::exp(old - new);
+    }
+    if correction.iter().any(|&x| x != 1.0) {
+        for row in ot.chunks_exact_mut(QB) {
+            for (o, &corr) in row.iter_mut().zip(&correction) {
+                *o *= corr;
+            }
+        }
+    }
+    let mut block_sum = [0f32; QB];
+    for row in st.chunks_exact_mut(QB) {
+        for ((s, &m), acc) in row.iter_mut().zip(&new_max).zip(block_sum.iter_mut()) {
+            *s = vmath::exp(*s - m);
+            *acc += *s;
+        }
+    }
+    for ((s, &corr), &b) in sum.iter_mut().zip(&correction).zip(&block_sum) {
+        *s = *s * corr + b;
+    }
+    *max = new_max;
+}
+
+/// Sᵀ rows for `R` keys: `dst[r · QB + i] = Σ_kk k[r · c + kk] · qt[kk · QB + i]`; raises `max[i]` (QB
+/// values) to the largest of them.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores<const R: usize>(
+    qt: *const f32,
+    k: *const f32,
+    c: usize,
+    d: usize,
+    dst: *mut f32,
+    max: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); VECS]; R];
+    for kk in 0..d {
+        let row = qt.add(kk * QB);
+        let qv = [
+            _mm512_loadu_ps(row),
+            _mm512_loadu_ps(row.add(16)),
+            _mm512_loadu_ps(row.add(32)),
+            _mm512_loadu_ps(row.add(48)),
+        ];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let kb = _mm512_set1_ps(*k.add(r * c + kk));
+            for (a, &qv_u) in acc_r.iter_mut().zip(&qv) {
+                *a = _mm512_fmadd_ps(kb, qv_u, *a);
+            }
+        }
+    }
+    let mut m = [
+        _mm512_loadu_ps(max),
+        _mm512_loadu_ps(max.add(16)),
+        _mm512_loadu_ps(max.add(32)),
+        _mm512_loadu_ps(max.add(48)),
+    ];
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (u, &a) in acc_r.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(r * QB + 16 * u), a);
+            m[u] = _mm512_max_ps(m[u], a);
+        }
+    }
+    for (u, &m_u) in m.iter().enumerate() {
+        _mm512_storeu_ps(max.add(16 * u), m_u);
+    }
+}
+
+/// Oᵀ rows for `R` head dimensions: `acc[r · QB + i] += Σ_j v[j · c + r] · p[j · QB + i]` over `keys` keys.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulate<const R: usize>(
+    p: *const f32,
+    keys: usize,
+    v: *const f32,
+    c: usize,
+    acc: *mut f32,
+) {
+    let mut regs = [[_mm512_setzero_ps(); VECS]; R];
+    for (r, regs_r) in regs.iter_mut().enumerate() {
+        for (u, a) in regs_r.iter_mut().enumerate() {
+            *a = _mm512_loadu_ps(acc.add(r * QB + 16 * u));
+        }
+    }
+    for j in 0..keys {
+        let row = p.add(j * QB);
+        let pv = [
+            _mm512_loadu_ps(row),
+            _mm512_loadu_ps(row.add(16)),
+            _mm512_loadu_ps(row.add(32)),
+            _mm512_loadu_ps(row.add(48)),
+        ];
+        for (r, regs_r) in regs.iter_mut().enumerate() {
+            let vb = _mm512_set1_ps(*v.add(j * c + r));
+            for (a, &pv_u) in regs_r.iter_mut().zip(&pv) {
+                *a = _mm512_fmadd_ps(vb, pv_u, *a);
+            }
+        }
+    }
+    for (r, regs_r) in regs.iter().enumerate() {
+        for (u, &a) in regs_r.iter().enumerate() {
+            _mm512_storeu_ps(acc.add(r * QB + 16 * u), a);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn head_block_avx512(
+    _q: &[f32],
+    _rows: usize,
+    _kv: &HeadKv,
+    _scale: f32,
+    _scratch: &mut Scratch,
+    _out: &mut [f32],
+) {
+}
