@@ -132,15 +132,45 @@ impl CustomOp3 for Conv2dOp {
 
 fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
     let plane = g.ho * g.wo;
-    let k = g.cin * g.kh * g.kw;
     let mut out = vec![0f32; g.batch * g.cout * plane];
     if plane == 0 {
         return Ok(out);
     }
-    out.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(i, p)| p.fill(bias[i % g.cout]));
+    let image = g.cin * g.h * g.w;
     let threads = rayon::current_num_threads();
+    if g.batch >= threads && threads > 1 {
+        // One image per thread, each product single-threaded: no synchronization inside the products, and
+        // the unfolding of one image overlaps the products of the others.
+        out.par_chunks_mut(g.cout * plane)
+            .zip(x.par_chunks(image))
+            .try_for_each_init(Vec::new, |col, (output, input)| {
+                forward_image(g, input, weight, bias, output, col, 1)
+            })?;
+    } else {
+        let mut col = Vec::new();
+        for (output, input) in out.chunks_mut(g.cout * plane).zip(x.chunks(image)) {
+            forward_image(g, input, weight, bias, output, &mut col, threads)?;
+        }
+    }
+    Ok(out)
+}
+
+/// One image of [`forward`]: `output` (`[out, ho·wo]`) = bias + weights · unfolded `input`, the products
+/// split over `threads`; `col` is the reusable unfolding buffer.
+fn forward_image(
+    g: &Geometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+    col: &mut Vec<f32>,
+    threads: usize,
+) -> Result<()> {
+    let plane = g.ho * g.wo;
+    let k = g.cin * g.kh * g.kw;
+    for (row, &b) in output.chunks_mut(plane).zip(bias) {
+        row.fill(b);
+    }
     let weights = MatRef {
         data: weight,
         rows: g.cout,
@@ -148,59 +178,49 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<
         rs: k,
         cs: 1,
     };
-    let pointwise = g.kh == 1 && g.kw == 1 && g.pad == 0 && g.stride == 1;
-    let rows_per_tile = (TILE_VALUES / (k * g.wo).max(1)).clamp(1, g.ho);
-    let mut col = if pointwise {
-        Vec::new()
-    } else {
-        vec![0f32; k * rows_per_tile * g.wo]
-    };
-    for b in 0..g.batch {
-        let input = &x[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
-        let output = &mut out[b * g.cout * plane..(b + 1) * g.cout * plane];
-        if pointwise {
-            let dst = MatMut {
-                data: output,
-                rows: g.cout,
-                cols: plane,
-                rs: plane,
-                cs: 1,
-            };
-            let rhs = MatRef {
-                data: input,
-                rows: g.cin,
-                cols: plane,
-                rs: plane,
-                cs: 1,
-            };
-            matmul(dst, weights, rhs, true, threads)?;
-            continue;
-        }
-        let mut r0 = 0;
-        while r0 < g.ho {
-            let rows = rows_per_tile.min(g.ho - r0);
-            let p = rows * g.wo;
-            let col = &mut col[..k * p];
-            unfold(g, input, r0, rows, col);
-            let dst = MatMut {
-                data: &mut output[r0 * g.wo..],
-                rows: g.cout,
-                cols: p,
-                rs: plane,
-                cs: 1,
-            };
-            let rhs = MatRef {
-                data: col,
-                rows: k,
-                cols: p,
-                rs: p,
-                cs: 1,
-            };
-            matmul(dst, weights, rhs, true, threads)?;
-            r0 += rows;
-        }
+    if g.kh == 1 && g.kw == 1 && g.pad == 0 && g.stride == 1 {
+        let dst = MatMut {
+            data: output,
+            rows: g.cout,
+            cols: plane,
+            rs: plane,
+            cs: 1,
+        };
+        let rhs = MatRef {
+            data: input,
+            rows: g.cin,
+            cols: plane,
+            rs: plane,
+            cs: 1,
+        };
+        return matmul(dst, weights, rhs, true, threads);
     }
-    Ok(out)
+    let rows_per_tile = (TILE_VALUES / (k * g.wo).max(1)).clamp(1, g.ho);
+    col.resize(k * rows_per_tile * g.wo, 0.0);
+    let mut r0 = 0;
+    while r0 < g.ho {
+        let rows = rows_per_tile.min(g.ho - r0);
+        let p = rows * g.wo;
+        let col = &mut col[..k * p];
+        unfold(g, input, r0, rows, col);
+        let dst = MatMut {
+            data: &mut output[r0 * g.wo..],
+            rows: g.cout,
+            cols: p,
+            rs: plane,
+            cs: 1,
+        };
+        let rhs = MatRef {
+            data: col,
+            rows: k,
+            cols: p,
+            rs: p,
+            cs: 1,
+        };
+        matmul(dst, weights, rhs, true, threads)?;
+        r0 += rows;
+    }
+    Ok(())
 }
 
 /// The convolution as one bf16 product per image: weights (`[out, in·kh·kw]`, already row-major) times the
