@@ -111,6 +111,23 @@ fn bad_input_fails_with_a_clear_message() {
     assert!(!no_source.status.success());
     assert!(String::from_utf8_lossy(&no_source.stderr).contains("--tokenizer"));
 
+    let tokenizer = tokenizer();
+    let zero_snr_epsilon = train(&[
+        "--data",
+        "shapes:4",
+        "--tokenizer",
+        &tokenizer,
+        "--out",
+        out,
+        "--zero-terminal-snr",
+    ]);
+    let err = String::from_utf8_lossy(&zero_snr_epsilon.stderr);
+    assert!(!zero_snr_epsilon.status.success());
+    assert!(
+        err.contains("--zero-terminal-snr") && err.contains("v_prediction"),
+        "{err}"
+    );
+
     let not_a_pipeline = train(&[
         "--data",
         "shapes:4",

@@ -13,6 +13,8 @@ use common::ScratchDir;
 use diffuse::loaders::{LoadOptions, PipelineFolder};
 use diffuse::pipelines::{GenerationRequest, RgbImage, StableDiffusion};
 use diffuse::rng::TorchCpuRng;
+use diffuse::schedulers::NoiseSchedule;
+use diffuse::training::objectives::Prediction;
 use diffuse::training::shapes::{ShapeSpec, ShapesDataset};
 use diffuse::training::{train, ModelSource, TrainConfig, TrainEvent, TrainReport, TrainingData};
 use diffuse::Error;
@@ -140,6 +142,32 @@ fn same_seed_same_weights_and_resume_continues_exactly() {
             assert_same_weights(first.path(), resumed.path(), component);
         }
     }
+}
+
+#[test]
+fn zero_terminal_snr_trains_v_prediction_to_the_pure_noise_timestep() {
+    let dir = ScratchDir::new("train-zero-snr");
+    let mut config = small_config(&dir.path().join("eps"), 2, 2);
+    config.denoiser.zero_terminal_snr = Some(true);
+    let err = run(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("--zero-terminal-snr") && err.contains("v_prediction"),
+        "{err}"
+    );
+    let mut config = small_config(&dir.path().join("v"), 2, 2);
+    config.denoiser.zero_terminal_snr = Some(true);
+    config.denoiser.prediction = Some(Prediction::VPrediction);
+    config.denoiser.min_snr_gamma = None;
+    run(&config).unwrap();
+    let folder = PipelineFolder::open(&dir.path().join("v")).unwrap();
+    let scheduler = folder.scheduler_config().unwrap();
+    assert_eq!(scheduler.rescale_betas_zero_snr, Some(true));
+    assert_eq!(scheduler.timestep_spacing.as_deref(), Some("trailing"));
+    assert_eq!(scheduler.prediction_type.as_deref(), Some("v_prediction"));
+    // The schedule the run trained on ends at zero signal: its last timestep is pure noise.
+    let schedule = NoiseSchedule::from_config(&scheduler).unwrap();
+    let last = *schedule.alphas_cumprod().last().unwrap();
+    assert!(last.abs() < 1e-6, "alphas_cumprod[999] = {last}");
 }
 
 #[test]

@@ -106,6 +106,11 @@ pub struct TrainArgs {
     /// γ of min-SNR-γ loss weighting (0 turns the weighting off).
     #[arg(long, default_value_t = 5.0)]
     min_snr_gamma: f64,
+    /// Rescale the noise schedule to zero terminal SNR and sample with trailing timesteps (needs
+    /// `--prediction v_prediction`): the last timestep is pure noise, so the prompt alone sets the layout.
+    /// Pair it with `--min-snr-gamma 0`: min-SNR weighting gives the pure-noise timesteps no weight.
+    #[arg(long)]
+    zero_terminal_snr: bool,
     /// Offset-noise scale.
     #[arg(long, default_value_t = 0.05)]
     noise_offset: f64,
@@ -190,6 +195,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Target::Epsilon => Prediction::Epsilon,
         Target::VPrediction => Prediction::VPrediction,
     });
+    config.denoiser.zero_terminal_snr = args.zero_terminal_snr.then_some(true);
     config.denoiser.min_snr_gamma = (args.min_snr_gamma > 0.0).then_some(args.min_snr_gamma);
     config.denoiser.noise_offset = args.noise_offset;
     config.denoiser.caption_dropout = args.caption_dropout;

@@ -56,6 +56,10 @@ pub struct DenoiserSettings {
     pub prediction: Option<Prediction>,
     /// γ of min-SNR-γ loss weighting; `None` for plain MSE.
     pub min_snr_gamma: Option<f64>,
+    /// Rescale the betas to zero terminal SNR (Lin et al. 2024) and sample with trailing timesteps, so the
+    /// last training timestep is pure noise and the layout comes from the prompt, not from the initial noise.
+    /// Needs v-prediction. `None` keeps the pipeline's setting (off for a new model).
+    pub zero_terminal_snr: Option<bool>,
     /// Offset-noise scale (0 for none).
     pub noise_offset: f64,
     /// The fraction of captions replaced by "" so that the model also learns the unconditional prediction
@@ -126,6 +130,7 @@ impl TrainConfig {
                 warmup_steps: 200,
                 lr_shape: LrShape::Cosine,
                 prediction: None,
+                zero_terminal_snr: None,
                 min_snr_gamma: Some(5.0),
                 noise_offset: 0.05,
                 caption_dropout: 0.1,

@@ -129,11 +129,17 @@ impl Setup {
                 let tokenizer_dir = tokenizer_folder(tokenizer);
                 let tokenizer = ClipTokenizer::from_folder(&tokenizer_dir)?;
                 let prediction = config.denoiser.prediction.unwrap_or(Prediction::Epsilon);
+                let mut scheduler = export::dpm_solver_config(prediction.as_str());
+                set_zero_terminal_snr(
+                    &mut scheduler,
+                    config.denoiser.zero_terminal_snr,
+                    prediction,
+                )?;
                 Ok(Self {
                     architecture: Architecture::tiny(resolution, &tokenizer)?,
                     tokenizer,
                     tokenizer_dir,
-                    scheduler: export::dpm_solver_config(prediction.as_str()),
+                    scheduler,
                     prediction,
                     pretrained: None,
                     seed: config.seed,
@@ -170,6 +176,11 @@ impl Setup {
                 if let Some(obj) = scheduler.as_object_mut() {
                     obj.insert("prediction_type".into(), prediction.as_str().into());
                 }
+                set_zero_terminal_snr(
+                    &mut scheduler,
+                    config.denoiser.zero_terminal_snr,
+                    prediction,
+                )?;
                 let tokenizer_dir = pipeline.component_dir("tokenizer")?;
                 Ok(Self {
                     architecture,
@@ -184,6 +195,39 @@ impl Setup {
             }
         }
     }
+}
+
+/// Turns zero-terminal-SNR training on or off in `scheduler` (`None` keeps its setting): the rescaled betas
+/// (`rescale_betas_zero_snr`) and trailing timesteps, so that sampling starts from the pure-noise timestep
+/// the model was trained on. Rejects it with ε-prediction, which carries no information at zero SNR.
+fn set_zero_terminal_snr(
+    scheduler: &mut Value,
+    zero_snr: Option<bool>,
+    prediction: Prediction,
+) -> Result<()> {
+    let Some(obj) = scheduler.as_object_mut() else {
+        return Err(Error::invalid(
+            "scheduler_config.json",
+            "expected a JSON object",
+        ));
+    };
+    if let Some(on) = zero_snr {
+        obj.insert("rescale_betas_zero_snr".into(), on.into());
+        if on {
+            obj.insert("timestep_spacing".into(), "trailing".into());
+        }
+    }
+    let on = obj
+        .get("rescale_betas_zero_snr")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if on && prediction == Prediction::Epsilon {
+        return Err(Error::invalid(
+            "--zero-terminal-snr",
+            "needs --prediction v_prediction: at zero SNR the model's input is the noise itself",
+        ));
+    }
+    Ok(())
 }
 
 /// The seed of everything random in step `step` (batches, noise), so that a resumed run draws what an
