@@ -15,7 +15,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Keeps freed memory in mimalloc for good (the process's footprint stays at its high-water mark, as with
 /// PyTorch's caching allocator): with the default delay, buffers freed early in a UNet step or VAE decode
 /// went back to the OS and were faulted in (zeroed) again later in the same step; 9 % of a UNet step's time
-/// was the kernel clearing pages (BENCHMARKS.md, "The allocator").
+/// was the kernel clearing pages (BENCHMARKS.md, "The allocator caveat").
 fn keep_freed_memory() {
     // SAFETY: mi_option_set only stores an integer in mimalloc's option table; it is called before any
     // other thread exists.
