@@ -9,6 +9,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
 use super::vmath;
 
 /// Queries per block (four vectors of 16).
@@ -158,6 +159,7 @@ unsafe fn head_block_avx512(
 /// Folds a block of scores Sᵀ (`st`, keys × [`QB`]) whose maximum (with the running one) is `new_max` into
 /// the running softmax: rescales `sum` and the output accumulator `ot` by e^(`max` − `new_max`), replaces
 /// the scores by e^(s − `new_max`), adds them to `sum` and sets `max` to `new_max`.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn softmax_block(
     st: &mut [f32],
@@ -178,16 +180,66 @@ fn softmax_block(
         }
     }
     let mut block_sum = [0f32; QB];
-    for row in st.chunks_exact_mut(QB) {
-        for ((s, &m), acc) in row.iter_mut().zip(&new_max).zip(block_sum.iter_mut()) {
-            *s = vmath::exp(*s - m);
-            *acc += *s;
-        }
-    }
+    // SAFETY: the only caller, `head_block_avx512`, runs with AVX-512 enabled.
+    unsafe { exp_block(st, &new_max, &mut block_sum) };
     for ((s, &corr), &b) in sum.iter_mut().zip(&correction).zip(&block_sum) {
         *s = *s * corr + b;
     }
     *max = new_max;
+}
+
+/// Replaces every row of `st` (keys × [`QB`]) by e^(row − `max`) and adds the rows into `sum`: the softmax's
+/// exponentials, which bound the kernel at small head dimensions (one per score against `d` multiply-adds).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_block(st: &mut [f32], max: &[f32; QB], sum: &mut [f32; QB]) {
+    let m = [
+        _mm512_loadu_ps(max.as_ptr()),
+        _mm512_loadu_ps(max.as_ptr().add(16)),
+        _mm512_loadu_ps(max.as_ptr().add(32)),
+        _mm512_loadu_ps(max.as_ptr().add(48)),
+    ];
+    let mut acc = [_mm512_setzero_ps(); VECS];
+    for row in st.chunks_exact_mut(QB) {
+        let p = row.as_mut_ptr();
+        for (u, (a, &m_u)) in acc.iter_mut().zip(&m).enumerate() {
+            let e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(p.add(16 * u)), m_u));
+            _mm512_storeu_ps(p.add(16 * u), e);
+            *a = _mm512_add_ps(*a, e);
+        }
+    }
+    for (u, &a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(sum.as_mut_ptr().add(16 * u), a);
+    }
+}
+
+/// e^x for x ≤ 0 (scores minus their running max) as 2^n · 2^f with n = round(x·log₂e) and 2^f, |f| ≤ ½, from
+/// its degree-6 Taylor polynomial (relative error ≤ 1.3e-7); `vscalefps` applies 2^n and flushes to 0 below
+/// f32's range. About half the instructions of [`vmath::exp`], which is general (clamps, integer exponent).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_nonpositive(x: __m512) -> __m512 {
+    /// ln2^k / k! for k = 6 down to 0.
+    const TAYLOR: [f32; 7] = [
+        1.540_353e-4,
+        1.333_355_8e-3,
+        9.618_129e-3,
+        5.550_411e-2,
+        0.240_226_5,
+        std::f32::consts::LN_2,
+        1.0,
+    ];
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-150.0));
+    let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let f = _mm512_sub_ps(t, n);
+    let mut p = _mm512_set1_ps(TAYLOR[0]);
+    for &c in &TAYLOR[1..] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
 }
 
 /// Sᵀ rows for `R` keys: `dst[r · QB + i] = Σ_kk k[r · c + kk] · qt[kk · QB + i]`; raises `max[i]` (QB
