@@ -23,13 +23,7 @@ pub const K_BLOCK: usize = 512;
 /// On CPUs with AVX-512 the blocks run the transposed kernel of [`attention_avx512`], elsewhere two `gemm`
 /// products per block.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    let op = FlashAttention {
-        heads,
-        scale: scale as f32,
-        avx512: attention_avx512::available(),
-    };
-    q.contiguous()?
-        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+    run(q, k, v, heads, scale, attention_avx512::available())
 }
 
 /// [`attention`] on its portable path (the `gemm` products), whatever the CPU: what CPUs without AVX-512
@@ -41,10 +35,22 @@ pub fn attention_portable(
     heads: usize,
     scale: f64,
 ) -> Result<Tensor> {
+    run(q, k, v, heads, scale, false)
+}
+
+/// Applies the kernel, on the AVX-512 path when `avx512`.
+fn run(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    avx512: bool,
+) -> Result<Tensor> {
     let op = FlashAttention {
         heads,
         scale: scale as f32,
-        avx512: false,
+        avx512,
     };
     q.contiguous()?
         .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)

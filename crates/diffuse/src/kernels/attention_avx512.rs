@@ -194,12 +194,7 @@ fn softmax_block(
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_block(st: &mut [f32], max: &[f32; QB], sum: &mut [f32; QB]) {
-    let m = [
-        _mm512_loadu_ps(max.as_ptr()),
-        _mm512_loadu_ps(max.as_ptr().add(16)),
-        _mm512_loadu_ps(max.as_ptr().add(32)),
-        _mm512_loadu_ps(max.as_ptr().add(48)),
-    ];
+    let m = load_row(max.as_ptr());
     let mut acc = [_mm512_setzero_ps(); VECS];
     for row in st.chunks_exact_mut(QB) {
         let p = row.as_mut_ptr();
@@ -242,6 +237,19 @@ unsafe fn exp_nonpositive(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// The [`QB`] values at `p` as four vectors.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_row(p: *const f32) -> [__m512; VECS] {
+    [
+        _mm512_loadu_ps(p),
+        _mm512_loadu_ps(p.add(16)),
+        _mm512_loadu_ps(p.add(32)),
+        _mm512_loadu_ps(p.add(48)),
+    ]
+}
+
 /// Sᵀ rows for `R` keys: `dst[r · QB + i] = Σ_kk k[r · c + kk] · qt[kk · QB + i]`; raises `max[i]` (QB
 /// values) to the largest of them.
 #[cfg(target_arch = "x86_64")]
@@ -258,12 +266,7 @@ unsafe fn scores<const R: usize>(
     let mut acc = [[_mm512_setzero_ps(); VECS]; R];
     for kk in 0..d {
         let row = qt.add(kk * QB);
-        let qv = [
-            _mm512_loadu_ps(row),
-            _mm512_loadu_ps(row.add(16)),
-            _mm512_loadu_ps(row.add(32)),
-            _mm512_loadu_ps(row.add(48)),
-        ];
+        let qv = load_row(row);
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let kb = _mm512_set1_ps(*k.add(r * c + kk));
             for (a, &qv_u) in acc_r.iter_mut().zip(&qv) {
@@ -271,12 +274,7 @@ unsafe fn scores<const R: usize>(
             }
         }
     }
-    let mut m = [
-        _mm512_loadu_ps(max),
-        _mm512_loadu_ps(max.add(16)),
-        _mm512_loadu_ps(max.add(32)),
-        _mm512_loadu_ps(max.add(48)),
-    ];
+    let mut m = load_row(max);
     for (r, acc_r) in acc.iter().enumerate() {
         for (u, &a) in acc_r.iter().enumerate() {
             _mm512_storeu_ps(dst.add(r * QB + 16 * u), a);
@@ -307,12 +305,7 @@ unsafe fn accumulate<const R: usize>(
     }
     for j in 0..keys {
         let row = p.add(j * QB);
-        let pv = [
-            _mm512_loadu_ps(row),
-            _mm512_loadu_ps(row.add(16)),
-            _mm512_loadu_ps(row.add(32)),
-            _mm512_loadu_ps(row.add(48)),
-        ];
+        let pv = load_row(row);
         for (r, regs_r) in regs.iter_mut().enumerate() {
             let vb = _mm512_set1_ps(*v.add(j * c + r));
             for (a, &pv_u) in regs_r.iter_mut().zip(&pv) {
