@@ -57,7 +57,9 @@ fn attention_matches_reference() {
                 "f32 {path} {b}×{nq}×{nk} heads {heads} d {d}: {err}"
             );
         }
-        // bf16 inputs: both compute in f32 and round once, so they differ by at most a bf16 rounding step.
+        // bf16 inputs: the reference computes in f32 and rounds once; the kernel (on AVX512-BF16 CPUs, for even
+        // head dims) multiplies in bf16 with f32 sums and rounds the probabilities to bf16 as well. Both stay
+        // within about one bf16 rounding step of the outputs (≤ 0.0039 measured; 2⁻⁸ at magnitudes 0.5–1).
         let (qb, kb, vb) = (
             q.to_dtype(DType::BF16).unwrap(),
             k.to_dtype(DType::BF16).unwrap(),

@@ -1,13 +1,17 @@
 //! Flash-style multi-head attention on the CPU: queries in blocks of [`Q_BLOCK`] rows, keys in blocks of
 //! [`K_BLOCK`], with an online softmax, so no thread ever holds more than a `Q_BLOCK`×`K_BLOCK` block of
-//! scores and memory stays bounded whatever the token count. Computes in f32 for every input dtype.
+//! scores and memory stays bounded whatever the token count. Computes in f32, except bf16 tensors on CPUs with
+//! AVX512-BF16, whose products run on the bf16 dot-product instruction ([`attention_avx512::head_block_bf16`]).
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
 
+use half::bf16;
+
 use super::attention_avx512;
+use super::bf16_gemm::pair;
 use super::gemm::{matmul, MatMut, MatRef};
 use super::simd::multiversion;
 use super::storage::{as_f32, from_f32};
@@ -130,6 +134,17 @@ impl CustomOp3 for FlashAttention {
             channels,
             d: channels / self.heads,
         };
+        if let (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) = (sq, sk, sv) {
+            if self.avx512 && dims.d.is_multiple_of(2) && attention_avx512::available_bf16() {
+                let (Some(q), Some(k), Some(v)) =
+                    (contiguous(q, lq), contiguous(k, lk), contiguous(v, lv))
+                else {
+                    bail!("attention: the kernel needs contiguous tensors");
+                };
+                let out = self.forward_bf16(&dims, batch, q, k, v);
+                return Ok((CpuStorage::BF16(out), lq.shape().clone()));
+            }
+        }
         let q = as_f32(sq, lq, "attention q")?;
         let k = as_f32(sk, lk, "attention k")?;
         let v = as_f32(sv, lv, "attention v")?;
@@ -150,7 +165,82 @@ impl CustomOp3 for FlashAttention {
     }
 }
 
+/// The elements of a contiguous layout.
+fn contiguous<'a, T>(values: &'a [T], layout: &Layout) -> Option<&'a [T]> {
+    layout
+        .contiguous_offsets()
+        .and_then(|(start, end)| values.get(start..end))
+}
+
 impl FlashAttention {
+    /// The bf16 path: values paired by consecutive tokens once, then every (batch item, query block) runs
+    /// [`attention_avx512::head_block_bf16`] for each head.
+    fn forward_bf16(
+        &self,
+        dims: &Dims,
+        batch: usize,
+        q: &[bf16],
+        k: &[bf16],
+        v: &[bf16],
+    ) -> Vec<bf16> {
+        let c = dims.channels;
+        let pairs = dims.nk.div_ceil(2);
+        let mut v_pairs = vec![0u32; batch * pairs * c];
+        v_pairs
+            .par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (b, jp) = (row / pairs, row % pairs);
+                let lo = &v[(b * dims.nk + 2 * jp) * c..][..c];
+                if 2 * jp + 1 < dims.nk {
+                    let hi = &v[(b * dims.nk + 2 * jp + 1) * c..][..c];
+                    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+                        *d = pair(l, h);
+                    }
+                } else {
+                    for (d, &l) in dst.iter_mut().zip(lo) {
+                        *d = pair(l, bf16::ZERO);
+                    }
+                }
+            });
+        let mut out = vec![bf16::ZERO; batch * dims.nq * c];
+        if dims.nq == 0 {
+            return out;
+        }
+        out.par_chunks_mut(dims.nq * c)
+            .enumerate()
+            .for_each(|(b, out_batch)| {
+                let q_batch = &q[b * dims.nq * c..(b + 1) * dims.nq * c];
+                out_batch
+                    .par_chunks_mut(Q_BLOCK * c)
+                    .enumerate()
+                    .for_each(|(i, out_block)| {
+                        let rows = out_block.len() / c;
+                        let q_rows = &q_batch[i * Q_BLOCK * c..][..rows * c];
+                        let mut scratch = attention_avx512::Scratch::new(dims.d);
+                        for h in 0..self.heads {
+                            let kv = attention_avx512::HeadKvBf16 {
+                                k: &k[b * dims.nk * c..(b + 1) * dims.nk * c],
+                                v_pairs: &v_pairs[b * pairs * c..(b + 1) * pairs * c],
+                                stride: c,
+                                offset: h * dims.d,
+                                d: dims.d,
+                                tokens: dims.nk,
+                            };
+                            attention_avx512::head_block_bf16(
+                                q_rows,
+                                rows,
+                                &kv,
+                                self.scale,
+                                &mut scratch,
+                                out_block,
+                            );
+                        }
+                    });
+            });
+        out
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,

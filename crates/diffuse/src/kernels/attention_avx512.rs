@@ -5,9 +5,16 @@
 //! straight from the token-major tensors, and the only copies are the query block's transpose in and the
 //! output's transpose out. Small head dimensions (40, 80) gain most: a general GEMM with an inner dimension
 //! of 40 spends much of its time packing.
+//!
+//! bf16 tensors on CPUs with AVX512-BF16 take [`head_block_bf16`]: both products run on the dot-product
+//! instruction (VDPBF16PS, pairs of head dimensions for the scores, pairs of keys for the output), the
+//! softmax stays in f32 and the probabilities are rounded to bf16 for the second product, as PyTorch's bf16
+//! attention does. Values come in pairs of consecutive tokens ([`HeadKvBf16::v_pairs`], made once per call).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+use half::bf16;
 
 #[cfg(target_arch = "x86_64")]
 use super::vmath;
@@ -40,11 +47,30 @@ pub struct HeadKv<'a> {
     pub tokens: usize,
 }
 
-/// The per-task working memory of [`head_block`].
+/// One head of one batch item in bf16: keys as in [`HeadKv`], values as pairs of consecutive tokens.
+pub struct HeadKvBf16<'a> {
+    /// Keys, `[tokens, stride]`.
+    pub k: &'a [bf16],
+    /// Values, `[tokens.div_ceil(2), stride]`: `pair(V[2j, ch], V[2j + 1, ch])` (see
+    /// [`super::bf16_gemm::pair`]), zero in the high half past the last token.
+    pub v_pairs: &'a [u32],
+    /// Channels per token.
+    pub stride: usize,
+    /// The head's first channel.
+    pub offset: usize,
+    /// Head dimension (even).
+    pub d: usize,
+    /// Key tokens.
+    pub tokens: usize,
+}
+
+/// The per-task working memory of [`head_block`] and [`head_block_bf16`].
 pub struct Scratch {
     qt: Vec<f32>,
     st: Vec<f32>,
     ot: Vec<f32>,
+    qt_pairs: Vec<u32>,
+    pt_pairs: Vec<u32>,
 }
 
 impl Scratch {
@@ -54,6 +80,8 @@ impl Scratch {
             qt: vec![0.0; d * QB],
             st: vec![0.0; KB * QB],
             ot: vec![0.0; d * QB],
+            qt_pairs: vec![0; d.div_ceil(2) * QB],
+            pt_pairs: vec![0; KB / 2 * QB],
         }
     }
 }
@@ -61,6 +89,11 @@ impl Scratch {
 /// Whether this CPU runs the AVX-512 path.
 pub fn available() -> bool {
     super::simd::simd_level() == super::simd::SimdLevel::Avx512
+}
+
+/// Whether this CPU runs the bf16 path ([`head_block_bf16`]).
+pub fn available_bf16() -> bool {
+    available() && super::bf16_gemm::available()
 }
 
 /// Attention of `rows` (≤ [`QB`]) queries of one head: `q` holds the query tokens (row stride `kv.stride`,
@@ -130,7 +163,7 @@ unsafe fn head_block_avx512(
             }
             jj += n;
         }
-        softmax_block(st, &mut max, new_max, &mut sum, ot);
+        softmax_block(st, &mut max, new_max, &mut sum, ot, None);
         let mut dd = 0;
         while dd < d {
             let n = OUT_ROWS.min(d - dd);
@@ -156,9 +189,105 @@ unsafe fn head_block_avx512(
     }
 }
 
+/// [`head_block`] on bf16 tensors (the module's bf16 path): `q` and `out` bf16 token rows, `kv.d` even.
+/// Panics if a slice is too short for the shapes given, or if the CPU lacks AVX512-BF16.
+pub fn head_block_bf16(
+    q: &[bf16],
+    rows: usize,
+    kv: &HeadKvBf16,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [bf16],
+) {
+    let (c, d) = (kv.stride, kv.d);
+    assert!(rows <= QB && rows > 0 && kv.tokens > 0 && kv.offset + d <= c && d % 2 == 0);
+    assert!(
+        q.len() >= (rows - 1) * c + kv.offset + d && out.len() >= (rows - 1) * c + kv.offset + d
+    );
+    assert!(kv.k.len() >= kv.tokens * c && kv.v_pairs.len() >= kv.tokens.div_ceil(2) * c);
+    assert!(scratch.qt_pairs.len() >= d / 2 * QB && scratch.ot.len() >= d * QB);
+    assert!(available_bf16(), "the bf16 attention needs AVX512-BF16");
+    // SAFETY: AVX-512 and AVX512-BF16 were detected; every index the kernel forms is below the lengths
+    // asserted above.
+    unsafe { head_block_bf16_avx512(q, rows, kv, scale, scratch, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+unsafe fn head_block_bf16_avx512(
+    q: &[bf16],
+    rows: usize,
+    kv: &HeadKvBf16,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [bf16],
+) {
+    let (c, d, h0) = (kv.stride, kv.d, kv.offset);
+    let qt = &mut scratch.qt_pairs[..d / 2 * QB];
+    qt.fill(0);
+    for r in 0..rows {
+        let src = &q[r * c + h0..r * c + h0 + d];
+        for (kp, two) in src.chunks_exact(2).enumerate() {
+            qt[kp * QB + r] = super::bf16_gemm::pair(two[0], two[1]);
+        }
+    }
+    let ot = &mut scratch.ot[..d * QB];
+    ot.fill(0.0);
+    let mut max = [f32::NEG_INFINITY; QB];
+    let mut sum = [0f32; QB];
+    let mut j0 = 0;
+    while j0 < kv.tokens {
+        let kb = KB.min(kv.tokens - j0);
+        let st = &mut scratch.st[..kb * QB];
+        let mut new_max = max;
+        let running = new_max.as_mut_ptr();
+        let mut jj = 0;
+        while jj < kb {
+            let n = SCORE_ROWS.min(kb - jj);
+            let k = kv.k.as_ptr().add((j0 + jj) * c + h0);
+            let dst = st.as_mut_ptr().add(jj * QB);
+            match n {
+                6 => scores_bf16::<6>(qt.as_ptr(), k, c, d, scale, dst, running),
+                5 => scores_bf16::<5>(qt.as_ptr(), k, c, d, scale, dst, running),
+                4 => scores_bf16::<4>(qt.as_ptr(), k, c, d, scale, dst, running),
+                3 => scores_bf16::<3>(qt.as_ptr(), k, c, d, scale, dst, running),
+                2 => scores_bf16::<2>(qt.as_ptr(), k, c, d, scale, dst, running),
+                _ => scores_bf16::<1>(qt.as_ptr(), k, c, d, scale, dst, running),
+            }
+            jj += n;
+        }
+        let pt = &mut scratch.pt_pairs[..kb.div_ceil(2) * QB];
+        softmax_block(st, &mut max, new_max, &mut sum, ot, Some(pt));
+        let mut dd = 0;
+        while dd < d {
+            let n = OUT_ROWS.min(d - dd);
+            let v = kv.v_pairs.as_ptr().add(j0 / 2 * c + h0 + dd);
+            let acc = ot.as_mut_ptr().add(dd * QB);
+            let pairs = kb.div_ceil(2);
+            match n {
+                5 => accumulate_bf16::<5>(pt.as_ptr(), pairs, v, c, acc),
+                4 => accumulate_bf16::<4>(pt.as_ptr(), pairs, v, c, acc),
+                3 => accumulate_bf16::<3>(pt.as_ptr(), pairs, v, c, acc),
+                2 => accumulate_bf16::<2>(pt.as_ptr(), pairs, v, c, acc),
+                _ => accumulate_bf16::<1>(pt.as_ptr(), pairs, v, c, acc),
+            }
+            dd += n;
+        }
+        j0 += kb;
+    }
+    let inv = sum.map(|s| 1.0 / s);
+    for r in 0..rows {
+        let dst = &mut out[r * c + h0..r * c + h0 + d];
+        for (kk, o) in dst.iter_mut().enumerate() {
+            *o = bf16::from_f32(ot[kk * QB + r] * inv[r]);
+        }
+    }
+}
+
 /// Folds a block of scores Sᵀ (`st`, keys × [`QB`]) whose maximum (with the running one) is `new_max` into
 /// the running softmax: rescales `sum` and the output accumulator `ot` by e^(`max` − `new_max`), replaces
-/// the scores by e^(s − `new_max`), adds them to `sum` and sets `max` to `new_max`.
+/// the scores by e^(s − `new_max`) (or, given `pairs`, writes them there as bf16 pairs of keys), adds them
+/// to `sum` and sets `max` to `new_max`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn softmax_block(
@@ -167,6 +296,7 @@ fn softmax_block(
     new_max: [f32; QB],
     sum: &mut [f32; QB],
     ot: &mut [f32],
+    pairs: Option<&mut [u32]>,
 ) {
     let mut correction = [0f32; QB];
     for ((corr, &old), &new) in correction.iter_mut().zip(max.iter()).zip(&new_max) {
@@ -180,8 +310,11 @@ fn softmax_block(
         }
     }
     let mut block_sum = [0f32; QB];
-    // SAFETY: the only caller, `head_block_avx512`, runs with AVX-512 enabled.
-    unsafe { exp_block(st, &new_max, &mut block_sum) };
+    match pairs {
+        // SAFETY: the callers run with AVX-512 enabled, and with AVX512-BF16 when they pass `pairs`.
+        None => unsafe { exp_block(st, &new_max, &mut block_sum) },
+        Some(pairs) => unsafe { exp_pairs(st, &new_max, &mut block_sum, pairs) },
+    }
     for ((s, &corr), &b) in sum.iter_mut().zip(&correction).zip(&block_sum) {
         *s = *s * corr + b;
     }
@@ -207,6 +340,54 @@ unsafe fn exp_block(st: &mut [f32], max: &[f32; QB], sum: &mut [f32; QB]) {
     for (u, &a) in acc.iter().enumerate() {
         _mm512_storeu_ps(sum.as_mut_ptr().add(16 * u), a);
     }
+}
+
+/// [`exp_block`] for the bf16 path: e^(row − `max`) of rows 2j and 2j + 1 of `st` go to row j of `pairs` as
+/// bf16 pairs (the high half 0 past an odd last row); `sum` gets the f32 values.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn exp_pairs(st: &[f32], max: &[f32; QB], sum: &mut [f32; QB], pairs: &mut [u32]) {
+    let m = load_row(max.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); VECS];
+    let rows = st.len() / QB;
+    for (jp, dst) in pairs
+        .chunks_exact_mut(QB)
+        .take(rows.div_ceil(2))
+        .enumerate()
+    {
+        let lo = st.as_ptr().add(2 * jp * QB);
+        for (u, (a, &m_u)) in acc.iter_mut().zip(&m).enumerate() {
+            let e0 = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(lo.add(16 * u)), m_u));
+            let e1 = if 2 * jp + 1 < rows {
+                exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(lo.add(QB + 16 * u)), m_u))
+            } else {
+                _mm512_setzero_ps()
+            };
+            *a = _mm512_add_ps(*a, _mm512_add_ps(e0, e1));
+            _mm512_storeu_si512(
+                dst.as_mut_ptr().add(16 * u) as *mut __m512i,
+                bf16_pairs(e0, e1),
+            );
+        }
+    }
+    for (u, &a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(sum.as_mut_ptr().add(16 * u), a);
+    }
+}
+
+/// Lane i of `lo` and of `hi` rounded to bf16 and packed into lane i as a pair (`lo` in the low half).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_pairs(lo: __m512, hi: __m512) -> __m512i {
+    let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+        _mm512_cvtneps_pbh(lo),
+    ));
+    let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+        _mm512_cvtneps_pbh(hi),
+    ));
+    _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi))
 }
 
 /// e^x for x ≤ 0 (scores minus their running max) as 2^n · 2^f with n = round(x·log₂e) and 2^f, |f| ≤ ½, from
@@ -235,6 +416,18 @@ unsafe fn exp_nonpositive(x: __m512) -> __m512 {
         p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(p, n)
+}
+
+/// The [`QB`] bf16 pairs at `p` as four vectors.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn load_pairs(p: *const __m512i) -> [__m512bh; VECS] {
+    let mut v = [_mm512_setzero_si512(); VECS];
+    for (i, v_i) in v.iter_mut().enumerate() {
+        *v_i = _mm512_loadu_si512(p.add(i));
+    }
+    std::mem::transmute::<[__m512i; VECS], [__m512bh; VECS]>(v)
 }
 
 /// The [`QB`] values at `p` as four vectors.
@@ -318,6 +511,92 @@ unsafe fn accumulate<const R: usize>(
             _mm512_storeu_ps(acc.add(r * QB + 16 * u), a);
         }
     }
+}
+
+/// [`scores`] on bf16 pairs: `qt` holds pairs of head dimensions ([`QB`] per pair), `k` bf16 key rows;
+/// the sums are multiplied by `scale`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn scores_bf16<const R: usize>(
+    qt: *const u32,
+    k: *const bf16,
+    c: usize,
+    d: usize,
+    scale: f32,
+    dst: *mut f32,
+    max: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); VECS]; R];
+    for kp in 0..d / 2 {
+        let row = qt.add(kp * QB) as *const __m512i;
+        let qv = load_pairs(row);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let pair = (k.add(r * c + 2 * kp) as *const i32).read_unaligned();
+            let kb: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+            for (a, &qv_u) in acc_r.iter_mut().zip(&qv) {
+                *a = _mm512_dpbf16_ps(*a, qv_u, kb);
+            }
+        }
+    }
+    let s = _mm512_set1_ps(scale);
+    let mut m = load_row(max);
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (u, &a) in acc_r.iter().enumerate() {
+            let a = _mm512_mul_ps(a, s);
+            _mm512_storeu_ps(dst.add(r * QB + 16 * u), a);
+            m[u] = _mm512_max_ps(m[u], a);
+        }
+    }
+    for (u, &m_u) in m.iter().enumerate() {
+        _mm512_storeu_ps(max.add(16 * u), m_u);
+    }
+}
+
+/// [`accumulate`] on bf16 pairs of keys: `p` holds `pairs` rows of [`QB`] probability pairs, `v` value pairs
+/// with row stride `c`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn accumulate_bf16<const R: usize>(
+    p: *const u32,
+    pairs: usize,
+    v: *const u32,
+    c: usize,
+    acc: *mut f32,
+) {
+    let mut regs = [[_mm512_setzero_ps(); VECS]; R];
+    for (r, regs_r) in regs.iter_mut().enumerate() {
+        for (u, a) in regs_r.iter_mut().enumerate() {
+            *a = _mm512_loadu_ps(acc.add(r * QB + 16 * u));
+        }
+    }
+    for jp in 0..pairs {
+        let row = p.add(jp * QB) as *const __m512i;
+        let pv = load_pairs(row);
+        for (r, regs_r) in regs.iter_mut().enumerate() {
+            let vb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*v.add(jp * c + r) as i32));
+            for (a, &pv_u) in regs_r.iter_mut().zip(&pv) {
+                *a = _mm512_dpbf16_ps(*a, pv_u, vb);
+            }
+        }
+    }
+    for (r, regs_r) in regs.iter().enumerate() {
+        for (u, &a) in regs_r.iter().enumerate() {
+            _mm512_storeu_ps(acc.add(r * QB + 16 * u), a);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn head_block_bf16_avx512(
+    _q: &[bf16],
+    _rows: usize,
+    _kv: &HeadKvBf16,
+    _scale: f32,
+    _scratch: &mut Scratch,
+    _out: &mut [bf16],
+) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -1,7 +1,8 @@
 //! bf16 matrix products on the AVX512-BF16 dot-product instruction (VDPBF16PS: 32 bf16 products summed
 //! pairwise into 16 f32 lanes), f32 accumulation: C (m × n) = A (m × k) · B (k × n), A row-major with k even,
-//! B supplied panel by panel by a packer that interleaves row pairs ("VNNI" order). Used only when the CPU
-//! reports `avx512bf16` at run time; callers fall back to f32 arithmetic otherwise.
+//! B supplied panel by panel by a packer that interleaves row pairs ("VNNI" order). Each task packs one panel
+//! once and multiplies every row of its row group by it. Used only when the CPU reports `avx512bf16` at run
+//! time; callers fall back to f32 arithmetic otherwise.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -12,8 +13,11 @@ use super::storage::Elem;
 pub const NR: usize = 64;
 /// Rows of C per micro-kernel call.
 const MR: usize = 6;
-/// Rows of C per task.
+/// The fewest rows of C a task multiplies by its panel (so that a panel is packed at most once per this many
+/// rows).
 const MC: usize = MR * 32;
+/// Tasks per thread the row groups aim at, for load balance.
+const TASKS_PER_THREAD: usize = 8;
 
 /// Whether this CPU has the AVX512-BF16 instructions (checked once).
 pub fn available() -> bool {
@@ -65,10 +69,17 @@ pub struct Problem<'a> {
     pub bias: Bias<'a>,
 }
 
-/// Fills a panel: `panel[(kk / 2) · 2·NR + 2·c + kk % 2] = B_b[kk, j0 + c]`, zero for columns past n.
+/// Fills a panel of bf16 pairs: `panel[kp · NR + c]` holds B_b[2·kp, j0 + c] in its low half and
+/// B_b[2·kp + 1, j0 + c] in its high half ([`pair`]), zero for columns past n.
 pub trait PackB: Sync {
-    /// Packs columns `j0..j0 + NR` of batch item `b` into `panel` (`k · NR` values).
-    fn pack(&self, b: usize, j0: usize, panel: &mut [bf16]);
+    /// Packs columns `j0..j0 + NR` of batch item `b` into `panel` (`k / 2 · NR` pairs).
+    fn pack(&self, b: usize, j0: usize, panel: &mut [u32]);
+}
+
+/// Two bf16 values as the dot-product instruction reads them: `lo` in the low half.
+#[inline(always)]
+pub fn pair(lo: bf16, hi: bf16) -> u32 {
+    u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16)
 }
 
 /// Shares the output among tasks that write disjoint (row, column) sets.
@@ -81,7 +92,7 @@ struct SharedOut<T> {
 // outlives the parallel loop that uses it.
 unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-/// Runs the product into `out` (f32 or bf16), in parallel over (batch, column panel, row block).
+/// Runs the product into `out` (f32 or bf16), in parallel over (batch, column panel, row group).
 pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_core::Result<()> {
     if !available() {
         candle_core::bail!("bf16 gemm: this CPU has no AVX512-BF16");
@@ -98,23 +109,28 @@ pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_co
         candle_core::bail!("bf16 gemm: views outside their buffers");
     }
     let panels = p.n.div_ceil(NR);
-    let blocks = p.m.div_ceil(MC);
+    // Split the rows only as far as load balance needs: every split packs the panel once more.
+    let wanted = (TASKS_PER_THREAD * rayon::current_num_threads()).div_ceil(p.batch * panels);
+    let groups = wanted.clamp(1, p.m.div_ceil(MC));
+    let group_rows = p.m.div_ceil(groups).next_multiple_of(MR);
+    let groups = p.m.div_ceil(group_rows);
     let shared = SharedOut {
         ptr: out.as_mut_ptr(),
         len: out.len(),
     };
-    (0..p.batch * panels * blocks)
+    (0..p.batch * panels * groups)
         .into_par_iter()
         .for_each_init(
-            || vec![bf16::ZERO; p.k * NR],
+            || vec![0u32; p.k / 2 * NR],
             |panel, task| {
-                let b = task / (panels * blocks);
-                let j0 = (task / blocks % panels) * NR;
-                let i0 = task % blocks * MC;
+                let b = task / (panels * groups);
+                let j0 = (task / groups % panels) * NR;
+                let i0 = task % groups * group_rows;
                 packer.pack(b, j0, panel);
+                let rows = group_rows.min(p.m - i0);
                 // SAFETY: AVX512-BF16 was detected above; the A rows and C elements addressed lie inside their
                 // buffers (checked above) and this task's C elements are written by no other task.
-                unsafe { task_block(p, panel, b, i0, j0, &shared) };
+                unsafe { task_block(p, panel, b, i0, rows, j0, &shared) };
             },
         );
     Ok(())
@@ -124,13 +140,13 @@ pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_co
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx512dq,fma")]
 unsafe fn task_block<T: Elem>(
     p: &Problem,
-    panel: &[bf16],
+    panel: &[u32],
     b: usize,
     i0: usize,
+    rows: usize,
     j0: usize,
     out: &SharedOut<T>,
 ) {
-    let rows = MC.min(p.m - i0);
     let cols = NR.min(p.n - j0);
     let a_base = b * p.a_batch_stride;
     let mut tile = [[0f32; NR]; MR];
@@ -164,9 +180,10 @@ unsafe fn task_block<T: Elem>(
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn task_block<T: Elem>(
     _p: &Problem,
-    _panel: &[bf16],
+    _panel: &[u32],
     _b: usize,
     _i0: usize,
+    _rows: usize,
     _j0: usize,
     _out: &SharedOut<T>,
 ) {
@@ -191,15 +208,10 @@ fn store<T: Elem>(dst: &mut [T], acc: &[f32], row_bias: f32, col_bias: Option<&[
 /// `tile[r][c] = Σ_kk a[r · lda + kk] · B[kk, c]` for the first `R` rows, B read from the packed panel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn micro<const R: usize>(
-    a: &[bf16],
-    lda: usize,
-    panel: &[bf16],
-    tile: &mut [[f32; NR]; MR],
-) {
+unsafe fn micro<const R: usize>(a: &[bf16], lda: usize, panel: &[u32], tile: &mut [[f32; NR]; MR]) {
     use std::arch::x86_64::*;
     let pairs = lda / 2;
-    debug_assert!(a.len() >= R * lda && panel.len() >= pairs * 2 * NR);
+    debug_assert!(a.len() >= R * lda && panel.len() >= pairs * NR);
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     let a_ptr = a.as_ptr() as *const i32;
     let b_ptr = panel.as_ptr() as *const __m512i;

@@ -7,10 +7,11 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::bf16_gemm::{self, Bias, PackB, Problem, NR};
+use super::bf16_gemm::{self, pair, Bias, PackB, Problem, NR};
 use super::gemm::{matmul, MatMut, MatRef};
 use super::storage::{as_f32, from_f32};
 use half::bf16;
+use std::borrow::Cow;
 
 /// The unfolded tile holds at most about this many f32 values (8 MiB).
 const TILE_VALUES: usize = 1 << 21;
@@ -240,53 +241,89 @@ fn forward_bf16(g: &Geometry, x: &[bf16], weight: &[bf16], bias: &[f32]) -> Resu
         c_batch_stride: g.cout * plane,
         bias: Bias::Rows(bias),
     };
-    bf16_gemm::run(&problem, &Im2colPanels { g, x }, &mut out)?;
+    bf16_gemm::run(&problem, &Im2colPanels::new(g, x), &mut out)?;
     Ok(out)
 }
 
-/// Unfolds panels of [`NR`] output pixels from a bf16 input.
+/// Unfolds panels of [`NR`] output pixels from a bf16 input, zero-padded once up front so that every kernel
+/// tap reads a plain (for stride 1, contiguous) run of the padded rows.
 struct Im2colPanels<'a> {
     g: &'a Geometry,
-    x: &'a [bf16],
+    /// The input with `g.pad` zeros on every side: `[batch, cin, h + 2·pad, w + 2·pad]`.
+    padded: Cow<'a, [bf16]>,
+    /// Width of a padded row.
+    wp: usize,
+    /// Values per padded image.
+    image: usize,
+    /// Offset in a padded image of each unfolded row's kernel tap, `(ci · hp + ky) · wp + kx`.
+    taps: Vec<usize>,
+}
+
+impl<'a> Im2colPanels<'a> {
+    fn new(g: &'a Geometry, x: &'a [bf16]) -> Self {
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let padded = if g.pad == 0 {
+            Cow::Borrowed(x)
+        } else {
+            let mut padded = vec![bf16::ZERO; g.batch * g.cin * hp * wp];
+            padded
+                .par_chunks_mut(hp * wp)
+                .zip(x.par_chunks(g.h * g.w))
+                .for_each(|(dst, src)| {
+                    for (row, src_row) in dst[g.pad * wp..].chunks_mut(wp).zip(src.chunks(g.w)) {
+                        row[g.pad..g.pad + g.w].copy_from_slice(src_row);
+                    }
+                });
+            Cow::Owned(padded)
+        };
+        let taps = (0..g.cin)
+            .flat_map(|ci| {
+                (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (ci * hp + ky) * wp + kx))
+            })
+            .collect();
+        Self {
+            g,
+            padded,
+            wp,
+            image: g.cin * hp * wp,
+            taps,
+        }
+    }
 }
 
 impl PackB for Im2colPanels<'_> {
-    fn pack(&self, b: usize, j0: usize, panel: &mut [bf16]) {
+    fn pack(&self, b: usize, j0: usize, panel: &mut [u32]) {
         let g = self.g;
-        let plane = g.ho * g.wo;
-        let image = &self.x[b * g.cin * g.h * g.w..(b + 1) * g.cin * g.h * g.w];
-        // Top-left input coordinate of each column's receptive field; None past the last pixel.
-        let mut origin = [None; NR];
-        for (c, o) in origin.iter_mut().enumerate() {
-            let p = j0 + c;
-            if p < plane {
-                let (oy, ox) = (p / g.wo, p % g.wo);
-                *o = Some((
-                    (oy * g.stride) as isize - g.pad as isize,
-                    (ox * g.stride) as isize - g.pad as isize,
-                ));
-            }
+        let end = (j0 + NR).min(g.ho * g.wo);
+        let image = &self.padded[b * self.image..(b + 1) * self.image];
+        // The panel's columns as runs along output rows: (first column, length, padded offset of the run's
+        // first receptive field).
+        let mut runs = [(0, 0, 0); NR];
+        let mut count = 0;
+        let mut p = j0;
+        while p < end {
+            let (oy, ox) = (p / g.wo, p % g.wo);
+            let len = (g.wo - ox).min(end - p);
+            runs[count] = (p - j0, len, (oy * self.wp + ox) * g.stride);
+            count += 1;
+            p += len;
         }
-        let k = g.cin * g.kh * g.kw;
-        for kk in 0..k {
-            let kx = (kk % g.kw) as isize;
-            let ky = ((kk / g.kw) % g.kh) as isize;
-            let channel = &image[kk / (g.kw * g.kh) * g.h * g.w..][..g.h * g.w];
-            let row = &mut panel[kk / 2 * 2 * NR..(kk / 2 + 1) * 2 * NR];
-            for (c, o) in origin.iter().enumerate() {
-                let value = match o {
-                    Some((y0, x0)) => {
-                        let (iy, ix) = (y0 + ky, x0 + kx);
-                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                            channel[iy as usize * g.w + ix as usize]
-                        } else {
-                            bf16::ZERO
-                        }
+        let used = end - j0;
+        for (row, taps) in panel.chunks_exact_mut(NR).zip(self.taps.chunks_exact(2)) {
+            for &(c0, len, base) in &runs[..count] {
+                let (lo, hi) = (&image[taps[0] + base..], &image[taps[1] + base..]);
+                let dst = &mut row[c0..c0 + len];
+                if g.stride == 1 {
+                    for ((d, &l), &h) in dst.iter_mut().zip(&lo[..len]).zip(&hi[..len]) {
+                        *d = pair(l, h);
                     }
-                    None => bf16::ZERO,
-                };
-                row[2 * c + kk % 2] = value;
+                } else {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = pair(lo[i * g.stride], hi[i * g.stride]);
+                    }
+                }
             }
+            row[used..].fill(0);
         }
     }
 }

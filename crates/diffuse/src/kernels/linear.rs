@@ -8,7 +8,7 @@ use candle_core::{
 use candle_nn::VarBuilder;
 use half::bf16;
 
-use super::bf16_gemm::{self, Bias, PackB, Problem, NR};
+use super::bf16_gemm::{self, pair, Bias, PackB, Problem, NR};
 use super::storage::as_f32;
 
 /// A linear layer with diffusers' weight names (`weight` `[out, in]`, optional `bias` `[out]`).
@@ -168,19 +168,17 @@ struct TransposedPanels<'a> {
 }
 
 impl PackB for TransposedPanels<'_> {
-    fn pack(&self, _b: usize, j0: usize, panel: &mut [bf16]) {
+    fn pack(&self, _b: usize, j0: usize, panel: &mut [u32]) {
         for c in 0..NR {
             let j = j0 + c;
             if j < self.n {
                 let row = &self.w[j * self.k..(j + 1) * self.k];
-                for (kp, pair) in row.chunks_exact(2).enumerate() {
-                    panel[kp * 2 * NR + 2 * c] = pair[0];
-                    panel[kp * 2 * NR + 2 * c + 1] = pair[1];
+                for (kp, two) in row.chunks_exact(2).enumerate() {
+                    panel[kp * NR + c] = pair(two[0], two[1]);
                 }
             } else {
                 for kp in 0..self.k / 2 {
-                    panel[kp * 2 * NR + 2 * c] = bf16::ZERO;
-                    panel[kp * 2 * NR + 2 * c + 1] = bf16::ZERO;
+                    panel[kp * NR + c] = 0;
                 }
             }
         }
