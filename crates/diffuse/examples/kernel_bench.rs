@@ -4,8 +4,9 @@
 
 use std::time::Instant;
 
+use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
-use diffuse::kernels::{attention, conv, group_norm};
+use diffuse::kernels::{attention, conv, group_norm, linear};
 
 fn median_secs(reps: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> f64 {
     f().expect("warm-up");
@@ -48,6 +49,19 @@ fn main() -> candle_core::Result<()> {
     let t = median_secs(3, || a.matmul(&b));
     println!(
         "| matmul 4096³ (candle, gemm x86-v4) | {:.0} ms ({:.0} GFLOP/s) | | |",
+        t * 1e3,
+        2.0 * n as f64 * 4096.0 / t / 1e9
+    );
+    let weights = std::collections::HashMap::from([("weight".to_string(), randn(&[4096, 4096])?)]);
+    let layer = linear::linear_no_bias(
+        4096,
+        4096,
+        candle_nn::VarBuilder::from_tensors(weights, dtype, &dev),
+    )?;
+    let x = randn(&[4096, 4096])?;
+    let t = median_secs(3, || layer.forward(&x));
+    println!(
+        "| matmul 4096³ (diffuse `Linear`: the bf16 kernel on AVX512-BF16, candle's matmul otherwise) | {:.0} ms ({:.0} GFLOP/s) | | |",
         t * 1e3,
         2.0 * n as f64 * 4096.0 / t / 1e9
     );

@@ -85,6 +85,9 @@ fn conv2d_matches_reference() {
         (1, 3, 2, 6, 5, 3, 0, 1),
         // Several unfolded tiles per image.
         (1, 64, 16, 130, 64, 3, 1, 1),
+        // Winograd F(2×2, 3×3) in f32: odd sides (partial tiles), and two bands of tile rows.
+        (2, 24, 20, 33, 37, 3, 1, 1),
+        (1, 256, 256, 40, 66, 3, 1, 1),
     ] {
         let x = randn(&mut rng, &[b, cin, h, w]);
         let weight = randn(&mut rng, &[cout, cin, k, k]);

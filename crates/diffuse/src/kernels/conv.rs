@@ -10,11 +10,16 @@ use rayon::prelude::*;
 use super::bf16_gemm::{self, pair, Bias, PackB, Problem, NR};
 use super::gemm::{matmul, MatMut, MatRef};
 use super::storage::{as_f32, from_f32};
+use super::winograd;
 use half::bf16;
 use std::borrow::Cow;
 
 /// The unfolded tile holds at most about this many f32 values (8 MiB).
 const TILE_VALUES: usize = 1 << 21;
+/// The smallest plane (pixels) an f32 3×3 convolution takes Winograd's algorithm on.
+const WINOGRAD_MIN_PIXELS: usize = 1024;
+/// The fewest input channels an f32 3×3 convolution takes Winograd's algorithm with.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// `x` (`[batch, in, h, w]`) convolved with `weight` (`[out, in, kh, kw]`) plus `bias` (`[out]`), zero padding
 /// `padding` on every side, step `stride`. CPU tensors of one dtype; f32 arithmetic.
@@ -137,8 +142,19 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<
     if plane == 0 {
         return Ok(out);
     }
-    let image = g.cin * g.h * g.w;
     let threads = rayon::current_num_threads();
+    if uses_winograd(g) {
+        let shape = winograd::Shape {
+            batch: g.batch,
+            cin: g.cin,
+            cout: g.cout,
+            h: g.h,
+            w: g.w,
+        };
+        winograd::conv3x3(&shape, x, weight, bias, &mut out, threads)?;
+        return Ok(out);
+    }
+    let image = g.cin * g.h * g.w;
     if g.batch >= threads && threads > 1 {
         // One image per thread, each product single-threaded: no synchronization inside the products, and
         // the unfolding of one image overlaps the products of the others.
@@ -154,6 +170,17 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// Whether an f32 convolution runs as Winograd F(2×2, 3×3) ([`winograd`]): 3×3, stride 1, padding 1, on
+/// planes and channel counts large enough for its 16 products to stay efficient.
+fn uses_winograd(g: &Geometry) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.h * g.w >= WINOGRAD_MIN_PIXELS
+        && g.cin >= WINOGRAD_MIN_CHANNELS
 }
 
 /// One image of [`forward`]: `output` (`[out, ho·wo]`) = bias + weights · unfolded `input`, the products

@@ -18,6 +18,7 @@ pub mod train_conv;
 pub mod train_group_norm;
 pub mod train_linear;
 pub mod vmath;
+pub mod winograd;
 
 pub use attention::attention;
 pub use conv::conv2d;

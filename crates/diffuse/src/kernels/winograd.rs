@@ -1,0 +1,262 @@
+//! 3×3 convolutions with stride 1 and padding 1, in f32, by Winograd's minimal filtering F(2×2, 3×3) (Lavin and
+//! Gray, 2016): a 2×2 block of outputs costs 16 multiplications per channel pair instead of 36. The input is
+//! cut into overlapping 4×4 tiles and transformed (Bᵀ·d·B, additions only), the kernel is transformed (G·g·Gᵀ,
+//! itself one small matrix product per call, so no transformed copy of the weights is kept), the 16 transformed
+//! planes are multiplied as 16 independent matrix products (`gemm`), and each product is folded back into 2×2
+//! outputs (Aᵀ·m·A). Tiles go in bands of rows, so the transformed data stays a few MiB whatever the image.
+
+use candle_core::Result;
+use rayon::prelude::*;
+
+use super::gemm::{matmul, MatMut, MatRef};
+
+/// The transformed input and products of a band hold at most about this many f32 values (16 MiB).
+const BAND_VALUES: usize = 1 << 22;
+
+/// G (4×3), the kernel transform.
+const G: [[f32; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// The shape of one convolution.
+pub struct Shape {
+    /// Images.
+    pub batch: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Image height (input and output).
+    pub h: usize,
+    /// Image width (input and output).
+    pub w: usize,
+}
+
+/// `out` (`[batch, cout, h, w]`) = bias + the 3×3 convolution (stride 1, zero padding 1) of `x`
+/// (`[batch, cin, h, w]`) with `weight` (`[cout, cin, 3, 3]`), products split over `threads`.
+pub fn conv3x3(
+    s: &Shape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    threads: usize,
+) -> Result<()> {
+    let plane = s.h * s.w;
+    if x.len() != s.batch * s.cin * plane
+        || weight.len() != s.cout * s.cin * 9
+        || bias.len() != s.cout
+        || out.len() != s.batch * s.cout * plane
+    {
+        candle_core::bail!("winograd conv: buffers do not match the shape");
+    }
+    if plane == 0 || s.batch == 0 || s.cout == 0 {
+        return Ok(());
+    }
+    let u = transform_weights(weight, s.cout, s.cin, threads)?;
+    let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
+    let band_rows = (BAND_VALUES / (16 * (s.cin + s.cout) * tw)).clamp(1, th);
+    let (ph, pw) = (2 * th + 2, 2 * tw + 2);
+    let mut padded = vec![0f32; s.cin * ph * pw];
+    let mut v = vec![0f32; 16 * s.cin * band_rows * tw];
+    let mut m = vec![0f32; 16 * s.cout * band_rows * tw];
+    for (image, output) in x.chunks(s.cin * plane).zip(out.chunks_mut(s.cout * plane)) {
+        pad(s, image, &mut padded, pw);
+        let mut ty0 = 0;
+        while ty0 < th {
+            let rows = band_rows.min(th - ty0);
+            let tiles = rows * tw;
+            let v = &mut v[..16 * s.cin * tiles];
+            let m = &mut m[..16 * s.cout * tiles];
+            v.par_chunks_mut(16 * tiles)
+                .zip(padded.par_chunks(ph * pw))
+                .for_each_init(Vec::new, |scratch, (v_ci, p)| {
+                    transform_input(p, pw, tw, ty0, rows, v_ci, scratch)
+                });
+            // M_ξ (cout × tiles) = U_ξ (cout × cin) · V_ξ (cin × tiles), the 16 products side by side.
+            m.par_chunks_mut(s.cout * tiles)
+                .enumerate()
+                .try_for_each(|(xi, m_xi)| {
+                    matmul(
+                        MatMut {
+                            data: m_xi,
+                            rows: s.cout,
+                            cols: tiles,
+                            rs: tiles,
+                            cs: 1,
+                        },
+                        MatRef {
+                            data: &u[xi * s.cout * s.cin..(xi + 1) * s.cout * s.cin],
+                            rows: s.cout,
+                            cols: s.cin,
+                            rs: s.cin,
+                            cs: 1,
+                        },
+                        MatRef {
+                            data: &v[xi * tiles..],
+                            rows: s.cin,
+                            cols: tiles,
+                            rs: 16 * tiles,
+                            cs: 1,
+                        },
+                        false,
+                        1,
+                    )
+                })?;
+            let m = &*m;
+            output
+                .par_chunks_mut(plane)
+                .zip(bias)
+                .enumerate()
+                .for_each(|(co, (y, &b))| {
+                    transform_output(m, s, co, tiles, ty0, rows, b, y);
+                });
+            ty0 += rows;
+        }
+    }
+    Ok(())
+}
+
+/// U (`[16, cout, cin]`) = G·g·Gᵀ for every kernel g, as one product: U = T · Wᵀ with T (16×9) the transform
+/// written out, T[4a + b][3i + j] = G[a][i] · G[b][j].
+fn transform_weights(weight: &[f32], cout: usize, cin: usize, threads: usize) -> Result<Vec<f32>> {
+    let mut t = [0f32; 16 * 9];
+    for a in 0..4 {
+        for b in 0..4 {
+            for i in 0..3 {
+                for j in 0..3 {
+                    t[(4 * a + b) * 9 + 3 * i + j] = G[a][i] * G[b][j];
+                }
+            }
+        }
+    }
+    let n = cout * cin;
+    let mut u = vec![0f32; 16 * n];
+    matmul(
+        MatMut {
+            data: &mut u,
+            rows: 16,
+            cols: n,
+            rs: n,
+            cs: 1,
+        },
+        MatRef {
+            data: &t,
+            rows: 16,
+            cols: 9,
+            rs: 9,
+            cs: 1,
+        },
+        MatRef {
+            data: weight,
+            rows: 9,
+            cols: n,
+            rs: 1,
+            cs: 9,
+        },
+        false,
+        threads,
+    )?;
+    Ok(u)
+}
+
+/// Copies each channel of `image` into `padded` with one zero row and column before it and enough after it
+/// for whole 4×4 tiles (`pw` values per row).
+fn pad(s: &Shape, image: &[f32], padded: &mut [f32], pw: usize) {
+    let ph = padded.len() / s.cin / pw;
+    padded
+        .par_chunks_mut(ph * pw)
+        .zip(image.par_chunks(s.h * s.w))
+        .for_each(|(dst, src)| {
+            dst.fill(0.0);
+            for (row, src_row) in dst[pw..].chunks_mut(pw).zip(src.chunks(s.w)) {
+                row[1..=s.w].copy_from_slice(src_row);
+            }
+        });
+}
+
+/// Bᵀ·d·B of every 4×4 tile in tile rows `ty0..ty0 + rows` of one padded channel `p`: `v[ξ · tiles + t]`
+/// for the 16 entries ξ of tile t (`tw` tiles per row); `hb` is reusable scratch.
+fn transform_input(
+    p: &[f32],
+    pw: usize,
+    tw: usize,
+    ty0: usize,
+    rows: usize,
+    v: &mut [f32],
+    hb: &mut Vec<f32>,
+) {
+    let tiles = rows * tw;
+    // The rows' horizontal transforms d·B: hb[r][b][tx] for padded rows 2·ty0 .. 2·(ty0 + rows) + 1.
+    hb.resize((2 * rows + 2) * 4 * tw, 0.0);
+    for (r, h) in hb.chunks_exact_mut(4 * tw).enumerate() {
+        let row = &p[(2 * ty0 + r) * pw..(2 * ty0 + r + 1) * pw];
+        let (h0, rest) = h.split_at_mut(tw);
+        let (h1, rest) = rest.split_at_mut(tw);
+        let (h2, h3) = rest.split_at_mut(tw);
+        for tx in 0..tw {
+            let d = &row[2 * tx..2 * tx + 4];
+            h0[tx] = d[0] - d[2];
+            h1[tx] = d[1] + d[2];
+            h2[tx] = d[2] - d[1];
+            h3[tx] = d[1] - d[3];
+        }
+    }
+    for ty in 0..rows {
+        let q =
+            |k: usize, b: usize| &hb[((2 * ty + k) * 4 + b) * tw..((2 * ty + k) * 4 + b + 1) * tw];
+        for b in 0..4 {
+            let (q0, q1, q2, q3) = (q(0, b), q(1, b), q(2, b), q(3, b));
+            let at = |a: usize| (4 * a + b) * tiles + ty * tw;
+            for tx in 0..tw {
+                v[at(0) + tx] = q0[tx] - q2[tx];
+                v[at(1) + tx] = q1[tx] + q2[tx];
+                v[at(2) + tx] = q2[tx] - q1[tx];
+                v[at(3) + tx] = q1[tx] - q3[tx];
+            }
+        }
+    }
+}
+
+/// Aᵀ·m·A + `bias` of output channel `co` for tile rows `ty0..ty0 + rows` into its plane `y`, clipped to the
+/// image; `m` holds the 16 products (`[16, cout, tiles]`).
+#[allow(clippy::too_many_arguments)]
+fn transform_output(
+    m: &[f32],
+    s: &Shape,
+    co: usize,
+    tiles: usize,
+    ty0: usize,
+    rows: usize,
+    bias: f32,
+    y: &mut [f32],
+) {
+    let tw = s.w.div_ceil(2);
+    let entry = |xi: usize, ty: usize| {
+        let start = (xi * s.cout + co) * tiles + ty * tw;
+        &m[start..start + tw]
+    };
+    let mut top = vec![0f32; 2 * tw];
+    let mut bottom = vec![0f32; 2 * tw];
+    for ty in 0..rows {
+        let mm: [&[f32]; 16] = std::array::from_fn(|xi| entry(xi, ty));
+        for tx in 0..tw {
+            let e = |a: usize, b: usize| mm[4 * a + b][tx];
+            // Aᵀ·m: rows 0 and 1 of the 2×4 intermediate.
+            let r0: [f32; 4] = std::array::from_fn(|b| e(0, b) + e(1, b) + e(2, b));
+            let r1: [f32; 4] = std::array::from_fn(|b| e(1, b) - e(2, b) - e(3, b));
+            top[2 * tx] = bias + r0[0] + r0[1] + r0[2];
+            top[2 * tx + 1] = bias + r0[1] - r0[2] - r0[3];
+            bottom[2 * tx] = bias + r1[0] + r1[1] + r1[2];
+            bottom[2 * tx + 1] = bias + r1[1] - r1[2] - r1[3];
+        }
+        let oy = 2 * (ty0 + ty);
+        y[oy * s.w..(oy + 1) * s.w].copy_from_slice(&top[..s.w]);
+        if oy + 1 < s.h {
+            y[(oy + 1) * s.w..(oy + 2) * s.w].copy_from_slice(&bottom[..s.w]);
+        }
+    }
+}
