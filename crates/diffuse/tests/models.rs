@@ -223,3 +223,46 @@ fn vae_decodes_each_batch_item_as_alone() {
         1e-6,
     );
 }
+
+/// f32 weights loaded as bf16 are rounded straight from the file; the result must be bit for bit what
+/// loading in f32 and converting with candle gives (round to nearest, ties to even), ties and subnormals
+/// included.
+#[test]
+fn bf16_loading_rounds_like_candle() {
+    let mut values: Vec<f32> = (0..70_000)
+        .map(|i| (i as f32 * 0.7351).sin() * 3.0)
+        .collect();
+    // Exact ties between two bf16 values (low 16 bits 0x8000), below and above an even mantissa.
+    values.extend(
+        [
+            0x3f80_8000u32,
+            0x3f81_8000,
+            0xbf80_8000,
+            0x0000_8001,
+            0x7f7f_ffff,
+        ]
+        .map(f32::from_bits),
+    );
+    let tensor = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+    let dir = std::env::temp_dir().join(format!("diffuse-bf16-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("w.safetensors");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("w", tensor.clone())]),
+        &file,
+    )
+    .unwrap();
+    let vb = diffuse::loaders::weights::WeightFiles::open(std::slice::from_ref(&file))
+        .unwrap()
+        .var_builder(DType::BF16, &Device::Cpu);
+    let loaded = vb.get(values.len(), "w").unwrap();
+    let bits = |t: &Tensor| -> Vec<u16> {
+        t.to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&loaded), bits(&tensor.to_dtype(DType::BF16).unwrap()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,6 +8,7 @@ use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -179,9 +180,14 @@ impl WeightFiles {
         }
     }
 
-    /// Loads the tensor asked for as `name`, transformed; `Reshape` is left to the caller, which knows the
-    /// shape asked for.
-    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<(Tensor, Transform)> {
+    /// Loads the tensor asked for as `name` in `dtype`, transformed; `Reshape` is left to the caller, which
+    /// knows the shape asked for.
+    fn load(
+        &self,
+        name: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<(Tensor, Transform)> {
         let stored = self
             .lookup(name)
             .ok_or_else(|| self.weights_error(name, self.unmapped_message(name)))?;
@@ -193,8 +199,7 @@ impl WeightFiles {
             };
             self.weights_error(name, format!("missing from the weights{shown}"))
         })?;
-        let tensor = view
-            .load(dev)
+        let tensor = read(&view, dtype, dev)
             .map_err(|e| self.weights_error(name, format!("cannot be read: {e}")))?;
         release_pages(view.data());
         let tensor = match stored.transform {
@@ -242,7 +247,7 @@ impl SimpleBackend for WeightFiles {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let (tensor, transform) = self.load(name, dev)?;
+        let (tensor, transform) = self.load(name, dtype, dev)?;
         let tensor = if tensor.shape() == &shape {
             tensor
         } else if transform == Transform::Reshape && tensor.elem_count() == shape.elem_count() {
@@ -261,13 +266,39 @@ impl SimpleBackend for WeightFiles {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.load(name, dev)?.0.to_dtype(dtype)
+        self.load(name, dtype, dev)?.0.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.lookup(name)
             .is_some_and(|stored| self.tensors.get(&stored.name).is_ok())
     }
+}
+
+/// A stored tensor in `dtype`. f32 weights asked for in bf16 on the CPU (full-size checkpoints run in bf16)
+/// are rounded straight from the mapped bytes, in parallel, as candle's `to_dtype` rounds them (to nearest,
+/// ties to even), without an intermediate f32 copy; everything else is read, then converted.
+fn read(
+    view: &safetensors::tensor::TensorView<'_>,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
+    if dtype == DType::BF16 && view.dtype() == safetensors::Dtype::F32 && dev.is_cpu() {
+        /// Values per parallel chunk.
+        const CHUNK: usize = 1 << 16;
+        let bytes = view.data();
+        let mut values = vec![half::bf16::ZERO; bytes.len() / 4];
+        values
+            .par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(4 * CHUNK))
+            .for_each(|(dst, src)| {
+                for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                }
+            });
+        return Tensor::from_vec(values, view.shape(), dev);
+    }
+    view.load(dev)?.to_dtype(dtype)
 }
 
 /// Drops the mapped pages lying wholly inside `bytes` from this process once they have been copied, so that
