@@ -14,6 +14,12 @@ pub const DIFFUSERS_VERSION: &str = "0.42.1";
 /// The transformers version whose `config.json` layout the exported text encoder follows.
 pub const TRANSFORMERS_VERSION: &str = "5.24.0";
 
+/// Latent channels of the tiny design. 32×32 shapes through 8×8×4 latents come back from the VAE with the right
+/// shape in 48 % and the right color in 80 % of 100 images (the judge of `tests/bundled.rs`); 8 channels give
+/// 58 % and 89 % (16: 57 %, 91 %), but the one full run with 8 lost the position binding the bundled model
+/// has (held-out position 9 of 50 against 21), so the design keeps SD's 4.
+pub const LATENT_CHANNELS: usize = 4;
+
 /// The configs of a pipeline's UNet, VAE and text encoder, kept as the JSON objects written to the folder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Architecture {
@@ -34,7 +40,7 @@ fn parse<T: serde::de::DeserializeOwned>(value: &Value, file: &str) -> Result<T>
 
 impl Architecture {
     /// The tiny text-to-image design for `resolution`×`resolution` images: a VAE that downsamples 4× into
-    /// 4 latent channels, a two-level UNet with cross-attention at both levels, and a two-layer CLIP text
+    /// [`LATENT_CHANNELS`] latent channels, a two-level UNet with cross-attention at both levels, and a two-layer CLIP text
     /// encoder of width 64 over `tokenizer`'s vocabulary and length.
     pub fn tiny(resolution: usize, tokenizer: &ClipTokenizer) -> Result<Self> {
         if resolution == 0 || !resolution.is_multiple_of(16) {
@@ -71,7 +77,7 @@ impl Architecture {
             "encoder_hid_dim_type": null,
             "flip_sin_to_cos": true,
             "freq_shift": 0,
-            "in_channels": 4,
+            "in_channels": LATENT_CHANNELS,
             "layers_per_block": 1,
             "mid_block_only_cross_attention": null,
             "mid_block_scale_factor": 1,
@@ -81,7 +87,7 @@ impl Architecture {
             "num_attention_heads": null,
             "num_class_embeds": null,
             "only_cross_attention": false,
-            "out_channels": 4,
+            "out_channels": LATENT_CHANNELS,
             "projection_class_embeddings_input_dim": null,
             "resnet_out_scale_factor": 1.0,
             "resnet_skip_time_act": false,
@@ -109,7 +115,7 @@ impl Architecture {
             "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
             "force_upcast": true,
             "in_channels": 3,
-            "latent_channels": 4,
+            "latent_channels": LATENT_CHANNELS,
             "latents_mean": null,
             "latents_std": null,
             "layers_per_block": 1,
