@@ -20,6 +20,9 @@ const TILE_VALUES: usize = 1 << 21;
 const WINOGRAD_MIN_PIXELS: usize = 1024;
 /// The fewest input channels an f32 3×3 convolution takes Winograd's algorithm with.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
+/// The most channel pairs (in × out) an f32 3×3 convolution takes Winograd's algorithm with: the transformed
+/// kernel then holds at most 128 MiB (SD 1.5's largest at 32×32, 1280 → 1280, takes 105 MiB).
+const WINOGRAD_MAX_CHANNEL_PAIRS: usize = 1 << 21;
 
 /// `x` (`[batch, in, h, w]`) convolved with `weight` (`[out, in, kh, kw]`) plus `bias` (`[out]`), zero padding
 /// `padding` on every side, step `stride`. CPU tensors of one dtype; f32 arithmetic.
@@ -173,7 +176,8 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<
 }
 
 /// Whether an f32 convolution runs as Winograd F(2×2, 3×3) ([`winograd`]): 3×3, stride 1, padding 1, on
-/// planes and channel counts large enough for its 16 products to stay efficient.
+/// planes and channel counts large enough for its 16 products to stay efficient, and kernels small enough for
+/// their transformed copy (16 values per channel pair, made per call) to stay a modest transient.
 fn uses_winograd(g: &Geometry) -> bool {
     g.kh == 3
         && g.kw == 3
@@ -181,6 +185,7 @@ fn uses_winograd(g: &Geometry) -> bool {
         && g.pad == 1
         && g.h * g.w >= WINOGRAD_MIN_PIXELS
         && g.cin >= WINOGRAD_MIN_CHANNELS
+        && g.cin * g.cout <= WINOGRAD_MAX_CHANNEL_PAIRS
 }
 
 /// One image of [`forward`]: `output` (`[out, ho·wo]`) = bias + weights · unfolded `input`, the products
