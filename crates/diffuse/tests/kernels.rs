@@ -210,6 +210,10 @@ fn bf16_linear_matches_f32_product() {
         // Same products, f32 sums in another order, one rounding to bf16 (relative step 2⁻⁸).
         let err = max_abs_diff(&got, &want);
         assert!(err <= scale * 5e-3, "{b}×{n}×{k}→{out}: {err} of {scale}");
+        // A second product reuses the weights packed by the first: the first token's row again, bit for bit.
+        let first = x.narrow(1, 0, 1).unwrap();
+        let again = layer.forward(&first).unwrap();
+        assert_eq!(max_abs_diff(&again, &got.narrow(1, 0, 1).unwrap()), 0.0);
     }
 }
 

@@ -69,11 +69,27 @@ pub struct Problem<'a> {
     pub bias: Bias<'a>,
 }
 
-/// Fills a panel of bf16 pairs: `panel[kp · NR + c]` holds B_b[2·kp, j0 + c] in its low half and
+/// Supplies panels of bf16 pairs: `panel[kp · NR + c]` holds B_b[2·kp, j0 + c] in its low half and
 /// B_b[2·kp + 1, j0 + c] in its high half ([`pair`]), zero for columns past n.
 pub trait PackB: Sync {
-    /// Packs columns `j0..j0 + NR` of batch item `b` into `panel` (`k / 2 · NR` pairs).
-    fn pack(&self, b: usize, j0: usize, panel: &mut [u32]);
+    /// The panel of columns `j0..j0 + NR` of batch item `b` (`k / 2 · NR` pairs): packed into `scratch` and
+    /// returned, or one the packer already holds.
+    fn panel<'a>(&'a self, b: usize, j0: usize, scratch: &'a mut [u32]) -> &'a [u32];
+}
+
+/// Panels packed once and kept (a layer's weights): panel j holds columns `j · NR..(j + 1) · NR`.
+pub struct PackedPanels<'a> {
+    /// The panels, `k / 2 · NR` pairs each, in column order.
+    pub panels: &'a [u32],
+    /// Inner dimension.
+    pub k: usize,
+}
+
+impl PackB for PackedPanels<'_> {
+    fn panel<'a>(&'a self, _b: usize, j0: usize, _scratch: &'a mut [u32]) -> &'a [u32] {
+        let size = self.k / 2 * NR;
+        &self.panels[j0 / NR * size..(j0 / NR + 1) * size]
+    }
 }
 
 /// Two bf16 values as the dot-product instruction reads them: `lo` in the low half.
@@ -122,11 +138,11 @@ pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_co
         .into_par_iter()
         .for_each_init(
             || vec![0u32; p.k / 2 * NR],
-            |panel, task| {
+            |scratch, task| {
                 let b = task / (panels * groups);
                 let j0 = (task / groups % panels) * NR;
                 let i0 = task % groups * group_rows;
-                packer.pack(b, j0, panel);
+                let panel = packer.panel(b, j0, scratch);
                 let rows = group_rows.min(p.m - i0);
                 // SAFETY: AVX512-BF16 was detected above; the A rows and C elements addressed lie inside their
                 // buffers (checked above) and this task's C elements are written by no other task.

@@ -324,7 +324,7 @@ impl<'a> Im2colPanels<'a> {
 }
 
 impl PackB for Im2colPanels<'_> {
-    fn pack(&self, b: usize, j0: usize, panel: &mut [u32]) {
+    fn panel<'a>(&'a self, b: usize, j0: usize, panel: &'a mut [u32]) -> &'a [u32] {
         let g = self.g;
         let end = (j0 + NR).min(g.ho * g.wo);
         let image = &self.padded[b * self.image..(b + 1) * self.image];
@@ -357,6 +357,7 @@ impl PackB for Im2colPanels<'_> {
             }
             row[used..].fill(0);
         }
+        panel
     }
 }
 

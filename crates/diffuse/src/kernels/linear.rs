@@ -1,5 +1,6 @@
-//! Linear layers (`y = x · Wᵀ + b`) whose bf16 products run on the AVX512-BF16 kernel when the CPU has it;
-//! everything else goes through candle's matmul, as candle-nn's `Linear` does.
+//! Linear layers (`y = x · Wᵀ + b`) whose bf16 products run on the AVX512-BF16 kernel when the CPU has it, with
+//! the weights packed into the kernel's panels once, at the first such product; everything else goes through
+//! candle's matmul, as candle-nn's `Linear` does.
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result,
@@ -7,8 +8,10 @@ use candle_core::{
 };
 use candle_nn::VarBuilder;
 use half::bf16;
+use rayon::prelude::*;
+use std::sync::{Arc, OnceLock};
 
-use super::bf16_gemm::{self, pair, Bias, PackB, Problem, NR};
+use super::bf16_gemm::{self, pair, Bias, PackedPanels, Problem, NR};
 use super::storage::as_f32;
 
 /// A linear layer with diffusers' weight names (`weight` `[out, in]`, optional `bias` `[out]`).
@@ -16,6 +19,18 @@ use super::storage::as_f32;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    packed: Arc<PackedWeight>,
+}
+
+/// Wᵀ in the bf16 kernel's panels (made at the first bf16 product; shared by clones of the layer).
+#[derive(Default)]
+struct PackedWeight(OnceLock<Vec<u32>>);
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs = self.0.get().map_or(0, Vec::len);
+        write!(f, "PackedWeight({pairs} pairs)")
+    }
 }
 
 /// Reads a biased linear layer under `vb` (the signature of candle-nn's `linear`).
@@ -23,6 +38,7 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear {
         weight: vb.get((out_dim, in_dim), "weight")?,
         bias: Some(vb.get(out_dim, "bias")?),
+        packed: Arc::default(),
     })
 }
 
@@ -31,6 +47,7 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
     Ok(Linear {
         weight: vb.get((out_dim, in_dim), "weight")?,
         bias: None,
+        packed: Arc::default(),
     })
 }
 
@@ -52,9 +69,12 @@ impl Module for Linear {
             && k.is_multiple_of(2)
         {
             let w = self.weight.contiguous()?;
+            let op = LinearBf16 {
+                packed: &self.packed.0,
+            };
             return match &self.bias {
-                Some(b) => x.apply_op3_no_bwd(&w, b, &LinearBf16),
-                None => x.apply_op2_no_bwd(&w, &LinearBf16),
+                Some(b) => x.apply_op3_no_bwd(&w, b, &op),
+                None => x.apply_op2_no_bwd(&w, &op),
             };
         }
         let y = match x.rank() {
@@ -68,9 +88,13 @@ impl Module for Linear {
     }
 }
 
-struct LinearBf16;
+/// The bf16 product, with the layer's packed weights (packed here on first use).
+struct LinearBf16<'a> {
+    packed: &'a OnceLock<Vec<u32>>,
+}
 
 fn forward_bf16(
+    packed: &OnceLock<Vec<u32>>,
     sx: &CpuStorage,
     lx: &Layout,
     sw: &CpuStorage,
@@ -107,15 +131,11 @@ fn forward_bf16(
         c_batch_stride: 0,
         bias: bias.as_deref().map_or(Bias::None, Bias::Cols),
     };
-    bf16_gemm::run(
-        &problem,
-        &TransposedPanels {
-            w: &ws[w0..w1],
-            n,
-            k,
-        },
-        &mut out,
-    )?;
+    let panels = packed.get_or_init(|| pack_weight(&ws[w0..w1], n, k));
+    if panels.len() != n.div_ceil(NR) * k / 2 * NR {
+        bail!("bf16 linear: packed weights of another shape than {n}×{k}");
+    }
+    bf16_gemm::run(&problem, &PackedPanels { panels, k }, &mut out)?;
     let mut shape = dims.to_vec();
     if let Some(last) = shape.last_mut() {
         *last = n;
@@ -123,7 +143,7 @@ fn forward_bf16(
     Ok((CpuStorage::BF16(out), Shape::from(shape)))
 }
 
-impl CustomOp2 for LinearBf16 {
+impl CustomOp2 for LinearBf16<'_> {
     fn name(&self) -> &'static str {
         "linear-bf16"
     }
@@ -135,11 +155,11 @@ impl CustomOp2 for LinearBf16 {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        forward_bf16(sx, lx, sw, lw, None)
+        forward_bf16(self.packed, sx, lx, sw, lw, None)
     }
 }
 
-impl CustomOp3 for LinearBf16 {
+impl CustomOp3 for LinearBf16<'_> {
     fn name(&self) -> &'static str {
         "linear-bf16"
     }
@@ -156,31 +176,23 @@ impl CustomOp3 for LinearBf16 {
         if sb.dtype() != DType::BF16 && sb.dtype() != DType::F32 {
             bail!("bf16 linear: bias of dtype {:?}", sb.dtype());
         }
-        forward_bf16(sx, lx, sw, lw, Some((sb, lb)))
+        forward_bf16(self.packed, sx, lx, sw, lw, Some((sb, lb)))
     }
 }
 
-/// Packs Wᵀ (`[k, n]` read from W `[n, k]`) panel by panel; weight rows give the pairs directly.
-struct TransposedPanels<'a> {
-    w: &'a [bf16],
-    n: usize,
-    k: usize,
-}
-
-impl PackB for TransposedPanels<'_> {
-    fn pack(&self, _b: usize, j0: usize, panel: &mut [u32]) {
-        for c in 0..NR {
-            let j = j0 + c;
-            if j < self.n {
-                let row = &self.w[j * self.k..(j + 1) * self.k];
+/// Wᵀ (`[k, n]`, read from W `[n, k]`) as the kernel's panels, all of them: weight rows give the pairs directly.
+fn pack_weight(w: &[bf16], n: usize, k: usize) -> Vec<u32> {
+    let size = k / 2 * NR;
+    let mut panels = vec![0u32; n.div_ceil(NR) * size];
+    panels
+        .par_chunks_mut(size)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for (c, row) in w[p * NR * k..].chunks(k).take(NR).enumerate() {
                 for (kp, two) in row.chunks_exact(2).enumerate() {
                     panel[kp * NR + c] = pair(two[0], two[1]);
                 }
-            } else {
-                for kp in 0..self.k / 2 {
-                    panel[kp * NR + c] = 0;
-                }
             }
-        }
-    }
+        });
+    panels
 }
