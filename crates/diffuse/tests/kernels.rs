@@ -138,6 +138,8 @@ fn group_norm_matches_reference() {
         (vec![2, 12, 7, 5], 3),
         (vec![1, 32, 16, 16], 32),
         (vec![2, 8, 77], 4),
+        // Groups of 16384 values: many blocks of f32 sums.
+        (vec![1, 8, 64, 64], 2),
     ] {
         let channels = shape[1];
         // Offset inputs: a naive one-pass variance would lose digits here.
