@@ -143,9 +143,10 @@ pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_co
                 let j0 = (task / groups % panels) * NR;
                 let i0 = task % groups * group_rows;
                 let panel = packer.panel(b, j0, scratch);
+                assert!(panel.len() >= p.k / 2 * NR, "bf16 gemm: a short panel");
                 let rows = group_rows.min(p.m - i0);
-                // SAFETY: AVX512-BF16 was detected above; the A rows and C elements addressed lie inside their
-                // buffers (checked above) and this task's C elements are written by no other task.
+                // SAFETY: AVX512-BF16 was detected above; the A rows, panel pairs and C elements addressed lie
+                // inside their buffers (checked above) and this task's C elements are written by no other task.
                 unsafe { task_block(p, panel, b, i0, rows, j0, &shared) };
             },
         );
