@@ -22,6 +22,17 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// Resolves candle's default thread count once and stores it in `RAYON_NUM_THREADS`. Without the variable,
+/// candle works the default out again on every matrix product, reading `/proc/cpuinfo` each time: a fifth
+/// of a training step's wall time (UNet stage 2.29 → 2.86 steps/s). rayon reads the same variable, so
+/// candle's matrix products and the process's thread pool keep one size. `--threads` overrides it later.
+fn resolve_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
 /// Stable Diffusion in Rust: text-to-image, image-to-image and inpainting, equal to diffusers.
 #[derive(Parser)]
 #[command(name = "diffuse", version, about)]
@@ -47,6 +58,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
+    resolve_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DIFFUSE_LOG")
