@@ -138,48 +138,36 @@ unsafe fn head_block_avx512(
             qt[kk * QB + r] = x * scale;
         }
     }
-    let ot = &mut scratch.ot[..d * QB];
-    ot.fill(0.0);
-    let mut max = [f32::NEG_INFINITY; QB];
-    let mut sum = [0f32; QB];
-    let mut j0 = 0;
-    while j0 < kv.tokens {
-        let kb = KB.min(kv.tokens - j0);
-        let st = &mut scratch.st[..kb * QB];
-        let mut new_max = max;
-        let running = new_max.as_mut_ptr();
-        let mut jj = 0;
-        while jj < kb {
-            let n = SCORE_ROWS.min(kb - jj);
-            let k = kv.k.as_ptr().add((j0 + jj) * c + h0);
-            let dst = st.as_mut_ptr().add(jj * QB);
+    let qt = qt.as_ptr();
+    let (k, v) = (kv.k.as_ptr().add(h0), kv.v.as_ptr().add(h0));
+    let blocks = KeyBlocks {
+        tokens: kv.tokens,
+        d,
+        st: &mut scratch.st,
+        ot: &mut scratch.ot[..d * QB],
+        pairs: None,
+    };
+    let sum = blocks.run(
+        |key, n, dst, max| match n {
+            6 => scores::<6>(qt, k.add(key * c), c, d, dst, max),
+            5 => scores::<5>(qt, k.add(key * c), c, d, dst, max),
+            4 => scores::<4>(qt, k.add(key * c), c, d, dst, max),
+            3 => scores::<3>(qt, k.add(key * c), c, d, dst, max),
+            2 => scores::<2>(qt, k.add(key * c), c, d, dst, max),
+            _ => scores::<1>(qt, k.add(key * c), c, d, dst, max),
+        },
+        |probs, j0, kb, dd, n, acc| {
+            let (p, v) = (probs.f32, v.add(j0 * c + dd));
             match n {
-                6 => scores::<6>(qt.as_ptr(), k, c, d, dst, running),
-                5 => scores::<5>(qt.as_ptr(), k, c, d, dst, running),
-                4 => scores::<4>(qt.as_ptr(), k, c, d, dst, running),
-                3 => scores::<3>(qt.as_ptr(), k, c, d, dst, running),
-                2 => scores::<2>(qt.as_ptr(), k, c, d, dst, running),
-                _ => scores::<1>(qt.as_ptr(), k, c, d, dst, running),
+                5 => accumulate::<5>(p, kb, v, c, acc),
+                4 => accumulate::<4>(p, kb, v, c, acc),
+                3 => accumulate::<3>(p, kb, v, c, acc),
+                2 => accumulate::<2>(p, kb, v, c, acc),
+                _ => accumulate::<1>(p, kb, v, c, acc),
             }
-            jj += n;
-        }
-        softmax_block(st, &mut max, new_max, &mut sum, ot, None);
-        let mut dd = 0;
-        while dd < d {
-            let n = OUT_ROWS.min(d - dd);
-            let v = kv.v.as_ptr().add(j0 * c + h0 + dd);
-            let acc = ot.as_mut_ptr().add(dd * QB);
-            match n {
-                5 => accumulate::<5>(st.as_ptr(), kb, v, c, acc),
-                4 => accumulate::<4>(st.as_ptr(), kb, v, c, acc),
-                3 => accumulate::<3>(st.as_ptr(), kb, v, c, acc),
-                2 => accumulate::<2>(st.as_ptr(), kb, v, c, acc),
-                _ => accumulate::<1>(st.as_ptr(), kb, v, c, acc),
-            }
-            dd += n;
-        }
-        j0 += kb;
-    }
+        },
+    );
+    let ot = &scratch.ot[..d * QB];
     let inv = sum.map(|s| 1.0 / s);
     for r in 0..rows {
         let dst = &mut out[r * c + h0..r * c + h0 + d];
@@ -231,56 +219,114 @@ unsafe fn head_block_bf16_avx512(
             qt[kp * QB + r] = super::bf16_gemm::pair(two[0], two[1]);
         }
     }
-    let ot = &mut scratch.ot[..d * QB];
-    ot.fill(0.0);
-    let mut max = [f32::NEG_INFINITY; QB];
-    let mut sum = [0f32; QB];
-    let mut j0 = 0;
-    while j0 < kv.tokens {
-        let kb = KB.min(kv.tokens - j0);
-        let st = &mut scratch.st[..kb * QB];
-        let mut new_max = max;
-        let running = new_max.as_mut_ptr();
-        let mut jj = 0;
-        while jj < kb {
-            let n = SCORE_ROWS.min(kb - jj);
-            let k = kv.k.as_ptr().add((j0 + jj) * c + h0);
-            let dst = st.as_mut_ptr().add(jj * QB);
+    let qt = qt.as_ptr();
+    let (k, v) = (kv.k.as_ptr().add(h0), kv.v_pairs.as_ptr().add(h0));
+    let blocks = KeyBlocks {
+        tokens: kv.tokens,
+        d,
+        st: &mut scratch.st,
+        ot: &mut scratch.ot[..d * QB],
+        pairs: Some(&mut scratch.pt_pairs),
+    };
+    let sum = blocks.run(
+        |key, n, dst, max| match n {
+            6 => scores_bf16::<6>(qt, k.add(key * c), c, d, scale, dst, max),
+            5 => scores_bf16::<5>(qt, k.add(key * c), c, d, scale, dst, max),
+            4 => scores_bf16::<4>(qt, k.add(key * c), c, d, scale, dst, max),
+            3 => scores_bf16::<3>(qt, k.add(key * c), c, d, scale, dst, max),
+            2 => scores_bf16::<2>(qt, k.add(key * c), c, d, scale, dst, max),
+            _ => scores_bf16::<1>(qt, k.add(key * c), c, d, scale, dst, max),
+        },
+        |probs, j0, kb, dd, n, acc| {
+            let (p, pairs, v) = (probs.pairs, kb.div_ceil(2), v.add(j0 / 2 * c + dd));
             match n {
-                6 => scores_bf16::<6>(qt.as_ptr(), k, c, d, scale, dst, running),
-                5 => scores_bf16::<5>(qt.as_ptr(), k, c, d, scale, dst, running),
-                4 => scores_bf16::<4>(qt.as_ptr(), k, c, d, scale, dst, running),
-                3 => scores_bf16::<3>(qt.as_ptr(), k, c, d, scale, dst, running),
-                2 => scores_bf16::<2>(qt.as_ptr(), k, c, d, scale, dst, running),
-                _ => scores_bf16::<1>(qt.as_ptr(), k, c, d, scale, dst, running),
+                5 => accumulate_bf16::<5>(p, pairs, v, c, acc),
+                4 => accumulate_bf16::<4>(p, pairs, v, c, acc),
+                3 => accumulate_bf16::<3>(p, pairs, v, c, acc),
+                2 => accumulate_bf16::<2>(p, pairs, v, c, acc),
+                _ => accumulate_bf16::<1>(p, pairs, v, c, acc),
             }
-            jj += n;
-        }
-        let pt = &mut scratch.pt_pairs[..kb.div_ceil(2) * QB];
-        softmax_block(st, &mut max, new_max, &mut sum, ot, Some(pt));
-        let mut dd = 0;
-        while dd < d {
-            let n = OUT_ROWS.min(d - dd);
-            let v = kv.v_pairs.as_ptr().add(j0 / 2 * c + h0 + dd);
-            let acc = ot.as_mut_ptr().add(dd * QB);
-            let pairs = kb.div_ceil(2);
-            match n {
-                5 => accumulate_bf16::<5>(pt.as_ptr(), pairs, v, c, acc),
-                4 => accumulate_bf16::<4>(pt.as_ptr(), pairs, v, c, acc),
-                3 => accumulate_bf16::<3>(pt.as_ptr(), pairs, v, c, acc),
-                2 => accumulate_bf16::<2>(pt.as_ptr(), pairs, v, c, acc),
-                _ => accumulate_bf16::<1>(pt.as_ptr(), pairs, v, c, acc),
-            }
-            dd += n;
-        }
-        j0 += kb;
-    }
+        },
+    );
+    let ot = &scratch.ot[..d * QB];
     let inv = sum.map(|s| 1.0 / s);
     for r in 0..rows {
         let dst = &mut out[r * c + h0..r * c + h0 + d];
         for (kk, o) in dst.iter_mut().enumerate() {
             *o = bf16::from_f32(ot[kk * QB + r] * inv[r]);
         }
+    }
+}
+
+/// A key block's probabilities as the output micro-kernels read them: `f32` rows of Sᵀ, or (bf16 path)
+/// `pairs` of keys.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Probabilities {
+    f32: *const f32,
+    pairs: *const u32,
+}
+
+/// The key loop both precisions share, over one query block: the keys in blocks of up to [`KB`], each block's
+/// scores folded into the online softmax and its products added into the output accumulator `ot` (Oᵀ,
+/// `d`×[`QB`]). With `pairs`, the probabilities are handed to the output kernels as bf16 pairs of keys.
+#[cfg(target_arch = "x86_64")]
+struct KeyBlocks<'a> {
+    tokens: usize,
+    d: usize,
+    st: &'a mut [f32],
+    ot: &'a mut [f32],
+    pairs: Option<&'a mut [u32]>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl KeyBlocks<'_> {
+    /// Runs the loop: `scores(key, n, dst, max)` writes the Sᵀ rows of keys `key..key + n` (n ≤
+    /// [`SCORE_ROWS`]) at `dst` and raises the running maxima `max`; `accumulate(probs, j0, kb, dd, n, acc)`
+    /// adds the products of the block of `kb` keys from `j0` for head dimensions `dd..dd + n` (n ≤
+    /// [`OUT_ROWS`]) into `acc`. Returns the softmax denominators.
+    #[inline(always)]
+    fn run(
+        self,
+        scores: impl Fn(usize, usize, *mut f32, *mut f32),
+        accumulate: impl Fn(Probabilities, usize, usize, usize, usize, *mut f32),
+    ) -> [f32; QB] {
+        let KeyBlocks {
+            tokens,
+            d,
+            st,
+            ot,
+            mut pairs,
+        } = self;
+        ot.fill(0.0);
+        let mut max = [f32::NEG_INFINITY; QB];
+        let mut sum = [0f32; QB];
+        let mut j0 = 0;
+        while j0 < tokens {
+            let kb = KB.min(tokens - j0);
+            let st = &mut st[..kb * QB];
+            let mut new_max = max;
+            let mut jj = 0;
+            while jj < kb {
+                let n = SCORE_ROWS.min(kb - jj);
+                scores(j0 + jj, n, st[jj * QB..].as_mut_ptr(), new_max.as_mut_ptr());
+                jj += n;
+            }
+            let mut pt = pairs.as_deref_mut().map(|p| &mut p[..kb.div_ceil(2) * QB]);
+            softmax_block(st, &mut max, new_max, &mut sum, ot, pt.as_deref_mut());
+            let probs = Probabilities {
+                f32: st.as_ptr(),
+                pairs: pt.map_or(std::ptr::null(), |p| p.as_ptr()),
+            };
+            let mut dd = 0;
+            while dd < d {
+                let n = OUT_ROWS.min(d - dd);
+                accumulate(probs, j0, kb, dd, n, ot[dd * QB..].as_mut_ptr());
+                dd += n;
+            }
+            j0 += kb;
+        }
+        sum
     }
 }
 
@@ -445,6 +491,32 @@ unsafe fn load_row(p: *const f32) -> [__m512; VECS] {
     ]
 }
 
+/// Stores four vectors as the [`QB`] values at `p`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_row(p: *mut f32, row: &[__m512; VECS]) {
+    for (u, &v) in row.iter().enumerate() {
+        _mm512_storeu_ps(p.add(16 * u), v);
+    }
+}
+
+/// Stores the Sᵀ rows of a score micro-kernel (`acc`, one row of [`QB`] per key) at `dst` and raises the
+/// running maxima at `max` to them.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_scores<const R: usize>(acc: &[[__m512; VECS]; R], dst: *mut f32, max: *mut f32) {
+    let mut m = load_row(max);
+    for (r, acc_r) in acc.iter().enumerate() {
+        store_row(dst.add(r * QB), acc_r);
+        for (m_u, &a) in m.iter_mut().zip(acc_r) {
+            *m_u = _mm512_max_ps(*m_u, a);
+        }
+    }
+    store_row(max, &m);
+}
+
 /// Sᵀ rows for `R` keys: `dst[r · QB + i] = Σ_kk k[r · c + kk] · qt[kk · QB + i]`; raises `max[i]` (QB
 /// values) to the largest of them.
 #[cfg(target_arch = "x86_64")]
@@ -469,16 +541,7 @@ unsafe fn scores<const R: usize>(
             }
         }
     }
-    let mut m = load_row(max);
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (u, &a) in acc_r.iter().enumerate() {
-            _mm512_storeu_ps(dst.add(r * QB + 16 * u), a);
-            m[u] = _mm512_max_ps(m[u], a);
-        }
-    }
-    for (u, &m_u) in m.iter().enumerate() {
-        _mm512_storeu_ps(max.add(16 * u), m_u);
-    }
+    store_scores(&acc, dst, max);
 }
 
 /// Oᵀ rows for `R` head dimensions: `acc[r · QB + i] += Σ_j v[j · c + r] · p[j · QB + i]` over `keys` keys.
@@ -494,9 +557,7 @@ unsafe fn accumulate<const R: usize>(
 ) {
     let mut regs = [[_mm512_setzero_ps(); VECS]; R];
     for (r, regs_r) in regs.iter_mut().enumerate() {
-        for (u, a) in regs_r.iter_mut().enumerate() {
-            *a = _mm512_loadu_ps(acc.add(r * QB + 16 * u));
-        }
+        *regs_r = load_row(acc.add(r * QB));
     }
     for j in 0..keys {
         let row = p.add(j * QB);
@@ -509,9 +570,7 @@ unsafe fn accumulate<const R: usize>(
         }
     }
     for (r, regs_r) in regs.iter().enumerate() {
-        for (u, &a) in regs_r.iter().enumerate() {
-            _mm512_storeu_ps(acc.add(r * QB + 16 * u), a);
-        }
+        store_row(acc.add(r * QB), regs_r);
     }
 }
 
@@ -542,17 +601,12 @@ unsafe fn scores_bf16<const R: usize>(
         }
     }
     let s = _mm512_set1_ps(scale);
-    let mut m = load_row(max);
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (u, &a) in acc_r.iter().enumerate() {
-            let a = _mm512_mul_ps(a, s);
-            _mm512_storeu_ps(dst.add(r * QB + 16 * u), a);
-            m[u] = _mm512_max_ps(m[u], a);
+    for acc_r in acc.iter_mut() {
+        for a in acc_r.iter_mut() {
+            *a = _mm512_mul_ps(*a, s);
         }
     }
-    for (u, &m_u) in m.iter().enumerate() {
-        _mm512_storeu_ps(max.add(16 * u), m_u);
-    }
+    store_scores(&acc, dst, max);
 }
 
 /// [`accumulate`] on bf16 pairs of keys: `p` holds `pairs` rows of [`QB`] probability pairs, `v` value pairs
@@ -569,9 +623,7 @@ unsafe fn accumulate_bf16<const R: usize>(
 ) {
     let mut regs = [[_mm512_setzero_ps(); VECS]; R];
     for (r, regs_r) in regs.iter_mut().enumerate() {
-        for (u, a) in regs_r.iter_mut().enumerate() {
-            *a = _mm512_loadu_ps(acc.add(r * QB + 16 * u));
-        }
+        *regs_r = load_row(acc.add(r * QB));
     }
     for jp in 0..pairs {
         let row = p.add(jp * QB) as *const __m512i;
@@ -584,9 +636,7 @@ unsafe fn accumulate_bf16<const R: usize>(
         }
     }
     for (r, regs_r) in regs.iter().enumerate() {
-        for (u, &a) in regs_r.iter().enumerate() {
-            _mm512_storeu_ps(acc.add(r * QB + 16 * u), a);
-        }
+        store_row(acc.add(r * QB), regs_r);
     }
 }
 
