@@ -219,6 +219,40 @@ fn bf16_linear_matches_f32_product() {
     }
 }
 
+/// SiLU, quick GELU and exact GELU in one pass match candle's compositions: f32 to 1e-6 of the largest value
+/// (the vectorized exp and erf), bf16 to one bf16 rounding; a transposed input is made contiguous first.
+#[test]
+fn activations_match_reference() {
+    use diffuse::kernels::activation::{apply, reference, Pointwise};
+    let mut rng = TorchCpuRng::new(6);
+    for f in [Pointwise::Silu, Pointwise::QuickGelu, Pointwise::GeluErf] {
+        for shape in [[2usize, 77, 3072], [1, 3, 5]] {
+            let x = (randn(&mut rng, &shape) * 4.0).unwrap();
+            let want = reference(&x, f).unwrap();
+            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap();
+            let got = apply(&x, f).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let err = max_abs_diff(&got, &want);
+            assert!(err <= 1e-6 * scale, "{f:?} {shape:?}: {err}");
+            let xt = x.transpose(1, 2).unwrap();
+            let err = max_abs_diff(
+                &apply(&xt, f).unwrap(),
+                &reference(&xt, f).unwrap().contiguous().unwrap(),
+            );
+            assert!(err <= 1e-6 * scale, "{f:?} {shape:?} transposed: {err}");
+            let xb = x.to_dtype(DType::BF16).unwrap();
+            let got = apply(&xb, f).unwrap();
+            assert_eq!(got.dtype(), DType::BF16);
+            let want = reference(&xb.to_dtype(DType::F32).unwrap(), f).unwrap();
+            assert!(
+                max_abs_diff(&got, &want) <= scale * 4e-3,
+                "{f:?} {shape:?} bf16"
+            );
+        }
+    }
+}
+
 #[test]
 fn geglu_matches_reference() {
     use diffuse::kernels::geglu;

@@ -2,6 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
+use crate::kernels::activation::{self, Pointwise};
 use crate::{Error, Result};
 
 /// An activation function named in a model config (`act_fn`, `hidden_act`, ...).
@@ -42,8 +43,22 @@ impl Activation {
         })
     }
 
-    /// Applies the activation.
+    /// Applies the activation: on the CPU outside training, SiLU and both GELUs run as one vectorized pass
+    /// ([`crate::kernels::activation`]).
     pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let kernel = match self {
+            Activation::Silu => Some(Pointwise::Silu),
+            Activation::QuickGelu => Some(Pointwise::QuickGelu),
+            Activation::Gelu => Some(Pointwise::GeluErf),
+            _ => None,
+        };
+        if let Some(f) = kernel.filter(|_| {
+            x.device().is_cpu()
+                && !x.track_op()
+                && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        }) {
+            return activation::apply(x, f);
+        }
         match self {
             Activation::Silu if x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 => {
                 x.contiguous()?.apply_op1(TrainingSilu)

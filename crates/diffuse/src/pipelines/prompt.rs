@@ -74,13 +74,15 @@ impl TextEncoders {
         let (tokenizer, encoder) = (&self.tokenizer, &self.encoder);
         match &self.second {
             None => {
-                let positive = single_embedding(tokenizer, encoder, prompt, clip_skip)?;
                 let context = if guidance {
-                    // diffusers encodes the negative prompt without clip_skip.
-                    let negative = single_embedding(tokenizer, encoder, negative_prompt, None)?;
+                    // One pass over both rows (the causal mask keeps them independent); diffusers encodes
+                    // the negative prompt without clip_skip.
+                    let out = run_batch(tokenizer, encoder, &[negative_prompt, prompt])?;
+                    let negative = single_embedding(encoder, &out, None)?.narrow(0, 0, 1)?;
+                    let positive = single_embedding(encoder, &out, clip_skip)?.narrow(0, 1, 1)?;
                     Tensor::cat(&[negative, positive], 0)?
                 } else {
-                    positive
+                    single_embedding(encoder, &run(tokenizer, encoder, prompt)?, clip_skip)?
                 };
                 Ok(Conditioning {
                     context: repeat_rows(&context, images)?,
@@ -142,16 +144,29 @@ fn repeat_rows(x: &Tensor, images: usize) -> Result<Tensor> {
 }
 
 fn run(tokenizer: &ClipTokenizer, encoder: &ClipTextModel, text: &str) -> Result<ClipTextOutput> {
-    let tokens = tokenizer.encode(text)?;
-    if let Some(removed) = &tokens.truncated {
-        tracing::warn!(
-            "The following part of your input was truncated because CLIP can only handle sequences up to {} \
-             tokens: {removed}",
-            tokenizer.max_length()
-        );
+    run_batch(tokenizer, encoder, &[text])
+}
+
+/// Encodes `texts` as the rows of one batch (each padded to the tokenizer's length).
+fn run_batch(
+    tokenizer: &ClipTokenizer,
+    encoder: &ClipTextModel,
+    texts: &[&str],
+) -> Result<ClipTextOutput> {
+    let mut ids = Vec::new();
+    for text in texts {
+        let tokens = tokenizer.encode(text)?;
+        if let Some(removed) = &tokens.truncated {
+            tracing::warn!(
+                "The following part of your input was truncated because CLIP can only handle sequences up to {} \
+                 tokens: {removed}",
+                tokenizer.max_length()
+            );
+        }
+        ids.extend(tokens.ids);
     }
-    let ids = Tensor::new(tokens.ids.as_slice(), encoder.device())?.unsqueeze(0)?;
-    encoder.forward(&ids)
+    let shape = (texts.len(), tokenizer.max_length());
+    encoder.forward(&Tensor::from_vec(ids, shape, encoder.device())?)
 }
 
 fn hidden_state(out: &ClipTextOutput, from_end: usize) -> Result<&Tensor> {
@@ -175,17 +190,15 @@ fn penultimate(out: &ClipTextOutput, clip_skip: Option<usize>) -> Result<Tensor>
     Ok(hidden_state(out, clip_skip.unwrap_or(0) + 2)?.clone())
 }
 
-/// SD's choice: the final output, or with `clip_skip = k` the hidden state `k + 1` from the end passed through
-/// the final layer norm (A1111's "Clip skip: 2" is `k = 1`).
+/// SD's choice from `out`: the final output, or with `clip_skip = k` the hidden state `k + 1` from the end
+/// passed through the final layer norm (A1111's "Clip skip: 2" is `k = 1`).
 fn single_embedding(
-    tokenizer: &ClipTokenizer,
     encoder: &ClipTextModel,
-    text: &str,
+    out: &ClipTextOutput,
     clip_skip: Option<usize>,
 ) -> Result<Tensor> {
-    let out = run(tokenizer, encoder, text)?;
     match clip_skip {
-        None => Ok(out.last_hidden_state),
-        Some(k) => encoder.final_layer_norm(hidden_state(&out, k + 1)?),
+        None => Ok(out.last_hidden_state.clone()),
+        Some(k) => encoder.final_layer_norm(hidden_state(out, k + 1)?),
     }
 }
