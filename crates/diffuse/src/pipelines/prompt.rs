@@ -90,32 +90,38 @@ impl TextEncoders {
                 })
             }
             Some(xl) => {
-                let encode = |text: &str, skip: Option<usize>| -> Result<(Tensor, Tensor)> {
-                    let first = run(tokenizer, encoder, text)?;
-                    let second = run(&xl.tokenizer, &xl.encoder, text)?;
-                    let pooled = second.text_embeds.clone().ok_or_else(|| {
-                        Error::invalid("text_encoder_2", "has no text_projection")
-                    })?;
-                    let context = Tensor::cat(
-                        &[penultimate(&first, skip)?, penultimate(&second, skip)?],
-                        2,
-                    )?;
-                    Ok((context, pooled))
+                let zero_negative = negative_prompt.is_empty() && xl.force_zeros_for_empty_prompt;
+                // The negative prompt (when encoded) and the prompt as one batch per encoder.
+                let texts = if guidance && !zero_negative {
+                    vec![negative_prompt, prompt]
+                } else {
+                    vec![prompt]
                 };
-                let (positive, pooled) = encode(prompt, clip_skip)?;
+                let first = run_batch(tokenizer, encoder, &texts)?;
+                let second = run_batch(&xl.tokenizer, &xl.encoder, &texts)?;
+                let pooled = second
+                    .text_embeds
+                    .clone()
+                    .ok_or_else(|| Error::invalid("text_encoder_2", "has no text_projection"))?;
+                let row = |r: usize, skip: Option<usize>| -> Result<Tensor> {
+                    let parts = [
+                        penultimate(&first, skip)?.narrow(0, r, 1)?,
+                        penultimate(&second, skip)?.narrow(0, r, 1)?,
+                    ];
+                    Ok(Tensor::cat(&parts, 2)?)
+                };
+                let last = texts.len() - 1;
+                let positive = row(last, clip_skip)?;
                 let (context, text_embeds) = if !guidance {
                     (positive, pooled)
-                } else if negative_prompt.is_empty() && xl.force_zeros_for_empty_prompt {
+                } else if zero_negative {
                     (
                         Tensor::cat(&[positive.zeros_like()?, positive], 0)?,
                         Tensor::cat(&[pooled.zeros_like()?, pooled], 0)?,
                     )
                 } else {
-                    let (negative, negative_pooled) = encode(negative_prompt, None)?;
-                    (
-                        Tensor::cat(&[negative, positive], 0)?,
-                        Tensor::cat(&[negative_pooled, pooled], 0)?,
-                    )
+                    // diffusers encodes the negative prompt without clip_skip.
+                    (Tensor::cat(&[row(0, None)?, positive], 0)?, pooled)
                 };
                 Ok(Conditioning {
                     context: repeat_rows(&context, images)?,
