@@ -43,7 +43,7 @@ impl Activation {
         })
     }
 
-    /// Applies the activation: on the CPU outside training, SiLU and both GELUs run as one vectorized pass
+    /// Applies the activation: on the CPU outside training, SiLU, quick GELU and the exact GELU run as one pass
     /// ([`crate::kernels::activation`]).
     pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
         let kernel = match self {
