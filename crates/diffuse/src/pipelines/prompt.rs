@@ -77,12 +77,12 @@ impl TextEncoders {
                 let context = if guidance {
                     // One pass over both rows (the causal mask keeps them independent); diffusers encodes
                     // the negative prompt without clip_skip.
-                    let out = run_batch(tokenizer, encoder, &[negative_prompt, prompt])?;
+                    let out = run(tokenizer, encoder, &[negative_prompt, prompt])?;
                     let negative = single_embedding(encoder, &out, None)?.narrow(0, 0, 1)?;
                     let positive = single_embedding(encoder, &out, clip_skip)?.narrow(0, 1, 1)?;
                     Tensor::cat(&[negative, positive], 0)?
                 } else {
-                    single_embedding(encoder, &run(tokenizer, encoder, prompt)?, clip_skip)?
+                    single_embedding(encoder, &run(tokenizer, encoder, &[prompt])?, clip_skip)?
                 };
                 Ok(Conditioning {
                     context: repeat_rows(&context, images)?,
@@ -97,8 +97,8 @@ impl TextEncoders {
                 } else {
                     vec![prompt]
                 };
-                let first = run_batch(tokenizer, encoder, &texts)?;
-                let second = run_batch(&xl.tokenizer, &xl.encoder, &texts)?;
+                let first = run(tokenizer, encoder, &texts)?;
+                let second = run(&xl.tokenizer, &xl.encoder, &texts)?;
                 let pooled = second
                     .text_embeds
                     .clone()
@@ -149,12 +149,8 @@ fn repeat_rows(x: &Tensor, images: usize) -> Result<Tensor> {
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-fn run(tokenizer: &ClipTokenizer, encoder: &ClipTextModel, text: &str) -> Result<ClipTextOutput> {
-    run_batch(tokenizer, encoder, &[text])
-}
-
 /// Encodes `texts` as the rows of one batch (each padded to the tokenizer's length).
-fn run_batch(
+fn run(
     tokenizer: &ClipTokenizer,
     encoder: &ClipTextModel,
     texts: &[&str],
