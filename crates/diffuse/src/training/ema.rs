@@ -27,8 +27,13 @@ impl Ema {
         })
     }
 
-    /// The decay used at the next update: `min(decay, (1 + n) / (10 + n))` after n updates (warm-up).
+    /// The decay used at the next update, as `EMAModel.get_decay` gives it: 0 for the first update (the
+    /// average starts at the weights after the first optimizer step), then `min(decay, (1 + n) / (10 + n))`
+    /// after n + 1 updates (warm-up).
     pub fn current_decay(&self) -> f64 {
+        if self.updates == 0 {
+            return 0.0;
+        }
         let n = self.updates as f64;
         self.decay.min((1.0 + n) / (10.0 + n))
     }

@@ -86,7 +86,7 @@ impl DenoisingObjective {
             Prediction::Epsilon => noise,
             Prediction::VPrediction => self.schedule.velocity(latents, &noise, &steps)?,
         };
-        let weights = self.weights(&steps, device)?;
+        let weights = self.loss_weights(&steps, device)?;
         let timesteps: Vec<f32> = steps.iter().map(|&t| t as f32).collect();
         Ok(NoisedBatch {
             noisy,
@@ -96,7 +96,9 @@ impl DenoisingObjective {
         })
     }
 
-    fn weights(&self, steps: &[usize], device: &Device) -> Result<Tensor> {
+    /// The per-sample loss weights `[batch]` for `steps`: min-SNR-γ's `min(SNR, γ)/SNR` for ε and
+    /// `min(SNR, γ)/(SNR + 1)` for v, or all 1 without the weighting.
+    pub fn loss_weights(&self, steps: &[usize], device: &Device) -> Result<Tensor> {
         let weights = steps
             .iter()
             .map(|&t| {
