@@ -1,10 +1,12 @@
-//! The layers that switch to other kernels when a gradient is tracked (convolution through im2col, composed
+//! The layers that switch to other kernels when a gradient is tracked (convolution through im2col, the training
 //! softmax and layer norm) compute the same values and the same gradients as candle's reference ops.
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use diffuse::kernels::group_norm::group_norm;
 use diffuse::kernels::train_conv::conv2d_im2col;
+use diffuse::kernels::train_layer_norm::layer_norm_tracked;
+use diffuse::kernels::train_softmax::softmax_last_dim_tracked;
 use diffuse::models::activations::Activation;
 use diffuse::models::attention::scaled_dot_product_attention;
 use diffuse::models::conv::Conv2d;
@@ -160,6 +162,56 @@ fn tracked_softmax_and_layer_norm_match_the_fused_kernels() {
         .backward()
         .unwrap();
     assert!(vars.all_vars().iter().all(|v| grads.get(v).is_some()));
+}
+
+/// The training softmax against candle's composed one: values within 1e-6 (probabilities ≤ 1, exponentials
+/// that differ by an ulp), gradients within 1e-5 (a sum over the row of products of N(0, 1) weights).
+#[test]
+fn training_softmax_matches_candle_values_and_gradients() {
+    for shape in [vec![2, 3, 7, 33], vec![1, 2, 1000], vec![5, 1]] {
+        let x = Var::from_tensor(&(randn(&shape, 40) * 4.0).unwrap()).unwrap();
+        let w = randn(&shape, 41);
+        let ours = softmax_last_dim_tracked(x.as_tensor()).unwrap();
+        let reference = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
+        assert!(max_abs_diff(&ours, &reference) < 1e-6, "{shape:?}: values");
+        let loss = |p: &Tensor| (p * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g_ours, g_ref) = (loss(&ours), loss(&reference));
+        let diff = max_abs_diff(g_ours.get(&x).unwrap(), g_ref.get(&x).unwrap());
+        assert!(diff < 1e-5, "{shape:?}: gradients differ by {diff}");
+    }
+}
+
+/// The training LayerNorm against candle's composed one: values within 1e-4, and the gradients of input,
+/// weight and bias within 1e-5 of their largest value (or of 1) (the weight and bias gradients are sums over up to 2100
+/// rows of products of N(0, 1) values, taken in another order).
+#[test]
+fn training_layer_norm_matches_candle_values_and_gradients() {
+    for (shape, n) in [
+        (vec![2, 5, 16], 16),
+        (vec![3, 700, 64], 64),
+        (vec![4, 1], 1),
+    ] {
+        let x = Var::from_tensor(&randn(&shape, 50)).unwrap();
+        let w = Var::from_tensor(&randn(&[n], 51)).unwrap();
+        let b = Var::from_tensor(&randn(&[n], 52)).unwrap();
+        let probe = randn(&shape, 53);
+        let ours = layer_norm_tracked(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let reference =
+            candle_nn::ops::layer_norm_slow(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
+                .unwrap();
+        assert!(max_abs_diff(&ours, &reference) < 1e-4, "{shape:?}: values");
+        let loss = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g_ours, g_ref) = (loss(&ours), loss(&reference));
+        for (name, var) in [("input", &x), ("weight", &w), ("bias", &b)] {
+            let (ours, reference) = (g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
+            let scale = max_abs_diff(reference, &reference.zeros_like().unwrap());
+            let diff = max_abs_diff(ours, reference);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "{shape:?}: {name} gradients differ by {diff} (largest {scale})"
+            );
+        }
+    }
 }
 
 #[test]

@@ -18,7 +18,9 @@ pub mod simd;
 mod storage;
 pub mod train_conv;
 pub mod train_group_norm;
+pub mod train_layer_norm;
 pub mod train_linear;
+pub mod train_softmax;
 pub mod vmath;
 pub mod winograd;
 

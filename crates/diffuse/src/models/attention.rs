@@ -23,11 +23,14 @@ pub fn scaled_dot_product_attention(
         Some(mask) => scores.broadcast_add(&mask.to_dtype(compute)?)?,
         None => scores,
     };
-    // candle's fused softmax has no backward pass: use the composed one when a gradient is tracked.
-    let probs = if scores.track_op() {
-        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
-    } else {
+    // candle's fused softmax has no backward pass: when a gradient is tracked, the CPU uses the training
+    // kernel and other devices the composed softmax.
+    let probs = if !scores.track_op() {
         candle_nn::ops::softmax_last_dim(&scores)?
+    } else if scores.device().is_cpu() && scores.dtype() == DType::F32 {
+        crate::kernels::train_softmax::softmax_last_dim_tracked(&scores.contiguous()?)?
+    } else {
+        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
     }
     .to_dtype(in_dtype)?;
     probs.matmul(&v.contiguous()?)

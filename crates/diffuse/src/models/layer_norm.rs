@@ -1,7 +1,8 @@
-//! LayerNorm over the last dimension: candle's fused kernel for inference, plain differentiable ops when a
-//! gradient is being tracked (candle's fused kernel has no backward pass).
+//! LayerNorm over the last dimension: candle's fused kernel for inference; when a gradient is being tracked
+//! (candle's fused kernel has no backward pass), the training kernel on the CPU and plain differentiable ops
+//! elsewhere.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
 /// A LayerNorm with weight and bias (transformers' and diffusers' `nn.LayerNorm`).
@@ -22,7 +23,13 @@ impl Module for LayerNorm {
         let weight = self.inner.weight();
         match self.inner.bias() {
             Some(bias) if x.track_op() || weight.track_op() || bias.track_op() => {
-                candle_nn::ops::layer_norm_slow(x, weight, bias, self.inner.eps() as f32)
+                let eps = self.inner.eps() as f32;
+                if x.device().is_cpu() && [x, weight, bias].iter().all(|t| t.dtype() == DType::F32)
+                {
+                    crate::kernels::train_layer_norm::layer_norm_tracked(x, weight, bias, eps)
+                } else {
+                    candle_nn::ops::layer_norm_slow(x, weight, bias, eps)
+                }
             }
             _ => self.inner.forward(x),
         }
