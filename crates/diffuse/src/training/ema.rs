@@ -29,7 +29,7 @@ impl Ema {
 
     /// The decay used at the next update, as `EMAModel.get_decay` gives it: 0 for the first update (the
     /// average starts at the weights after the first optimizer step), then `min(decay, (1 + n) / (10 + n))`
-    /// after n + 1 updates (warm-up).
+    /// after n ≥ 1 updates (warm-up).
     pub fn current_decay(&self) -> f64 {
         if self.updates == 0 {
             return 0.0;
