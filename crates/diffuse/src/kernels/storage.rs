@@ -19,6 +19,18 @@ pub fn as_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Resul
     })
 }
 
+/// The values of a contiguous f32 tensor, borrowed; `op` names the kernel in errors. For the training kernels,
+/// which compute only in f32.
+pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: only f32 is supported, not {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: the kernel needs a contiguous tensor"),
+    }
+}
+
 fn widen<T: Copy + Send + Sync>(src: &[T], f: fn(T) -> f32) -> Vec<f32> {
     let mut out = vec![0f32; src.len()];
     out.par_chunks_mut(1 << 16)

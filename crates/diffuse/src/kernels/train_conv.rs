@@ -7,6 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
+use super::storage::f32_slice;
+
 /// The geometry of a square-kernel convolution over `[batch, channels, height, width]` inputs.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -95,20 +97,6 @@ impl Geometry {
 struct Run {
     start: usize,
     step: usize,
-}
-
-fn f32_slice<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: only f32 is supported")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
 }
 
 /// Unfolds `[b, c, h, w]` into `[c·k·k, b·oh·ow]`.

@@ -4,6 +4,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use super::storage::f32_slice;
+
 /// GroupNorm of `x` (`[batch, channels, …]`, f32 on the CPU) with a backward pass, for training.
 pub fn group_norm_tracked(
     x: &Tensor,
@@ -44,16 +46,6 @@ fn statistics(
         .collect()
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("fused group-norm: only f32 is supported")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("fused group-norm: the inputs must be contiguous"),
-    }
-}
-
 impl FusedGroupNorm {
     /// (batch, channels, spatial size) of `dims`.
     fn split(dims: &[usize]) -> (usize, usize, usize) {
@@ -75,9 +67,9 @@ impl CustomOp3 for FusedGroupNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1)?;
-        let weight = contiguous_f32(s2, l2)?;
-        let bias = contiguous_f32(s3, l3)?;
+        let x = f32_slice(s1, l1, "fused group-norm")?;
+        let weight = f32_slice(s2, l2, "fused group-norm")?;
+        let bias = f32_slice(s3, l3, "fused group-norm")?;
         let (batch, channels, spatial) = Self::split(l1.dims());
         if channels % self.groups != 0 || weight.len() != channels || bias.len() != channels {
             candle_core::bail!(

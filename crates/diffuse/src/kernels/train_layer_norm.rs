@@ -5,6 +5,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::storage::f32_slice;
+
 /// Values per parallel task, about.
 const TASK_VALUES: usize = 1 << 14;
 
@@ -35,20 +37,6 @@ fn statistics(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn values<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(all) = storage else {
-        candle_core::bail!("train-layer-norm: {what} must be f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("train-layer-norm: {what} must be contiguous")
-    };
-    Ok(&all[start..end])
-}
-
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "train-layer-norm"
@@ -63,9 +51,9 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = values(s1, l1, "the input")?;
-        let w = values(s2, l2, "the weight")?;
-        let b = values(s3, l3, "the bias")?;
+        let x = f32_slice(s1, l1, "train-layer-norm input")?;
+        let w = f32_slice(s2, l2, "train-layer-norm weight")?;
+        let b = f32_slice(s3, l3, "train-layer-norm bias")?;
         let n = l1.shape().dims().last().copied().unwrap_or(0);
         if n == 0 || w.len() != n || b.len() != n {
             candle_core::bail!(

@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::storage::f32_slice;
 use super::vmath;
 
 /// Rows per parallel task, at least; a task covers about this many values.
@@ -13,21 +14,6 @@ const TASK_VALUES: usize = 1 << 14;
 /// `softmax(x)` over the last dimension of an f32 tensor on the CPU, differentiable.
 pub fn softmax_last_dim_tracked(x: &Tensor) -> candle_core::Result<Tensor> {
     x.apply_op1(Softmax)
-}
-
-/// The contiguous f32 values of an operand, named `what` in errors.
-fn values<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(all) = storage else {
-        candle_core::bail!("{what}: expects f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{what}: expects a contiguous tensor")
-    };
-    Ok(&all[start..end])
 }
 
 /// The row length (last dimension) of `shape`, and rows per parallel task.
@@ -44,7 +30,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = values(s, l, "train-softmax")?;
+        let x = f32_slice(s, l, "train-softmax")?;
         let (n, per_task) = rows(l.shape());
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n * per_task)
@@ -84,8 +70,8 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = values(s1, l1, "train-softmax-backward")?;
-        let dy = values(s2, l2, "train-softmax-backward")?;
+        let y = f32_slice(s1, l1, "train-softmax-backward")?;
+        let dy = f32_slice(s2, l2, "train-softmax-backward")?;
         if y.len() != dy.len() {
             candle_core::bail!(
                 "train-softmax-backward: {} outputs, {} gradients",
