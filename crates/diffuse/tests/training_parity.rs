@@ -13,6 +13,7 @@ use diffuse::schedulers::{NoiseSchedule, SchedulerConfig};
 use diffuse::training::ema::Ema;
 use diffuse::training::objectives::{DenoisingObjective, NoisedBatch, Prediction};
 use diffuse::training::optimizer::{clip_scale, grad_norm, AdamW, AdamWSettings};
+use diffuse::training::timestep_bias::{TimestepBias, TimestepSampler};
 use serde_json::Value;
 
 /// Six f32 AdamW steps on values of order 1 agree with torch's to a few ulps; 1e-6 relative leaves room for
@@ -95,6 +96,7 @@ fn denoising_objective_matches_diffusers_training_script() {
             prediction,
             min_snr_gamma: case["min_snr_gamma"].as_f64(),
             noise_offset: 0.0,
+            timesteps: TimestepSampler::new(&TimestepBias::default(), 1000).unwrap(),
         };
         let steps: Vec<usize> = case["timesteps"]
             .as_array()

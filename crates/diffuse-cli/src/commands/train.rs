@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use diffuse::training::export::parse_save_dtype;
 use diffuse::training::objectives::{Prediction, Reconstruction};
 use diffuse::training::optimizer::LrShape;
+use diffuse::training::timestep_bias::{BiasStrategy, TimestepBias};
 use diffuse::training::trainer::Stage;
 use diffuse::training::{
     default_resolution, train, ModelSource, StepReport, TrainConfig, TrainEvent, TrainingData,
@@ -53,6 +54,19 @@ pub enum Target {
     /// The velocity.
     #[value(name = "v_prediction")]
     VPrediction,
+}
+
+/// Which training timesteps are drawn more often (diffusers' `--timestep_bias_strategy`).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BiasStrategyArg {
+    /// Uniform timesteps.
+    None,
+    /// The least noisy `--timestep-bias-portion` of the schedule.
+    Earlier,
+    /// The noisiest `--timestep-bias-portion` of the schedule.
+    Later,
+    /// `--timestep-bias-begin` to `--timestep-bias-end`.
+    Range,
 }
 
 /// Arguments of `diffuse train`.
@@ -114,6 +128,26 @@ pub struct TrainArgs {
     /// Offset-noise scale.
     #[arg(long, default_value_t = 0.05)]
     noise_offset: f64,
+    /// CPU threads; each takes a share of every batch (data parallelism) and runs it with single-threaded
+    /// ops, which on small networks beats sharing every op (default: all cores). The same `--seed` and
+    /// `--threads` give the same weights.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Draw some timesteps more often than others (as diffusers' SDXL training script does).
+    #[arg(long, value_enum, default_value_t = BiasStrategyArg::None)]
+    timestep_bias_strategy: BiasStrategyArg,
+    /// The factor on the biased timesteps' sampling weight.
+    #[arg(long, default_value_t = 1.0)]
+    timestep_bias_multiplier: f64,
+    /// The biased fraction of the schedule for `earlier` and `later`.
+    #[arg(long, default_value_t = 0.25)]
+    timestep_bias_portion: f64,
+    /// The first biased timestep for `range`.
+    #[arg(long, default_value_t = 0)]
+    timestep_bias_begin: usize,
+    /// One past the last biased timestep for `range`.
+    #[arg(long, default_value_t = 1000)]
+    timestep_bias_end: usize,
     /// The VAE's reconstruction error.
     #[arg(long, value_enum, default_value_t = VaeLoss::L1)]
     vae_loss: VaeLoss,
@@ -154,6 +188,14 @@ pub struct TrainArgs {
 
 /// Runs the training and prints progress on stderr.
 pub fn run(args: TrainArgs) -> Result<()> {
+    let workers = match args.threads {
+        Some(0) => bail!("invalid --threads: 0: at least one thread"),
+        Some(threads) => threads,
+        None => candle_core::utils::get_num_threads(),
+    };
+    // Each worker thread runs its share of a batch with single-threaded ops; candle and its GEMM read this
+    // when they size their thread pools, and no other thread exists yet.
+    std::env::set_var("RAYON_NUM_THREADS", "1");
     let source = match (&args.from, &args.tokenizer) {
         (Some(folder), None) => ModelSource::Pretrained {
             folder: folder.clone(),
@@ -174,6 +216,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut config = TrainConfig::new(data, args.out.clone(), source);
     config.seed = args.seed;
     config.batch_size = args.batch_size;
+    config.workers = workers;
     config.vae.steps = args.vae_steps;
     config.vae.batch_size = args.vae_batch_size;
     config.vae.learning_rate = args.vae_lr;
@@ -198,6 +241,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.denoiser.zero_terminal_snr = args.zero_terminal_snr.then_some(true);
     config.denoiser.min_snr_gamma = (args.min_snr_gamma > 0.0).then_some(args.min_snr_gamma);
     config.denoiser.noise_offset = args.noise_offset;
+    config.denoiser.timestep_bias = TimestepBias {
+        strategy: match args.timestep_bias_strategy {
+            BiasStrategyArg::None => BiasStrategy::None,
+            BiasStrategyArg::Earlier => BiasStrategy::Earlier,
+            BiasStrategyArg::Later => BiasStrategy::Later,
+            BiasStrategyArg::Range => BiasStrategy::Range,
+        },
+        multiplier: args.timestep_bias_multiplier,
+        portion: args.timestep_bias_portion,
+        begin: args.timestep_bias_begin,
+        end: args.timestep_bias_end,
+    };
     config.denoiser.caption_dropout = args.caption_dropout;
     config.denoiser.train_text_encoder = (config.denoiser.train_text_encoder
         || args.train_text_encoder)

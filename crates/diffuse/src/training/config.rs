@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 use super::data::TrainingData;
 use super::objectives::{Prediction, Reconstruction};
 use super::optimizer::{AdamWSettings, LrShape};
+use super::timestep_bias::TimestepBias;
 use crate::{Error, Result};
 
 /// Where the networks come from.
@@ -62,6 +63,8 @@ pub struct DenoiserSettings {
     pub zero_terminal_snr: Option<bool>,
     /// Offset-noise scale (0 for none).
     pub noise_offset: f64,
+    /// Which timesteps are drawn most (uniform by default).
+    pub timestep_bias: TimestepBias,
     /// The fraction of captions replaced by "" so that the model also learns the unconditional prediction
     /// classifier-free guidance needs.
     pub caption_dropout: f64,
@@ -85,6 +88,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Images per denoiser step.
     pub batch_size: usize,
+    /// Threads that split each batch between them (data parallelism; 1 runs the batch on the calling thread).
+    /// Each worker's ops use candle's thread count, so with several workers set `RAYON_NUM_THREADS=1`. The
+    /// same seed and worker count give the same weights.
+    pub workers: usize,
     /// The VAE stage (ignored when fine-tuning).
     pub vae: VaeSettings,
     /// The denoiser stage.
@@ -117,6 +124,7 @@ impl TrainConfig {
             source,
             seed: 0,
             batch_size: 32,
+            workers: 1,
             vae: VaeSettings {
                 steps: 1000,
                 batch_size: 16,
@@ -133,6 +141,7 @@ impl TrainConfig {
                 zero_terminal_snr: None,
                 min_snr_gamma: Some(5.0),
                 noise_offset: 0.05,
+                timestep_bias: TimestepBias::default(),
                 caption_dropout: 0.1,
                 train_text_encoder: from_scratch,
                 text_encoder_learning_rate: None,
@@ -213,6 +222,10 @@ impl TrainConfig {
                     format!("{gamma}: must be positive"),
                 ));
             }
+        }
+        self.denoiser.timestep_bias.validate()?;
+        if self.workers == 0 {
+            return Err(Error::invalid("--threads", "0: at least one thread"));
         }
         if self
             .max_grad_norm

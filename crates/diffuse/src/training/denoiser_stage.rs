@@ -9,11 +9,13 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::TrainConfig;
+use super::data_parallel::mean_loss_gradients;
 use super::ema::Ema;
 use super::init::{initialize, name_hash, sorted_vars};
 use super::objectives::DenoisingObjective;
 use super::optimizer::{clip_scale, grad_norm, AdamW, LrSchedule};
 use super::shapes::SplitMix;
+use super::timestep_bias::TimestepSampler;
 use super::trainer::{
     emit, prefixed, set_vars, snapshot, step_seed, Events, Setup, Stage, StepReport, TrainEvent,
 };
@@ -207,8 +209,10 @@ pub(crate) fn run(
     }
 
     let scheduler = SchedulerConfig::from_json_str(&setup.scheduler.to_string())?;
+    let schedule = NoiseSchedule::from_config(&scheduler)?;
     let objective = DenoisingObjective {
-        schedule: NoiseSchedule::from_config(&scheduler)?,
+        timesteps: TimestepSampler::new(&settings.timestep_bias, schedule.num_train_timesteps())?,
+        schedule,
         prediction: setup.prediction,
         min_snr_gamma: settings.min_snr_gamma,
         noise_offset: settings.noise_offset,
@@ -247,19 +251,22 @@ pub(crate) fn run(
         let std = cache.std.index_select(&index, 0)?;
         let eps = Tensor::from_vec(rng.randn_f32(mean.dims()), mean.dims(), device)?;
         let latents = ((mean + (std * eps)?)? - vae.shift)?.affine(vae.scaling_factor, 0.0)?;
-        let context = text
-            .model
-            .forward(&token_ids(setup, &captions, device)?)?
-            .last_hidden_state;
         let noised = objective.noise(&latents, &mut rng)?;
-        let prediction = unet.forward(
-            &noised.noisy,
-            &noised.timesteps,
-            &context,
-            &ExtraConditioning::default(),
-        )?;
-        let loss = objective.loss(&prediction, &noised)?;
-        let value = loss.to_scalar::<f32>()?;
+        let (value, grads) =
+            mean_loss_gradients(captions.len(), config.workers, &trainable, |share| {
+                let context = text
+                    .model
+                    .forward(&token_ids(setup, &captions[share.clone()], device)?)?
+                    .last_hidden_state;
+                let part = noised.narrow(share)?;
+                let prediction = unet.forward(
+                    &part.noisy,
+                    &part.timesteps,
+                    &context,
+                    &ExtraConditioning::default(),
+                )?;
+                objective.loss(&prediction, &part)
+            })?;
         if !value.is_finite() {
             return Err(Error::invalid(
                 "--lr",
@@ -269,7 +276,6 @@ pub(crate) fn run(
                 ),
             ));
         }
-        let grads = loss.backward()?;
         let scale = clip_scale(grad_norm(&grads, &trainable)?, config.max_grad_norm);
         let lr = schedule.at(step);
         optimizer.step(&grads, lr, scale)?;

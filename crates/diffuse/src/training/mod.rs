@@ -1,6 +1,6 @@
 //! Training on candle's autograd: the procedural captioned shapes set and user image folders, the VAE
 //! (reconstruction + KL), the CLIP text encoder and the UNet (noise prediction with ε or v targets, min-SNR-γ
-//! weighting, offset noise, caption dropout), AdamW with warm-up and constant or cosine decay, gradient
+//! weighting, offset noise, timestep bias, caption dropout), AdamW with warm-up and constant or cosine decay, gradient
 //! clipping, EMA, checkpoints with resume, and export as a diffusers pipeline folder.
 //!
 //! [`train`] runs a [`TrainConfig`]: from scratch it trains the VAE first, freezes it, then trains the UNet
@@ -11,6 +11,7 @@ pub mod architecture;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+mod data_parallel;
 mod denoiser_stage;
 pub mod ema;
 pub mod export;
@@ -19,6 +20,7 @@ pub mod init;
 pub mod objectives;
 pub mod optimizer;
 pub mod shapes;
+pub mod timestep_bias;
 pub mod trainer;
 mod vae_stage;
 

@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use crate::models::vae::LatentDistribution;
 use crate::rng::TorchCpuRng;
 use crate::schedulers::NoiseSchedule;
+use crate::training::timestep_bias::TimestepSampler;
 use crate::{Error, Result};
 
 /// What the denoiser learns to predict.
@@ -51,6 +52,19 @@ pub struct NoisedBatch {
     pub weights: Tensor,
 }
 
+impl NoisedBatch {
+    /// The samples `range` of the batch.
+    pub fn narrow(&self, range: std::ops::Range<usize>) -> Result<NoisedBatch> {
+        let part = |t: &Tensor| t.narrow(0, range.start, range.len());
+        Ok(NoisedBatch {
+            noisy: part(&self.noisy)?,
+            timesteps: part(&self.timesteps)?,
+            target: part(&self.target)?,
+            weights: part(&self.weights)?,
+        })
+    }
+}
+
 /// The denoising objective over a noise schedule.
 #[derive(Debug, Clone)]
 pub struct DenoisingObjective {
@@ -62,6 +76,8 @@ pub struct DenoisingObjective {
     pub min_snr_gamma: Option<f64>,
     /// Scale of the per-channel constant added to the noise (offset noise); 0 for none.
     pub noise_offset: f64,
+    /// Draws the timesteps (uniform, or with a timestep bias).
+    pub timesteps: TimestepSampler,
 }
 
 impl DenoisingObjective {
@@ -69,8 +85,7 @@ impl DenoisingObjective {
     pub fn noise(&self, latents: &Tensor, rng: &mut TorchCpuRng) -> Result<NoisedBatch> {
         let dims = latents.dims().to_vec();
         let (batch, channels) = (dims[0], dims[1]);
-        let n = self.schedule.num_train_timesteps();
-        let steps: Vec<usize> = (0..batch).map(|_| rng.next_u32() as usize % n).collect();
+        let steps: Vec<usize> = (0..batch).map(|_| self.timesteps.sample(rng)).collect();
         let device = latents.device();
         let mut noise = Tensor::from_vec(rng.randn_f32(&dims), dims.as_slice(), device)?;
         if self.noise_offset != 0.0 {

@@ -8,6 +8,7 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::TrainConfig;
+use super::data_parallel::mean_loss_gradients;
 use super::init::{initialize, name_hash, sorted_vars};
 use super::objectives::vae_loss;
 use super::optimizer::{clip_scale, grad_norm, AdamW, LrSchedule, LrShape};
@@ -103,17 +104,28 @@ pub(crate) fn run(
             .map(|_| picks.below(config.data.len()))
             .collect();
         let (images, _) = config.data.batch(&indices, device)?;
-        let posterior = vae.encode(&images)?;
-        let z = posterior.sample(&mut TorchCpuRng::new(seed))?;
-        let reconstruction = vae.decode(&z)?;
-        let loss = vae_loss(
-            &reconstruction,
-            &images,
-            &posterior,
-            config.vae.reconstruction,
-            config.vae.kl_weight,
+        let side = config.data.resolution() / cfg.scale_factor();
+        let eps_dims = [indices.len(), cfg.latent_channels, side, side];
+        let eps = Tensor::from_vec(
+            TorchCpuRng::new(seed).randn_f32(&eps_dims),
+            eps_dims.as_slice(),
+            device,
         )?;
-        let value = loss.total.to_scalar::<f32>()?;
+        let (value, grads) = mean_loss_gradients(indices.len(), config.workers, &named, |share| {
+            let images = images.narrow(0, share.start, share.len())?;
+            let posterior = vae.encode(&images)?;
+            let std = (&posterior.logvar * 0.5)?.exp()?;
+            let z = (&posterior.mean + (std * eps.narrow(0, share.start, share.len())?)?)?;
+            let reconstruction = vae.decode(&z)?;
+            Ok(vae_loss(
+                &reconstruction,
+                &images,
+                &posterior,
+                config.vae.reconstruction,
+                config.vae.kl_weight,
+            )?
+            .total)
+        })?;
         if !value.is_finite() {
             return Err(Error::invalid(
                 "--vae-lr",
@@ -123,7 +135,6 @@ pub(crate) fn run(
                 ),
             ));
         }
-        let grads = loss.total.backward()?;
         let scale = clip_scale(grad_norm(&grads, &named)?, config.max_grad_norm);
         let lr = schedule.at(step);
         optimizer.step(&grads, lr, scale)?;
