@@ -128,11 +128,12 @@ pub struct TrainArgs {
     /// Offset-noise scale.
     #[arg(long, default_value_t = 0.05)]
     noise_offset: f64,
-    /// CPU threads; each takes a share of every batch (data parallelism) and runs it with single-threaded
-    /// ops, which on small networks beats sharing every op (default: all cores). The same `--seed` and
-    /// `--threads` give the same weights.
+    /// Worker threads that each take a share of every batch (data parallelism) and run it with
+    /// single-threaded ops, which on small networks beats sharing every op (default: all cores). With 1, the
+    /// whole batch runs on candle's multi-threaded ops, as before data parallelism. The same `--seed` and
+    /// `--workers` give the same weights.
     #[arg(long)]
-    threads: Option<usize>,
+    workers: Option<usize>,
     /// Draw some timesteps more often than others (as diffusers' SDXL training script does).
     #[arg(long, value_enum, default_value_t = BiasStrategyArg::None)]
     timestep_bias_strategy: BiasStrategyArg,
@@ -188,14 +189,16 @@ pub struct TrainArgs {
 
 /// Runs the training and prints progress on stderr.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let workers = match args.threads {
-        Some(0) => bail!("invalid --threads: 0: at least one thread"),
-        Some(threads) => threads,
+    let workers = match args.workers {
+        Some(0) => bail!("invalid --workers: 0: at least one worker"),
+        Some(workers) => workers,
         None => candle_core::utils::get_num_threads(),
     };
-    // Each worker thread runs its share of a batch with single-threaded ops; candle and its GEMM read this
-    // when they size their thread pools, and no other thread exists yet.
-    std::env::set_var("RAYON_NUM_THREADS", "1");
+    if workers > 1 {
+        // Each worker runs its share of a batch with single-threaded ops; candle and its GEMM read this when
+        // they size their thread pools, and no other thread exists yet.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let source = match (&args.from, &args.tokenizer) {
         (Some(folder), None) => ModelSource::Pretrained {
             folder: folder.clone(),

@@ -225,7 +225,7 @@ impl TrainConfig {
         }
         self.denoiser.timestep_bias.validate()?;
         if self.workers == 0 {
-            return Err(Error::invalid("--threads", "0: at least one thread"));
+            return Err(Error::invalid("--workers", "0: at least one worker"));
         }
         if self
             .max_grad_norm
