@@ -3,6 +3,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
+use super::storage::f32_slice;
+
 /// `y = x · Wᵀ + b` over the last dimension (f32 on the CPU) with a backward pass that avoids candle's slow
 /// reductions over leading dimensions, for training.
 pub fn linear_tracked(
@@ -43,14 +45,8 @@ impl CustomOp2 for BiasAdd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("bias-add: expects f32 tensors")
-        };
-        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("bias-add: expects contiguous tensors")
-        };
-        let (x, b) = (&x[x0..x1], &b[b0..b1]);
+        let x = f32_slice(s1, l1, "bias-add")?;
+        let b = f32_slice(s2, l2, "bias-add")?;
         if b.is_empty() || x.len() % b.len() != 0 {
             candle_core::bail!("bias-add: {} values for a bias of {}", x.len(), b.len())
         }

@@ -13,7 +13,8 @@ use candle_core::{Tensor, Var};
 
 use crate::{Error, Result};
 
-/// `0..n` cut into at most `workers` contiguous, non-empty ranges whose lengths differ by at most one.
+/// `0..n` cut into at most `workers` contiguous ranges whose lengths differ by at most one (non-empty when
+/// `n` > 0; one empty range when `n` = 0).
 pub(crate) fn shares(n: usize, workers: usize) -> Vec<Range<usize>> {
     let workers = workers.clamp(1, n.max(1));
     let (base, extra) = (n / workers, n % workers);
@@ -25,7 +26,6 @@ pub(crate) fn shares(n: usize, workers: usize) -> Vec<Range<usize>> {
             start += len;
             range
         })
-        .filter(|r| !r.is_empty())
         .collect()
 }
 
