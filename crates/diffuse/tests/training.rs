@@ -1,6 +1,7 @@
 //! `diffuse::training`: short runs lower the loss and write a pipeline diffuse loads; the same seed gives the
 //! same weights; a resumed run ends where an uninterrupted one does; fine-tuning trains only the UNet; bad
-//! input gives clear errors; the timestep bias draws timesteps as diffusers weighs them.
+//! input gives clear errors; the timestep bias draws timesteps as diffusers weighs them; a refinement phase
+//! draws only low-noise timesteps with its own learning-rate schedule.
 
 mod common;
 
@@ -17,7 +18,9 @@ use diffuse::schedulers::NoiseSchedule;
 use diffuse::training::objectives::Prediction;
 use diffuse::training::shapes::{ShapeSpec, ShapesDataset};
 use diffuse::training::timestep_bias::{BiasStrategy, TimestepBias, TimestepSampler};
-use diffuse::training::{train, ModelSource, TrainConfig, TrainEvent, TrainReport, TrainingData};
+use diffuse::training::{
+    train, ModelSource, Refinement, Stage, TrainConfig, TrainEvent, TrainReport, TrainingData,
+};
 use diffuse::Error;
 
 fn repo(path: &str) -> PathBuf {
@@ -519,4 +522,65 @@ fn data_parallel_workers_give_the_single_thread_losses() {
     for component in ["unet", "vae", "text_encoder"] {
         assert_same_weights(split.path(), split_again.path(), component);
     }
+}
+
+/// A refinement phase runs after the UNet steps with its own warm-up and peak learning rate (read back from the
+/// step reports), counts in the stage's progress, and draws its timesteps only below its limit, uniformly
+/// (200,000 draws, the share below half the limit within 0.01 of 0.5); a limit of 0 or past the schedule's
+/// 1000 timesteps names `--refine-max-timestep`, and a run with one fails before its first step.
+#[test]
+fn refinement_phase_draws_low_timesteps_with_its_own_learning_rate() {
+    let out = ScratchDir::new("train-refine");
+    let mut config = small_config(out.path(), 2, 4);
+    config.denoiser.refinement = Some(Refinement {
+        steps: 4,
+        learning_rate: 2e-4,
+        max_timestep: 300,
+    });
+    let mut steps = Vec::new();
+    let report = train(&config, &mut |event: &TrainEvent| {
+        if let TrainEvent::Step(step) = event {
+            if step.stage == Stage::Denoiser {
+                steps.push((step.stage_step, step.stage_total, step.learning_rate));
+            }
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(report.denoiser_losses.len(), 8);
+    // Warm-up of 2 steps, then cosine over the rest: 1e-3 peak for the first 4 steps, 2e-4 for the last 4.
+    let expected = [0.0, 5e-4, 1e-3, 5e-4, 0.0, 1e-4, 2e-4, 1e-4];
+    for (i, (&(step, total, lr), want)) in steps.iter().zip(expected).enumerate() {
+        assert_eq!((step, total), (i + 1, 8));
+        assert!(
+            (lr - want).abs() < 1e-12,
+            "step {step}: lr {lr}, expected {want}"
+        );
+    }
+    assert_eq!(steps.len(), 8);
+
+    let sampler = TimestepSampler::below(300, 1000).unwrap();
+    let mut rng = TorchCpuRng::new(7);
+    let draws: Vec<usize> = (0..200_000).map(|_| sampler.sample(&mut rng)).collect();
+    assert!(draws.iter().all(|&t| t < 300));
+    let low = draws.iter().filter(|&&t| t < 150).count() as f64 / draws.len() as f64;
+    assert!((low - 0.5).abs() < 0.01, "share below 150: {low}");
+    for limit in [0, 1001] {
+        let message = TimestepSampler::below(limit, 1000).unwrap_err().to_string();
+        assert!(message.contains("--refine-max-timestep"), "{message}");
+    }
+    config.denoiser.refinement = Some(Refinement {
+        steps: 4,
+        learning_rate: 2e-4,
+        max_timestep: 0,
+    });
+    let message = config.validate().unwrap_err().to_string();
+    assert!(message.contains("--refine-max-timestep"), "{message}");
+    config.denoiser.refinement = Some(Refinement {
+        steps: 4,
+        learning_rate: 2e-4,
+        max_timestep: 1001,
+    });
+    let message = run(&config).unwrap_err().to_string();
+    assert!(message.contains("--refine-max-timestep"), "{message}");
 }

@@ -14,7 +14,8 @@ use diffuse::training::optimizer::LrShape;
 use diffuse::training::timestep_bias::{BiasStrategy, TimestepBias};
 use diffuse::training::trainer::Stage;
 use diffuse::training::{
-    default_resolution, train, ModelSource, StepReport, TrainConfig, TrainEvent, TrainingData,
+    default_resolution, train, ModelSource, Refinement, StepReport, TrainConfig, TrainEvent,
+    TrainingData,
 };
 
 /// The stored dtype of trained weights.
@@ -149,6 +150,16 @@ pub struct TrainArgs {
     /// One past the last biased timestep for `range`.
     #[arg(long, default_value_t = 1000)]
     timestep_bias_end: usize,
+    /// UNet steps of a refinement phase after `--steps`: timesteps drawn only below `--refine-max-timestep`
+    /// (the least noisy ones, where a shape's corners are drawn), with their own warm-up and decay.
+    #[arg(long, default_value_t = 0)]
+    refine_steps: usize,
+    /// Peak learning rate of the refinement phase (default: half the UNet stage's).
+    #[arg(long)]
+    refine_lr: Option<f64>,
+    /// The refinement phase draws its timesteps from `0..` this.
+    #[arg(long, default_value_t = 500)]
+    refine_max_timestep: usize,
     /// The VAE's reconstruction error.
     #[arg(long, value_enum, default_value_t = VaeLoss::L1)]
     vae_loss: VaeLoss,
@@ -256,6 +267,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         begin: args.timestep_bias_begin,
         end: args.timestep_bias_end,
     };
+    config.denoiser.refinement = (args.refine_steps > 0).then(|| Refinement {
+        steps: args.refine_steps,
+        learning_rate: args
+            .refine_lr
+            .unwrap_or(config.denoiser.learning_rate / 2.0),
+        max_timestep: args.refine_max_timestep,
+    });
     config.denoiser.caption_dropout = args.caption_dropout;
     config.denoiser.train_text_encoder = (config.denoiser.train_text_encoder
         || args.train_text_encoder)

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::checkpoint::{self, Checkpoint};
-use super::config::TrainConfig;
+use super::config::{DenoiserSettings, TrainConfig};
 use super::data_parallel::mean_loss_gradients;
 use super::ema::Ema;
 use super::init::{initialize, name_hash, sorted_vars};
@@ -146,6 +146,75 @@ fn token_ids(setup: &Setup, captions: &[String], device: &Device) -> Result<Tens
     Ok(Tensor::from_vec(ids, (captions.len(), length), device)?)
 }
 
+/// One phase of the denoiser stage: its first step, its timestep distribution and its learning rates.
+pub(crate) struct Phase {
+    first_step: usize,
+    objective: DenoisingObjective,
+    learning_rate: LrSchedule,
+}
+
+/// The main phase, then the refinement phase if there is one, each with its own warm-up and decay. Called
+/// before the VAE stage too, so that a timestep setting outside the schedule fails before the first step.
+pub(crate) fn phases(config: &TrainConfig, setup: &Setup) -> Result<Vec<Phase>> {
+    let settings = &config.denoiser;
+    let scheduler = SchedulerConfig::from_json_str(&setup.scheduler.to_string())?;
+    let schedule = NoiseSchedule::from_config(&scheduler)?;
+    let objective = DenoisingObjective {
+        timesteps: TimestepSampler::new(&settings.timestep_bias, schedule.num_train_timesteps())?,
+        schedule,
+        prediction: setup.prediction,
+        min_snr_gamma: settings.min_snr_gamma,
+        noise_offset: settings.noise_offset,
+    };
+    phases_of(settings, &objective)
+}
+
+/// The phases of `settings` around `objective`, the main phase's.
+fn phases_of(settings: &DenoiserSettings, objective: &DenoisingObjective) -> Result<Vec<Phase>> {
+    let mut phases = vec![Phase {
+        first_step: 0,
+        objective: objective.clone(),
+        learning_rate: LrSchedule {
+            base: settings.learning_rate,
+            warmup: settings.warmup_steps,
+            total: settings.steps,
+            shape: settings.lr_shape,
+        },
+    }];
+    if let Some(refine) = settings.refinement {
+        phases.push(Phase {
+            first_step: settings.steps,
+            objective: DenoisingObjective {
+                timesteps: TimestepSampler::below(
+                    refine.max_timestep,
+                    objective.schedule.num_train_timesteps(),
+                )?,
+                ..objective.clone()
+            },
+            learning_rate: LrSchedule {
+                base: refine.learning_rate,
+                warmup: settings.warmup_steps,
+                total: refine.steps,
+                shape: settings.lr_shape,
+            },
+        });
+    }
+    Ok(phases)
+}
+
+/// The objective and learning rate of the stage's `step` (0-based).
+fn phase_at(phases: &[Phase], step: usize) -> (&DenoisingObjective, f64) {
+    let phase = phases
+        .iter()
+        .rev()
+        .find(|p| p.first_step <= step)
+        .unwrap_or(&phases[0]);
+    (
+        &phase.objective,
+        phase.learning_rate.at(step - phase.first_step),
+    )
+}
+
 /// Trains the denoiser.
 pub(crate) fn run(
     config: &TrainConfig,
@@ -208,26 +277,13 @@ pub(crate) fn run(
         start = ckpt.state.step - offset;
     }
 
-    let scheduler = SchedulerConfig::from_json_str(&setup.scheduler.to_string())?;
-    let schedule = NoiseSchedule::from_config(&scheduler)?;
-    let objective = DenoisingObjective {
-        timesteps: TimestepSampler::new(&settings.timestep_bias, schedule.num_train_timesteps())?,
-        schedule,
-        prediction: setup.prediction,
-        min_snr_gamma: settings.min_snr_gamma,
-        noise_offset: settings.noise_offset,
-    };
-    let steps = settings.steps;
-    let schedule = LrSchedule {
-        base: settings.learning_rate,
-        warmup: settings.warmup_steps,
-        total: steps,
-        shape: settings.lr_shape,
-    };
+    let phases = phases(config, setup)?;
+    let steps = config.denoiser_steps();
     let n = cache.captions.len();
     let mut losses = Vec::new();
     let started = Instant::now();
     for step in start..steps {
+        let (objective, lr) = phase_at(&phases, step);
         let seed = step_seed(setup.seed, offset + step);
         let mut picks = SplitMix::new(seed);
         let indices: Vec<usize> = (0..config.batch_size).map(|_| picks.below(n)).collect();
@@ -277,7 +333,6 @@ pub(crate) fn run(
             ));
         }
         let scale = clip_scale(grad_norm(&grads, &trainable)?, config.max_grad_norm);
-        let lr = schedule.at(step);
         optimizer.step(&grads, lr, scale)?;
         if let Some(ema) = &mut ema {
             ema.update(&trainable)?;
@@ -360,4 +415,63 @@ pub(crate) fn run(
         text_encoder,
         losses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::config::Refinement;
+    use crate::training::objectives::Prediction;
+    use crate::training::optimizer::LrShape;
+    use crate::training::timestep_bias::TimestepBias;
+
+    /// The refinement phase starts after the main steps, draws every timestep below its limit, and warms its
+    /// own peak learning rate up from 0.
+    #[test]
+    fn refinement_phase_follows_the_main_steps() {
+        let scheduler =
+            SchedulerConfig::from_json_str(r#"{"_class_name": "DDPMScheduler"}"#).unwrap();
+        let objective = DenoisingObjective {
+            timesteps: TimestepSampler::new(&TimestepBias::default(), 1000).unwrap(),
+            schedule: NoiseSchedule::from_config(&scheduler).unwrap(),
+            prediction: Prediction::VPrediction,
+            min_snr_gamma: None,
+            noise_offset: 0.0,
+        };
+        let settings = DenoiserSettings {
+            steps: 10,
+            learning_rate: 1e-3,
+            warmup_steps: 4,
+            lr_shape: LrShape::Cosine,
+            prediction: None,
+            zero_terminal_snr: None,
+            min_snr_gamma: None,
+            noise_offset: 0.0,
+            timestep_bias: TimestepBias::default(),
+            refinement: Some(Refinement {
+                steps: 6,
+                learning_rate: 2e-4,
+                max_timestep: 300,
+            }),
+            caption_dropout: 0.1,
+            train_text_encoder: false,
+            text_encoder_learning_rate: None,
+        };
+        let phases = phases_of(&settings, &objective).unwrap();
+        let mut rng = TorchCpuRng::new(1);
+        let highest = |step: usize, rng: &mut TorchCpuRng| {
+            let (objective, _) = phase_at(&phases, step);
+            (0..2000)
+                .map(|_| objective.timesteps.sample(rng))
+                .max()
+                .unwrap_or(0)
+        };
+        assert!(highest(9, &mut rng) >= 990);
+        assert!(highest(10, &mut rng) == 299);
+        assert!(highest(15, &mut rng) == 299);
+        let lr = |step| phase_at(&phases, step).1;
+        assert!((lr(4) - 1e-3).abs() < 1e-15 && lr(9) < 1e-4);
+        assert_eq!(lr(10), 0.0);
+        assert!((lr(12) - 1e-4).abs() < 1e-15 && (lr(14) - 2e-4).abs() < 1e-15);
+    }
 }

@@ -24,6 +24,8 @@ pub mod timestep_bias;
 pub mod trainer;
 mod vae_stage;
 
-pub use config::{default_resolution, DenoiserSettings, ModelSource, TrainConfig, VaeSettings};
+pub use config::{
+    default_resolution, DenoiserSettings, ModelSource, Refinement, TrainConfig, VaeSettings,
+};
 pub use data::TrainingData;
 pub use trainer::{train, Stage, StepReport, TrainEvent, TrainReport};

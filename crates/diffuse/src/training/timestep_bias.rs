@@ -117,6 +117,7 @@ impl TimestepBias {
 /// Draws training timesteps from the bias's distribution.
 #[derive(Debug, Clone)]
 pub struct TimestepSampler {
+    /// Timesteps are drawn from `0..num_timesteps`.
     num_timesteps: usize,
     /// Cumulative probabilities; empty for uniform sampling.
     cumulative: Vec<f64>,
@@ -139,6 +140,21 @@ impl TimestepSampler {
         Ok(Self {
             num_timesteps,
             cumulative,
+        })
+    }
+
+    /// A sampler drawing uniformly from the `max_timestep` least noisy of `num_timesteps` timesteps (the
+    /// refinement phase; `--refine-max-timestep` names the limit).
+    pub fn below(max_timestep: usize, num_timesteps: usize) -> Result<Self> {
+        if max_timestep == 0 || max_timestep > num_timesteps {
+            return Err(Error::invalid(
+                "--refine-max-timestep",
+                format!("{max_timestep}: must be in 1..={num_timesteps}, the schedule's timesteps"),
+            ));
+        }
+        Ok(Self {
+            num_timesteps: max_timestep,
+            cumulative: Vec::new(),
         })
     }
 

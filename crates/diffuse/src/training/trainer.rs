@@ -327,6 +327,7 @@ pub fn train(config: &TrainConfig, events: Events) -> Result<TrainReport> {
     config.validate()?;
     export::ensure_writable(&config.output)?;
     let mut setup = Setup::new(config)?;
+    denoiser_stage::phases(config, &setup)?;
     let resume = load_resume(config, &setup)?;
     if let Some(ckpt) = &resume {
         setup.seed = ckpt.state.seed;
