@@ -79,8 +79,9 @@ pub struct DenoiserSettings {
 
 /// A second phase of the denoiser stage that draws its timesteps only from the least noisy part of the schedule,
 /// with its own warm-up and learning-rate decay. A small UNet trained on uniform timesteps learns where a shape
-/// goes and its colors but draws a round blob; the steps where the blob's corners are drawn (signal-to-noise
-/// ratio above about 0.3) need the network to themselves, once the layout is learned.
+/// goes and its colors but draws a round blob; the low-noise steps, where the blob's corners are drawn, teach
+/// it the shape once the layout is learned (the tiny design's held-out shapes: 13 → 21 of 50). It can cost the
+/// position binding the uniform steps learned (BENCHMARKS.md, "Training the bundled model").
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Refinement {
     /// Optimizer steps of the phase.
