@@ -12,6 +12,11 @@ diffusers runs once per --diffusers-alloc setting: `default` (glibc malloc, as u
 (glibc malloc with mmap disabled and a huge trim threshold, so big tensors are not returned to the OS and
 faulted in again), `mimalloc` (LD_PRELOAD of Debian's libmimalloc, the allocator diffuse links in).
 Ratios are diffusers/diffuse: above 1 means diffuse is faster.
+
+With --cuda both engines run on the first CUDA device (diffusers with PyTorch's SDPA attention) and each
+process's peak GPU memory is read from nvidia-smi (memory in use on the device while it runs, less what was in
+use before it started: the CUDA context and each engine's cached allocations included).
+tools/cuda/gpu_check.sh runs this on a lent GPU machine.
 """
 
 import argparse
@@ -22,6 +27,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -41,17 +47,53 @@ ROWS = [
     ("peak_rss", "peak RSS (generate)", "GiB"),
     ("vae_tiled_decode", "tiled VAE decode, --size² (task vae-tiled)", "s"),
     ("peak_rss_vae_tiled", "peak RSS (vae-tiled)", "GiB"),
+    ("peak_gpu", "peak GPU memory (generate)", "GiB"),
+    ("peak_gpu_vae_tiled", "peak GPU memory (vae-tiled)", "GiB"),
 ]
 
 
-def run(cmd, env_extra, threads):
+def gpu_memory_used():
+    """GiB in use on the first GPU, as nvidia-smi reports it (NaN where it cannot be read)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return float(out.split()[0]) / 1024
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return math.nan
+
+
+class GpuPeak:
+    """Polls the GPU's memory in use while a process runs; `peak` is the most seen less the level before it."""
+
+    def __init__(self):
+        self.base = gpu_memory_used()
+        self.most = self.base
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+
+    def poll(self):
+        while not self.done.wait(0.05):
+            used = gpu_memory_used()
+            if not math.isnan(used):
+                self.most = max(self.most, used)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.most - self.base
+
+
+def run(cmd, env_extra, threads, gpu):
     env = dict(os.environ)
     env.update({"RAYON_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)})
     env.update(env_extra)
+    peak = GpuPeak() if gpu else None
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    gpu_peak = peak.stop() if peak else math.nan
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited with {proc.returncode}")
@@ -63,6 +105,8 @@ def run(cmd, env_extra, threads):
     if "first_step_unix" in results:
         results["first_step"] = {"wall": [results.pop("first_step_unix")["wall"][0] - start]}
     results["peak_rss"] = {"wall": [usage.ru_maxrss / 2**20]}
+    if gpu:
+        results["peak_gpu"] = {"wall": [gpu_peak]}
     results["loadavg"] = {"wall": [os.getloadavg()[0]]}
     return results
 
@@ -134,12 +178,15 @@ def main():
                            "--threads", str(args.threads), "--save", str(image), "--size", str(args.size),
                            "--device", "cuda" if args.cuda else "cpu"]
                 print(f"# {name} {dtype} {task}", file=sys.stderr, flush=True)
-                got = run(cmd, alloc, args.threads)
+                got = run(cmd, alloc, args.threads, args.cuda)
                 if task == "components":
                     got.pop("peak_rss")
+                    got.pop("peak_gpu", None)
                     got["loadavg_components"] = got.pop("loadavg")
                 elif task == "vae-tiled":
                     got["peak_rss_vae_tiled"] = got.pop("peak_rss")
+                    if "peak_gpu" in got:
+                        got["peak_gpu_vae_tiled"] = got.pop("peak_gpu")
                     got["loadavg_vae_tiled"] = got.pop("loadavg")
                 res.update(got)
                 raw[f"{name} {dtype}"] = res

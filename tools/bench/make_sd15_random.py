@@ -6,6 +6,9 @@ tests/fixtures/tokenizer/sd1. Weights are drawn by each module's default initial
 stored as float32 safetensors. The folder is ~4.3 GB: write it OUTSIDE the repository.
 
     /opt/refenv/bin/python tools/bench/make_sd15_random.py /work/bench-models/sd15-random
+
+With --skeleton it writes only the small files (model_index.json, the configs, scheduler/ and tokenizer/, ~2 MB),
+for tools/cuda/make_sd15_random.py to draw the weights on a GPU machine.
 """
 
 import argparse
@@ -82,9 +85,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=pathlib.Path, help="folder to write (outside the repository)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skeleton", action="store_true", help="write the configs and tokenizer, no weights")
     args = parser.parse_args()
     out = args.out.resolve()
-    if REPO in out.parents or out == REPO:
+    if not args.skeleton and (REPO in out.parents or out == REPO):
         sys.exit(f"error: {out} is inside the repository; weights are never committed")
     torch.manual_seed(args.seed)
     with torch.no_grad():
@@ -102,6 +106,15 @@ def main():
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    if args.skeleton:
+        pipe.save_config(out)
+        unet.save_config(out / "unet")
+        vae.save_config(out / "vae")
+        text_encoder.config.save_pretrained(out / "text_encoder")
+        pipe.scheduler.save_pretrained(out / "scheduler")
+        tokenizer.save_pretrained(out / "tokenizer")
+        print(f"wrote the configs and tokenizer of {out}")
+        return
     pipe.save_pretrained(out, safe_serialization=True)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in
               [("unet", unet), ("vae", vae), ("text_encoder", text_encoder)]}

@@ -3,26 +3,28 @@
 #
 # Expects, under $CARRY (default .devcarry): `diffuse` or `diffuse.xz` (the release binary),
 # `ref/<case>-cpu-f32.safetensors` (latents of the parity commands below run with `--device cpu --dtype f32`,
-# for the cases sd1 sd2 sdxl sd1-256 sdxl-256), `tools/` (this folder's scripts), and optionally
-# `sd15-skel/` (the small files of a full-size SD 1.5 folder) plus `whl/` (diffusers wheels) for full-size
-# timings. Writes its log to $OUT/log.txt. See docs/CUDA.md.
+# for the cases sd1 sd2 sdxl sd1-256 sdxl-256), and optionally
+# `sd15-skel/` (`tools/bench/make_sd15_random.py --skeleton`) plus `whl/` (diffusers wheels) for the full-size
+# benchmark (tools/bench/bench.py --cuda, diffuse against diffusers). Run from the repository root. Writes its log
+# to $OUT/log.txt and the benchmark's table and raw timings to $OUT/bench.md and $OUT/bench.json. See docs/CUDA.md.
 set -u
 CARRY=${CARRY:-.devcarry}
 OUT=${OUT:-/tmp/gpu-check-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 DEVICE=${DEVICE:-cuda}   # DEVICE=cpu FULL=0 dry-runs the script's logic on a machine without a GPU
-FULL=${FULL:-1}           # 0 skips the full-size SD 1.5 timings
-FULL_DTYPES=${FULL_DTYPES:-f16 f32}   # timed before the diffusers baseline
-LATE_DTYPES=${LATE_DTYPES:-bf16}      # timed after it
-DIFFUSERS=${DIFFUSERS:-f16,f32} # the diffusers baseline dtypes; 0 skips it
+FULL=${FULL:-1}           # 0 skips the full-size SD 1.5 benchmark
+BENCH_DTYPES=${BENCH_DTYPES:-f16,bf16,f32}
+BENCH_TASKS=${BENCH_TASKS:-components,generate,vae-tiled}
+BENCH_REPS=${BENCH_REPS:-5}
+BENCH_LIMIT=${BENCH_LIMIT:-420}   # seconds for the whole of bench.py
 BIN=$CARRY/diffuse
 if [ -f "$CARRY/diffuse.xz" ]; then
     python3 -c "import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())" "$CARRY/diffuse.xz" >/tmp/diffuse
     chmod +x /tmp/diffuse
     BIN=/tmp/diffuse
 fi
-TOOLS=$CARRY/tools
+TOOLS=tools/cuda
 PY=${PY:-$(command -v python3)}
 PROMPT="a photo of a cat"
 
@@ -73,39 +75,21 @@ for case in sd1 sd2 sdxl sd1-256 sdxl-256; do
     done
 done
 
-# row MODEL LABEL DTYPE W STEPS_A STEPS_B: two runs whose difference is (STEPS_B - STEPS_A) denoising steps.
-row() {
-    local model=$1 label=$2 dt=$3 size=$4 a=$5 b=$6 ta
-    tm "$label $dt $a" "$BIN" generate "$PROMPT" --model "$model" --steps "$a" --seed 1 --device "$DEVICE" \
-        --dtype "$dt" --width "$size" --height "$size" -q -o /tmp/t.png || return
-    ta=$T
-    tm "$label $dt $b" "$BIN" generate "$PROMPT" --model "$model" --steps "$b" --seed 1 --device "$DEVICE" \
-        --dtype "$dt" --width "$size" --height "$size" -q -o /tmp/t.png || return
-    echo "diffuse $label $dt ${size}²: ${a} steps ${ta} s, ${b} steps ${T} s, per step" \
-        "$(awk "BEGIN{printf \"%.1f\", ($T - $ta) / ($b - $a) * 1000}") ms (process wall clock)"
-}
-
-echo "== timing: tiny sd1 (launch-bound)"
-row tests/fixtures/models/sd1 tiny-sd1 f32 256 1 21
-row tests/fixtures/models/sd1 tiny-sd1 f16 256 1 21
-
 if [ "$FULL" = 1 ] && [ -d "$CARRY/sd15-skel" ]; then
-    echo "== full-size SD 1.5 architecture, random weights drawn here"
+    echo "== full-size SD 1.5 architecture, random weights drawn here; tools/bench/bench.py --cuda"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "$CARRY"/whl/*.whl && export PYTHONPATH=/tmp/site
     timeout 200 "$PY" "$TOOLS/make_sd15_random.py" "$CARRY/sd15-skel" /tmp/sd15 || echo "FAILED: weights"
     if [ -f /tmp/sd15/unet/diffusion_pytorch_model.safetensors ]; then
-        tm warmup "$BIN" generate "$PROMPT" --model /tmp/sd15 --steps 1 --device "$DEVICE" --dtype f16 -q -o /tmp/w.png \
-            && echo "warm-up (first full-size run, page cache + kernel JIT): $T s"
-        for dt in $FULL_DTYPES; do
-            row /tmp/sd15 sd15 "$dt" 512 1 20
-        done
-        if [ "$DIFFUSERS" != 0 ]; then
-            timeout 240 "$PY" "$TOOLS/diffusers_timing.py" /tmp/sd15 "$DIFFUSERS" || echo "FAILED: diffusers timing"
-        fi
-        for dt in $LATE_DTYPES; do
-            row /tmp/sd15 sd15 "$dt" 512 1 20
-        done
+        # One bf16 process, so that the driver has compiled every kernel the benchmark's processes load.
+        tm "warm-up bf16" "$BIN" generate "$PROMPT" --model tests/fixtures/models/sd1 --steps 2 --device "$DEVICE" \
+            --dtype bf16 -q -o /tmp/w.png && echo "warm-up (tiny sd1, bf16): $T s"
+        cuda=(--cuda); [ "$DEVICE" = cpu ] && cuda=()
+        PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" "$PY" tools/bench/bench.py /tmp/sd15 "${cuda[@]}" --diffuse "$BIN" \
+            --python "$PY" --dtypes "$BENCH_DTYPES" --tasks "$BENCH_TASKS" --diffusers-alloc default \
+            --reps "$BENCH_REPS" --size 2048 --out "$OUT/bench.json" --images /tmp/bench-images \
+            >"$OUT/bench.md" || echo "FAILED: bench.py (rc $?; $OUT/bench.json holds what finished)"
+        cat "$OUT/bench.md"
     fi
 fi
 echo "== done"
