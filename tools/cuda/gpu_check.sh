@@ -2,6 +2,7 @@
 # One-shot GPU check of a `--features cuda` build of diffuse, for a machine with a GPU but no Rust toolchain.
 #
 # Expects, under $CARRY (default .devcarry): `diffuse` or `diffuse.xz` (the release binary),
+# optionally `diffuse-baseline` or `diffuse-baseline.xz` (another build to benchmark beside it),
 # `ref/<case>-cpu-f32.safetensors` (latents of the parity commands below run with `--device cpu --dtype f32`,
 # for the cases sd1 sd2 sdxl sd1-256 sdxl-256), and optionally
 # `sd15-skel/` (`tools/bench/make_sd15_random.py --skeleton`) plus `whl/` (diffusers wheels) for the full-size
@@ -18,11 +19,23 @@ BENCH_DTYPES=${BENCH_DTYPES:-f16,bf16,f32}
 BENCH_TASKS=${BENCH_TASKS:-components,generate,vae-tiled}
 BENCH_REPS=${BENCH_REPS:-5}
 BENCH_LIMIT=${BENCH_LIMIT:-420}   # seconds for the whole of bench.py
-BIN=$CARRY/diffuse
-if [ -f "$CARRY/diffuse.xz" ]; then
-    python3 -c "import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())" "$CARRY/diffuse.xz" >/tmp/diffuse
-    chmod +x /tmp/diffuse
-    BIN=/tmp/diffuse
+# unpack NAME: the path of $CARRY/NAME, or of $CARRY/NAME.xz decompressed into /tmp.
+unpack() {
+    if [ -f "$CARRY/$1.xz" ]; then
+        python3 -c "import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())" "$CARRY/$1.xz" >"/tmp/$1"
+        chmod +x "/tmp/$1"
+        echo "/tmp/$1"
+    else
+        echo "$CARRY/$1"
+    fi
+}
+BIN=$(unpack diffuse)
+# An optional second build, $CARRY/diffuse-baseline[.xz] (say, the one before a change): the benchmark's diffuse
+# rows are run again with it (tasks BASELINE_TASKS), into $OUT/bench-baseline.md, beside the same diffusers columns.
+BASELINE_TASKS=${BASELINE_TASKS:-components,generate}
+BASELINE=""
+if [ -f "$CARRY/diffuse-baseline" ] || [ -f "$CARRY/diffuse-baseline.xz" ]; then
+    BASELINE=$(unpack diffuse-baseline)
 fi
 TOOLS=tools/cuda
 PY=${PY:-$(command -v python3)}
@@ -90,6 +103,15 @@ if [ "$FULL" = 1 ] && [ -d "$CARRY/sd15-skel" ]; then
             --reps "$BENCH_REPS" --size 2048 --out "$OUT/bench.json" --images /tmp/bench-images \
             >"$OUT/bench.md" || echo "FAILED: bench.py (rc $?; $OUT/bench.json holds what finished)"
         cat "$OUT/bench.md"
+        if [ -n "$BASELINE" ]; then
+            echo "== the baseline build, $BASELINE"
+            PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" "$PY" tools/bench/bench.py /tmp/sd15 "${cuda[@]}" \
+                --diffuse "$BASELINE" --engines diffuse --reuse "$OUT/bench.json" --python "$PY" \
+                --dtypes "$BENCH_DTYPES" --tasks "$BASELINE_TASKS" --reps "$BENCH_REPS" --size 2048 \
+                --out "$OUT/bench-baseline.json" --images /tmp/bench-images-baseline >"$OUT/bench-baseline.md" \
+                || echo "FAILED: bench.py with the baseline build"
+            cat "$OUT/bench-baseline.md"
+        fi
     fi
 fi
 echo "== done"
