@@ -78,7 +78,7 @@ impl Activation {
 struct TrainingSilu;
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + crate::kernels::vmath::exp(-x))
 }
 
 impl CustomOp1 for TrainingSilu {

@@ -1,6 +1,6 @@
 //! `Transformer2DModel`: the spatial transformer that injects the text into the UNet by cross-attention.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::multi_head_attention;
@@ -91,8 +91,12 @@ impl GegluFeedForward {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.proj.forward(x)?;
-        let gated = if h.device().is_cpu() && !h.track_op() {
+        let gated = if !h.device().is_cpu() {
+            crate::kernels::geglu::geglu_reference(&h)?
+        } else if !h.track_op() {
             crate::kernels::geglu::geglu(&h)?
+        } else if h.dtype() == DType::F32 {
+            crate::kernels::train_geglu::geglu_tracked(&h)?
         } else {
             crate::kernels::geglu::geglu_reference(&h)?
         };
