@@ -63,7 +63,7 @@ def gpu_memory_used():
 
 
 class GpuPeak:
-    """Polls the GPU's memory in use while a process runs; `peak` is the most seen less the level before it."""
+    """Polls the GPU's memory in use while a process runs; `stop()` gives the most seen less the level before it."""
 
     def __init__(self):
         self.base = gpu_memory_used()
