@@ -91,14 +91,12 @@ impl GegluFeedForward {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.proj.forward(x)?;
-        let gated = if !h.device().is_cpu() {
-            crate::kernels::geglu::geglu_reference(&h)?
-        } else if !h.track_op() {
-            crate::kernels::geglu::geglu(&h)?
-        } else if h.dtype() == DType::F32 {
-            crate::kernels::train_geglu::geglu_tracked(&h)?
-        } else {
-            crate::kernels::geglu::geglu_reference(&h)?
+        let gated = match (h.device().is_cpu(), h.track_op()) {
+            (true, false) => crate::kernels::geglu::geglu(&h)?,
+            (true, true) if h.dtype() == DType::F32 => {
+                crate::kernels::train_geglu::geglu_tracked(&h)?
+            }
+            _ => crate::kernels::geglu::geglu_reference(&h)?,
         };
         self.out.forward(&gated)
     }
