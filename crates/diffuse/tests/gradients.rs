@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use diffuse::kernels::geglu::geglu_reference;
 use diffuse::kernels::group_norm::group_norm;
-use diffuse::kernels::train_conv::conv2d_im2col;
+use diffuse::kernels::train_conv::conv2d_tracked;
 use diffuse::kernels::train_geglu::geglu_tracked;
 use diffuse::kernels::train_layer_norm::layer_norm_tracked;
 use diffuse::kernels::train_softmax::softmax_last_dim_tracked;
@@ -43,7 +43,7 @@ fn im2col_convolution_matches_candle_values_and_gradients() {
         let x = Var::from_tensor(&randn(&[2, 3, size, size], 1)).unwrap();
         let w = Var::from_tensor(&randn(&[4, 3, kernel, kernel], 2)).unwrap();
         let b = Var::from_tensor(&randn(&[4], 3)).unwrap();
-        let ours = conv2d_im2col(&x, &w, &b, padding, stride).unwrap();
+        let ours = conv2d_tracked(&x, &w, &b, padding, stride).unwrap();
         let reference = x
             .conv2d(&w, padding, stride, 1, 1)
             .unwrap()

@@ -17,6 +17,30 @@ pub struct MatRef<'a> {
     pub cs: usize,
 }
 
+impl<'a> MatRef<'a> {
+    /// A row-major `rows`×`cols` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (`cols`×`rows`) of a row-major `rows`×`cols` matrix.
+    pub fn transpose_of(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows: cols,
+            cols: rows,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
 /// A writable matrix laid out as [`MatRef`] describes.
 pub struct MatMut<'a> {
     /// The elements.
@@ -103,4 +127,20 @@ pub fn matmul(
         );
     }
     Ok(())
+}
+
+/// `lhs · rhs` as a fresh row-major matrix, the work split over candle's thread count (1 in each worker of
+/// data-parallel training).
+pub fn product(lhs: MatRef, rhs: MatRef) -> Result<Vec<f32>> {
+    let (m, n) = (lhs.rows, rhs.cols);
+    let mut out = vec![0f32; m * n];
+    let dst = MatMut {
+        data: &mut out,
+        rows: m,
+        cols: n,
+        rs: n,
+        cs: 1,
+    };
+    matmul(dst, lhs, rhs, false, candle_core::utils::get_num_threads())?;
+    Ok(out)
 }

@@ -1,8 +1,11 @@
 //! Moving between candle's CPU storage and the f32 slices the kernels compute on.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
-use candle_core::{backend::BackendStorage, bail, CpuStorage, DType, Layout, Result};
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, DType, Layout, Result, Storage, StorageRef, Tensor,
+};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -28,6 +31,35 @@ pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Resu
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("{op}: the kernel needs a contiguous tensor"),
+    }
+}
+
+/// The values of a contiguous f32 CPU tensor, read in place (no copy) while this holds its storage's read lock.
+pub struct F32Values<'a> {
+    storage: StorageRef<'a>,
+    range: Range<usize>,
+}
+
+impl<'a> F32Values<'a> {
+    /// Locks `t`'s storage for reading; `op` names the kernel in errors.
+    pub fn of(t: &'a Tensor, op: &str) -> Result<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            bail!("{op}: the kernel needs a CPU tensor");
+        };
+        let values = f32_slice(cpu, layout, op)?;
+        let start = layout.start_offset();
+        let range = start..start + values.len();
+        Ok(Self { storage, range })
+    }
+
+    /// The values.
+    pub fn get(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+            // `of` accepts nothing else.
+            _ => &[],
+        }
     }
 }
 

@@ -1,13 +1,15 @@
-//! A differentiable convolution for training on the CPU: `im2col` and its adjoint `col2im` as candle custom
-//! ops with backward passes, so that a convolution becomes one matrix product.
+//! A differentiable convolution for training on the CPU: one candle op whose forward pass unfolds the input
+//! (`im2col`) and multiplies it by the kernel, and whose backward pass computes the three gradients with two
+//! more products and the unfolding's adjoint (`col2im`), each written once.
 //!
 //! candle's own CPU convolution computes the input gradient with a direct transposed convolution that is an
-//! order of magnitude slower than the forward pass; unfolding the input and multiplying keeps both the forward
-//! and the backward pass in matrix products.
+//! order of magnitude slower than the forward pass, and a convolution composed of candle ops leaves every
+//! intermediate (the unfolded input, the product, the bias sum, the transposition) to candle's gradient store.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::storage::f32_slice;
+use super::gemm::{product, MatRef};
+use super::storage::{f32_slice, F32Values};
 
 /// The geometry of a square-kernel convolution over `[batch, channels, height, width]` inputs.
 #[derive(Debug, Clone, Copy)]
@@ -100,89 +102,161 @@ struct Run {
 }
 
 /// Unfolds `[b, c, h, w]` into `[c·k·k, b·oh·ow]`.
-struct Im2Col(Geometry);
+fn unfold(g: &Geometry, input: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; g.cols_shape().elem_count()];
+    // `cols.step` is the run length; `image.step` the stride between the pixels read.
+    g.for_each_run(|image, cols| {
+        let dst = &mut out[cols.start..cols.start + cols.step];
+        if image.step == 1 {
+            dst.copy_from_slice(&input[image.start..image.start + cols.step]);
+        } else {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = input[image.start + j * image.step];
+            }
+        }
+    });
+    out
+}
 
-/// Folds `[c·k·k, b·oh·ow]` back into `[b, c, h, w]`, summing overlaps (the adjoint of [`Im2Col`]).
-struct Col2Im(Geometry);
+/// Folds `[c·k·k, b·oh·ow]` back into `[b, c, h, w]`, summing overlaps (the adjoint of [`unfold`]).
+fn fold(g: &Geometry, cols: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; g.image_shape().elem_count()];
+    g.for_each_run(|image, run| {
+        let src = &cols[run.start..run.start + run.step];
+        if image.step == 1 {
+            for (d, v) in out[image.start..image.start + run.step].iter_mut().zip(src) {
+                *d += v;
+            }
+        } else {
+            for (j, v) in src.iter().enumerate() {
+                out[image.start + j * image.step] += v;
+            }
+        }
+    });
+    out
+}
 
-impl CustomOp1 for Im2Col {
+/// `conv2d(x, weight) + bias` over (x `[b, c, h, w]`, weight `[o, c, k, k]`, bias `[o]`).
+struct TrainConv(Geometry);
+
+impl TrainConv {
+    fn out_channels(&self, weight: &Layout) -> usize {
+        weight.shape().dims().first().copied().unwrap_or(0)
+    }
+}
+
+impl CustomOp3 for TrainConv {
     fn name(&self) -> &'static str {
-        "im2col"
+        "train-conv2d"
     }
 
     fn cpu_fwd(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let input = f32_slice(storage, layout, self.name())?;
-        let shape = self.0.cols_shape();
-        let mut out = vec![0f32; shape.elem_count()];
-        // `cols.step` is the run length; `image.step` the stride between the pixels read.
-        self.0.for_each_run(|image, cols| {
-            let dst = &mut out[cols.start..cols.start + cols.step];
-            if image.step == 1 {
-                dst.copy_from_slice(&input[image.start..image.start + cols.step]);
-            } else {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = input[image.start + j * image.step];
+        let g = &self.0;
+        let x = f32_slice(sx, lx, self.name())?;
+        let w = f32_slice(sw, lw, self.name())?;
+        let bias = f32_slice(sb, lb, self.name())?;
+        let o = self.out_channels(lw);
+        let ckk = g.channels * g.kernel * g.kernel;
+        let (plane, columns) = (g.out_height() * g.out_width(), g.cols_shape().dims()[1]);
+        if w.len() != o * ckk || bias.len() != o || x.len() != g.image_shape().elem_count() {
+            candle_core::bail!(
+                "train-conv2d: input {:?}, weight {:?}, bias {:?}",
+                lx.shape(),
+                lw.shape(),
+                lb.shape()
+            );
+        }
+        let cols = unfold(g, x);
+        let y = product(
+            MatRef::row_major(w, o, ckk),
+            MatRef::row_major(&cols, ckk, columns),
+        )?;
+        // `y` is `[o, b·plane]`; the output is `[b, o, plane]` plus the bias.
+        let mut out = vec![0f32; g.batch * o * plane];
+        for (b, image) in out.chunks_exact_mut(o * plane).enumerate() {
+            for (c, (dst, &bc)) in image.chunks_exact_mut(plane).zip(bias).enumerate() {
+                let src = &y[c * columns + b * plane..c * columns + (b + 1) * plane];
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = v + bc;
                 }
             }
-        });
+        }
+        let shape = Shape::from((g.batch, o, g.out_height(), g.out_width()));
         Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
         &self,
-        _arg: &Tensor,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Col2Im(self.0))?))
-    }
-}
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "col2im"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let cols = f32_slice(storage, layout, self.name())?;
-        let shape = self.0.image_shape();
-        let mut out = vec![0f32; shape.elem_count()];
-        self.0.for_each_run(|image, run| {
-            let src = &cols[run.start..run.start + run.step];
-            if image.step == 1 {
-                for (d, v) in out[image.start..image.start + run.step].iter_mut().zip(src) {
-                    *d += v;
-                }
-            } else {
-                for (j, v) in src.iter().enumerate() {
-                    out[image.start + j * image.step] += v;
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.0;
+        let o = weight.dim(0)?;
+        let ckk = g.channels * g.kernel * g.kernel;
+        let (plane, columns) = (g.out_height() * g.out_width(), g.cols_shape().dims()[1]);
+        let grad = grad.contiguous()?;
+        let dy = F32Values::of(&grad, self.name())?;
+        // The output gradient as `[o, b·plane]`, and its sums for the bias.
+        let mut dy_rows = vec![0f32; o * columns];
+        let mut d_bias = vec![0f32; o];
+        for (b, image) in dy.get().chunks_exact(o * plane).enumerate() {
+            for (c, src) in image.chunks_exact(plane).enumerate() {
+                dy_rows[c * columns + b * plane..c * columns + (b + 1) * plane]
+                    .copy_from_slice(src);
+                d_bias[c] += src.iter().sum::<f32>();
+            }
+        }
+        let d_weight = if weight.track_op() {
+            let x = F32Values::of(x, self.name())?;
+            let cols = unfold(g, x.get());
+            // dWᵀ = cols · dyᵀ: the unfolded input (the larger operand) is read in its own order.
+            let dwt = product(
+                MatRef::row_major(&cols, ckk, columns),
+                MatRef::transpose_of(&dy_rows, o, columns),
+            )?;
+            let mut dw = vec![0f32; o * ckk];
+            for (t, row) in dwt.chunks_exact(o).enumerate() {
+                for (c, &v) in row.iter().enumerate() {
+                    dw[c * ckk + t] = v;
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), shape))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Im2Col(self.0))?))
+            Some(Tensor::from_vec(dw, weight.shape(), weight.device())?)
+        } else {
+            None
+        };
+        let d_x = if x.track_op() {
+            let w = F32Values::of(weight, self.name())?;
+            let d_cols = product(
+                MatRef::transpose_of(w.get(), o, ckk),
+                MatRef::row_major(&dy_rows, o, columns),
+            )?;
+            Some(Tensor::from_vec(fold(g, &d_cols), x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let d_bias = if bias.track_op() {
+            Some(Tensor::from_vec(d_bias, bias.shape(), bias.device())?)
+        } else {
+            None
+        };
+        Ok((d_x, d_weight, d_bias))
     }
 }
 
-/// `conv2d(x, weight) + bias` through im2col and one matrix product; `x` is an f32 CPU tensor
+/// `conv2d(x, weight) + bias` for training, differentiable in all three; `x` is an f32 CPU tensor
 /// `[b, c, h, w]`, `weight` `[o, c, k, k]`, `bias` `[o]`.
-pub fn conv2d_im2col(
+pub fn conv2d_tracked(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -190,7 +264,19 @@ pub fn conv2d_im2col(
     stride: usize,
 ) -> candle_core::Result<Tensor> {
     let (batch, channels, height, width) = x.dims4()?;
-    let (out_channels, _, kernel, _) = weight.dims4()?;
+    let (_, in_channels, kernel, kernel_w) = weight.dims4()?;
+    if in_channels != channels || kernel != kernel_w || stride == 0 {
+        candle_core::bail!(
+            "train-conv2d: input {:?}, weight {:?}, stride {stride}",
+            x.shape(),
+            weight.shape()
+        );
+    }
+    if height + 2 * padding < kernel || width + 2 * padding < kernel {
+        candle_core::bail!(
+            "train-conv2d: input {height}×{width} smaller than the kernel {kernel}×{kernel}"
+        );
+    }
     let geometry = Geometry {
         batch,
         channels,
@@ -200,13 +286,9 @@ pub fn conv2d_im2col(
         padding,
         stride,
     };
-    let (oh, ow) = (geometry.out_height(), geometry.out_width());
-    let cols = x.contiguous()?.apply_op1(Im2Col(geometry))?;
-    let w = weight.reshape((out_channels, channels * kernel * kernel))?;
-    // The bias is added along the last dimension, where candle's backward reduction is fast.
-    w.matmul(&cols)?
-        .broadcast_add(&bias.reshape((out_channels, 1))?)?
-        .reshape((out_channels, batch, oh, ow))?
-        .transpose(0, 1)?
-        .contiguous()
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        TrainConv(geometry),
+    )
 }

@@ -3,7 +3,7 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::train_conv::conv2d_im2col;
+use crate::kernels::train_conv::conv2d_tracked;
 
 /// A square-kernel 2-D convolution with zero padding.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ impl Module for Conv2d {
         let tracked = crate::kernels::tracked(&[x, &self.weight, &self.bias]);
         if tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
             // candle's CPU convolution has a slow backward pass; unfold and multiply instead.
-            return conv2d_im2col(x, &self.weight, &self.bias, self.padding, self.stride);
+            return conv2d_tracked(x, &self.weight, &self.bias, self.padding, self.stride);
         }
         if x.device().is_cpu() && !tracked {
             return crate::kernels::conv2d(x, &self.weight, &self.bias, self.padding, self.stride);

@@ -7,9 +7,12 @@
 //! Workers should therefore run with single-threaded ops (`RAYON_NUM_THREADS=1`, which `diffuse train` sets).
 
 use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::{Error, Result};
 
@@ -29,9 +32,33 @@ pub(crate) fn shares(n: usize, workers: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Runs `loss_of(share)` for each share of a batch of `n` on its own thread (the first share on the calling
-/// thread), back-propagates each share's mean loss, and returns the batch's mean loss with the gradients of
-/// `vars` for it. With one worker this is `loss_of(0..n)` and its backward pass, unchanged.
+/// The thread pool that runs `workers` workers, one thread each, made once per process and worker count: each
+/// worker keeps its thread (and its allocator's cached pages) from step to step, and the kernels' parallel loops
+/// inside a worker run in this pool (an idle worker helps the other), not in the global pool that
+/// `RAYON_NUM_THREADS=1` leaves with a single thread for all of them.
+fn pool(workers: usize) -> Result<Arc<ThreadPool>> {
+    static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
+    let mut pools = POOLS
+        .lock()
+        .map_err(|_| Error::invalid("training", "the worker pools' registry is poisoned"))?;
+    if let Some((_, pool)) = pools.iter().find(|(size, _)| *size == workers) {
+        return Ok(pool.clone());
+    }
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("diffuse-train-{i}"))
+        // candle's backward pass sorts the graph recursively; give workers the main thread's stack size.
+        .stack_size(8 << 20)
+        .build()
+        .map_err(|e| Error::invalid("--workers", format!("{workers} threads: {e}")))?;
+    let pool = Arc::new(pool);
+    pools.push((workers, pool.clone()));
+    Ok(pool)
+}
+
+/// Runs `loss_of(share)` for each share of a batch of `n` on its own thread of a pool kept for the process,
+/// back-propagates each share's mean loss, and returns the batch's mean loss with the gradients of `vars` for
+/// it. With one worker this is `loss_of(0..n)` and its backward pass, unchanged.
 pub(crate) fn mean_loss_gradients<F>(
     n: usize,
     workers: usize,
@@ -49,24 +76,14 @@ where
     if parts.len() == 1 {
         return run(0..n);
     }
-    let results: Vec<Result<(f32, GradStore)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = parts[1..]
-            .iter()
-            .map(|share| {
-                let share = share.clone();
-                scope.spawn(|| run(share))
-            })
-            .collect();
-        let mut results = vec![run(parts[0].clone())];
-        for handle in handles {
-            results.push(handle.join().unwrap_or_else(|_| {
-                Err(Error::invalid(
-                    "training",
-                    "a data-parallel worker panicked",
-                ))
-            }));
-        }
-        results
+    let results = pool(parts.len())?.broadcast(|worker| {
+        let share = parts[worker.index()].clone();
+        std::panic::catch_unwind(AssertUnwindSafe(|| run(share))).unwrap_or_else(|_| {
+            Err(Error::invalid(
+                "training",
+                "a data-parallel worker panicked",
+            ))
+        })
     });
     let mut weighted = Vec::with_capacity(parts.len());
     for (share, result) in parts.iter().zip(results) {
