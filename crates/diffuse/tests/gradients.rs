@@ -366,3 +366,100 @@ fn training_linear_matches_plain_ops_values_and_gradients() {
         assert!(diff < 1e-4, "gradient of the {name} differs by {diff}");
     }
 }
+
+/// ‖a − b‖ / ‖b‖.
+fn relative_l2(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+    };
+    norm(&(a - b).unwrap()) / norm(b)
+}
+
+/// bf16 keeps 8 significant bits: each operand is off by up to 2⁻⁹ relative, so sums of products of N(0, 1)
+/// values accumulated in f32 land a few 1e-3 (relative L2) from the f32 products.
+const BF16_TOL: f32 = 1e-2;
+
+/// The values of `layer(x, w, b)` and the gradients of a weighted sum of them for x, w and b, with the products
+/// in bf16 or f32.
+fn values_and_gradients(
+    bf16: bool,
+    vars: [&Var; 3],
+    weights: &Tensor,
+    layer: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    diffuse::kernels::train_products::with_mixed_precision(bf16, || {
+        let y = layer(vars[0], vars[1], vars[2]);
+        let g = (&y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grads = vars
+            .iter()
+            .map(|v| g.get(v.as_tensor()).unwrap().clone())
+            .collect();
+        (y, grads)
+    })
+}
+
+#[test]
+fn mixed_precision_convolution_and_linear_stay_within_bf16_rounding_of_f32() {
+    if !diffuse::kernels::bf16_gemm::available() {
+        eprintln!("this CPU has no AVX512-BF16: the products stay f32, nothing to compare");
+        return;
+    }
+    let mut cases: Vec<(String, usize, [Var; 3], Tensor)> = Vec::new();
+    // 3 input channels: 27 taps, an odd inner dimension (the f32-unfolded path with a zero-padded pair);
+    // 6: the inference kernel's bf16 convolution; stride 2 as in the downsamplers.
+    for (channels, out, stride) in [(3, 5, 1), (6, 4, 1), (6, 4, 2)] {
+        let side = 9usize.div_ceil(stride);
+        cases.push((
+            format!("conv {channels}→{out} stride {stride}"),
+            stride,
+            [
+                Var::from_tensor(&randn(&[2, channels, 9, 9], 70)).unwrap(),
+                Var::from_tensor(&randn(&[out, channels, 3, 3], 71)).unwrap(),
+                Var::from_tensor(&randn(&[out], 72)).unwrap(),
+            ],
+            randn(&[2, out, side, side], 73),
+        ));
+    }
+    for (name, stride, [x, w, b], weights) in &cases {
+        let conv =
+            |x: &Tensor, w: &Tensor, b: &Tensor| conv2d_tracked(x, w, b, 1, *stride).unwrap();
+        let (y16, g16) = values_and_gradients(true, [x, w, b], weights, conv);
+        let (y32, g32) = values_and_gradients(false, [x, w, b], weights, conv);
+        let err = relative_l2(&y16, &y32);
+        assert!(err < BF16_TOL && err > 1e-5, "{name}: values {err}");
+        for (part, (a, r)) in ["input", "weight", "bias"].iter().zip(g16.iter().zip(&g32)) {
+            let err = relative_l2(a, r);
+            assert!(err < BF16_TOL, "{name}: gradient of the {part} {err}");
+        }
+    }
+    // 21 rows and 7 outputs: odd inner dimensions in the weight's and the input's gradients.
+    let vars = [
+        Var::from_tensor(&randn(&[3, 7, 10], 74)).unwrap(),
+        Var::from_tensor(&randn(&[7, 10], 75)).unwrap(),
+        Var::from_tensor(&randn(&[7], 76)).unwrap(),
+    ];
+    let weights = randn(&[3, 7, 7], 77);
+    let linear = |x: &Tensor, w: &Tensor, b: &Tensor| {
+        diffuse::kernels::train_linear::linear_tracked(x, w, Some(b)).unwrap()
+    };
+    let [x, w, b] = &vars;
+    let (y16, g16) = values_and_gradients(true, [x, w, b], &weights, linear);
+    let (y32, g32) = values_and_gradients(false, [x, w, b], &weights, linear);
+    let err = relative_l2(&y16, &y32);
+    assert!(err < BF16_TOL && err > 1e-5, "linear: values {err}");
+    for (part, (a, r)) in ["input", "weight", "bias"].iter().zip(g16.iter().zip(&g32)) {
+        let err = relative_l2(a, r);
+        assert!(err < BF16_TOL, "linear: gradient of the {part} {err}");
+    }
+}

@@ -536,6 +536,7 @@ fn refinement_phase_draws_low_timesteps_with_its_own_learning_rate() {
         steps: 4,
         learning_rate: 2e-4,
         max_timestep: 300,
+        batch_size: None,
     });
     let mut steps = Vec::new();
     let report = train(&config, &mut |event: &TrainEvent| {
@@ -573,13 +574,23 @@ fn refinement_phase_draws_low_timesteps_with_its_own_learning_rate() {
         steps: 4,
         learning_rate: 2e-4,
         max_timestep: 0,
+        batch_size: None,
     });
     let message = config.validate().unwrap_err().to_string();
     assert!(message.contains("--refine-max-timestep"), "{message}");
     config.denoiser.refinement = Some(Refinement {
         steps: 4,
         learning_rate: 2e-4,
+        max_timestep: 300,
+        batch_size: Some(0),
+    });
+    let message = config.validate().unwrap_err().to_string();
+    assert!(message.contains("--refine-batch-size"), "{message}");
+    config.denoiser.refinement = Some(Refinement {
+        steps: 4,
+        learning_rate: 2e-4,
         max_timestep: 1001,
+        batch_size: None,
     });
     let message = run(&config).unwrap_err().to_string();
     assert!(message.contains("--refine-max-timestep"), "{message}");

@@ -29,6 +29,15 @@ pub enum SaveDtype {
     Bf16,
 }
 
+/// The precision of the training products (accelerate's `--mixed_precision`).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MixedPrecision {
+    /// f32 throughout.
+    No,
+    /// bf16 operands, f32 accumulation, f32 weights and gradients (needs AVX512-BF16; f32 without it).
+    Bf16,
+}
+
 /// The learning-rate shape after warm-up.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Schedule {
@@ -135,6 +144,11 @@ pub struct TrainArgs {
     /// `--workers` give the same weights.
     #[arg(long)]
     workers: Option<usize>,
+    /// The precision of the convolutions' and linear layers' products: `bf16` rounds their operands to bf16
+    /// and accumulates in f32 on AVX512-BF16 (as PyTorch's bf16 autocast), keeping weights, activations and
+    /// gradients f32.
+    #[arg(long, value_enum, default_value_t = MixedPrecision::No)]
+    mixed_precision: MixedPrecision,
     /// Draw some timesteps more often than others (as diffusers' SDXL training script does).
     #[arg(long, value_enum, default_value_t = BiasStrategyArg::None)]
     timestep_bias_strategy: BiasStrategyArg,
@@ -160,6 +174,9 @@ pub struct TrainArgs {
     /// The refinement phase draws its timesteps from `0..` this.
     #[arg(long, default_value_t = 500)]
     refine_max_timestep: usize,
+    /// Images per step of the refinement phase (default: `--batch-size`).
+    #[arg(long)]
+    refine_batch_size: Option<usize>,
     /// The VAE's reconstruction error.
     #[arg(long, value_enum, default_value_t = VaeLoss::L1)]
     vae_loss: VaeLoss,
@@ -231,6 +248,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.seed = args.seed;
     config.batch_size = args.batch_size;
     config.workers = workers;
+    config.mixed_precision_bf16 = matches!(args.mixed_precision, MixedPrecision::Bf16);
     config.vae.steps = args.vae_steps;
     config.vae.batch_size = args.vae_batch_size;
     config.vae.learning_rate = args.vae_lr;
@@ -273,6 +291,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .refine_lr
             .unwrap_or(config.denoiser.learning_rate / 2.0),
         max_timestep: args.refine_max_timestep,
+        batch_size: args.refine_batch_size,
     });
     config.denoiser.caption_dropout = args.caption_dropout;
     config.denoiser.train_text_encoder = (config.denoiser.train_text_encoder

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::bf16_gemm::{self, pair, Bias, PackB, Problem, NR};
 use super::gemm::{matmul, MatMut, MatRef};
-use super::storage::{as_f32, from_f32};
+use super::storage::{as_f32, from_f32, Elem};
 use super::winograd;
 use half::bf16;
 use std::borrow::Cow;
@@ -256,12 +256,58 @@ fn forward_image(
     Ok(())
 }
 
+/// `x` (`[batch, cin, h, w]`, bf16) convolved with a square `weight` (`[cout, cin, k, k]`, bf16, cin·k·k even)
+/// plus `bias`, in f32: the forward pass of training's mixed-precision convolution.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_bf16_to_f32(
+    x: &[bf16],
+    (batch, cin, h, w): (usize, usize, usize, usize),
+    weight: &[bf16],
+    cout: usize,
+    kernel: usize,
+    bias: &[f32],
+    padding: usize,
+    stride: usize,
+) -> Result<Vec<f32>> {
+    let g = Geometry {
+        batch,
+        cin,
+        h,
+        w,
+        cout,
+        kh: kernel,
+        kw: kernel,
+        ho: (h + 2 * padding - kernel) / stride + 1,
+        wo: (w + 2 * padding - kernel) / stride + 1,
+        pad: padding,
+        stride,
+    };
+    if x.len() != batch * cin * h * w
+        || weight.len() != cout * cin * kernel * kernel
+        || bias.len() != cout
+    {
+        bail!("conv2d (bf16): buffers do not match the geometry");
+    }
+    if !(cin * kernel * kernel).is_multiple_of(2) {
+        bail!(
+            "conv2d (bf16): odd inner dimension {}",
+            cin * kernel * kernel
+        );
+    }
+    forward_bf16(&g, x, weight, bias)
+}
+
 /// The convolution as one bf16 product per image: weights (`[out, in·kh·kw]`, already row-major) times the
 /// unfolded input, unfolded panel by panel straight into the dot-product instruction's pair order.
-fn forward_bf16(g: &Geometry, x: &[bf16], weight: &[bf16], bias: &[f32]) -> Result<Vec<bf16>> {
+fn forward_bf16<T: Elem>(
+    g: &Geometry,
+    x: &[bf16],
+    weight: &[bf16],
+    bias: &[f32],
+) -> Result<Vec<T>> {
     let plane = g.ho * g.wo;
     let k = g.cin * g.kh * g.kw;
-    let mut out = vec![bf16::ZERO; g.batch * g.cout * plane];
+    let mut out = vec![T::default(); g.batch * g.cout * plane];
     let problem = Problem {
         m: g.cout,
         n: plane,

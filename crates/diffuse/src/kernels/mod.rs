@@ -21,6 +21,7 @@ pub mod train_geglu;
 pub mod train_group_norm;
 pub mod train_layer_norm;
 pub mod train_linear;
+pub mod train_products;
 pub mod train_softmax;
 pub mod vmath;
 pub mod winograd;

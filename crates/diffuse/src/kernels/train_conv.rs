@@ -5,11 +5,14 @@
 //! candle's own CPU convolution computes the input gradient with a direct transposed convolution that is an
 //! order of magnitude slower than the forward pass, and a convolution composed of candle ops leaves every
 //! intermediate (the unfolded input, the product, the bias sum, the transposition) to candle's gradient store.
+//! Under [`super::train_products::with_mixed_precision`] the products take bf16 operands.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::gemm::{product, MatRef};
+use super::conv::conv2d_bf16_to_f32;
+use super::gemm::MatRef;
 use super::storage::{f32_slice, F32Values};
+use super::train_products::{mixed_precision, product, round};
 
 /// The geometry of a square-kernel convolution over `[batch, channels, height, width]` inputs.
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +177,14 @@ impl CustomOp3 for TrainConv {
                 lb.shape()
             );
         }
+        let shape = Shape::from((g.batch, o, g.out_height(), g.out_width()));
+        if mixed_precision() && ckk.is_multiple_of(2) {
+            // The inference kernel's bf16 convolution, unfolding panel by panel, with f32 results.
+            let dims = (g.batch, g.channels, g.height, g.width);
+            let (x16, w16) = (round(x), round(w));
+            let out = conv2d_bf16_to_f32(&x16, dims, &w16, o, g.kernel, bias, g.padding, g.stride)?;
+            return Ok((CpuStorage::F32(out), shape));
+        }
         let cols = unfold(g, x);
         let y = product(
             MatRef::row_major(w, o, ckk),
@@ -189,7 +200,6 @@ impl CustomOp3 for TrainConv {
                 }
             }
         }
-        let shape = Shape::from((g.batch, o, g.out_height(), g.out_width()));
         Ok((CpuStorage::F32(out), shape))
     }
 

@@ -1,11 +1,13 @@
 //! Linear layers for training on the CPU: `y = x · Wᵀ + b` as one candle op whose backward pass computes the
 //! input, weight and bias gradients directly (candle's composition reduces over leading dimensions slowly and
-//! leaves the transposed weight and the broadcast bias to its gradient store).
+//! leaves the transposed weight and the broadcast bias to its gradient store). Under
+//! [`super::train_products::with_mixed_precision`] the products take bf16 operands.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::gemm::{product, MatRef};
+use super::gemm::MatRef;
 use super::storage::{f32_slice, F32Values};
+use super::train_products::product;
 
 /// `y = x · Wᵀ + b` over the last dimension (f32 on the CPU), differentiable in all three, for training.
 pub fn linear_tracked(

@@ -90,6 +90,8 @@ pub struct Refinement {
     pub learning_rate: f64,
     /// Timesteps are drawn uniformly from `0..max_timestep`.
     pub max_timestep: usize,
+    /// Images per step of the phase; `None` keeps the stage's batch size.
+    pub batch_size: Option<usize>,
 }
 
 /// A training run.
@@ -109,6 +111,9 @@ pub struct TrainConfig {
     /// Each worker's ops use candle's thread count, so with several workers set `RAYON_NUM_THREADS=1`. The
     /// same seed and worker count give the same weights.
     pub workers: usize,
+    /// Whether the products of convolutions and linear layers take bf16 operands (f32 accumulation, f32 weights
+    /// and gradients) on CPUs with AVX512-BF16: [`crate::kernels::train_products::with_mixed_precision`].
+    pub mixed_precision_bf16: bool,
     /// The VAE stage (ignored when fine-tuning).
     pub vae: VaeSettings,
     /// The denoiser stage.
@@ -142,6 +147,7 @@ impl TrainConfig {
             seed: 0,
             batch_size: 32,
             workers: 1,
+            mixed_precision_bf16: false,
             vae: VaeSettings {
                 steps: 1000,
                 batch_size: 16,
@@ -203,6 +209,16 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(Error::invalid(
                 "--batch-size",
+                "0: at least one image per step",
+            ));
+        }
+        if self
+            .denoiser
+            .refinement
+            .is_some_and(|r| r.batch_size == Some(0))
+        {
+            return Err(Error::invalid(
+                "--refine-batch-size",
                 "0: at least one image per step",
             ));
         }

@@ -14,6 +14,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
+use crate::kernels::train_products::with_mixed_precision;
 use crate::{Error, Result};
 
 /// `0..n` cut into at most `workers` contiguous ranges whose lengths differ by at most one (non-empty when
@@ -58,10 +59,12 @@ fn pool(workers: usize) -> Result<Arc<ThreadPool>> {
 
 /// Runs `loss_of(share)` for each share of a batch of `n` on its own thread of a pool kept for the process,
 /// back-propagates each share's mean loss, and returns the batch's mean loss with the gradients of `vars` for
-/// it. With one worker this is `loss_of(0..n)` and its backward pass, unchanged.
+/// it, with the products in bf16 when `mixed_precision_bf16` ([`with_mixed_precision`]). With one worker this
+/// is `loss_of(0..n)` and its backward pass, unchanged.
 pub(crate) fn mean_loss_gradients<F>(
     n: usize,
     workers: usize,
+    mixed_precision_bf16: bool,
     vars: &[(String, Var)],
     loss_of: F,
 ) -> Result<(f32, GradStore)>
@@ -69,8 +72,10 @@ where
     F: Fn(Range<usize>) -> Result<Tensor> + Sync,
 {
     let run = |share: Range<usize>| -> Result<(f32, GradStore)> {
-        let loss = loss_of(share)?;
-        Ok((loss.to_scalar::<f32>()?, loss.backward()?))
+        with_mixed_precision(mixed_precision_bf16, || {
+            let loss = loss_of(share)?;
+            Ok((loss.to_scalar::<f32>()?, loss.backward()?))
+        })
     };
     let parts = shares(n, workers);
     if parts.len() == 1 {

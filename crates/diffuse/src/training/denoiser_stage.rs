@@ -151,6 +151,7 @@ pub(crate) struct Phase {
     first_step: usize,
     objective: DenoisingObjective,
     learning_rate: LrSchedule,
+    batch_size: usize,
 }
 
 /// The main phase, then the refinement phase if there is one, each with its own warm-up and decay. Called
@@ -166,11 +167,15 @@ pub(crate) fn phases(config: &TrainConfig, setup: &Setup) -> Result<Vec<Phase>> 
         min_snr_gamma: settings.min_snr_gamma,
         noise_offset: settings.noise_offset,
     };
-    phases_of(settings, &objective)
+    phases_of(settings, &objective, config.batch_size)
 }
 
-/// The phases of `settings` around `objective`, the main phase's.
-fn phases_of(settings: &DenoiserSettings, objective: &DenoisingObjective) -> Result<Vec<Phase>> {
+/// The phases of `settings` around `objective` and `batch_size`, the main phase's.
+fn phases_of(
+    settings: &DenoiserSettings,
+    objective: &DenoisingObjective,
+    batch_size: usize,
+) -> Result<Vec<Phase>> {
     let mut phases = vec![Phase {
         first_step: 0,
         objective: objective.clone(),
@@ -180,6 +185,7 @@ fn phases_of(settings: &DenoiserSettings, objective: &DenoisingObjective) -> Res
             total: settings.steps,
             shape: settings.lr_shape,
         },
+        batch_size,
     }];
     if let Some(refine) = settings.refinement {
         phases.push(Phase {
@@ -197,22 +203,20 @@ fn phases_of(settings: &DenoiserSettings, objective: &DenoisingObjective) -> Res
                 total: refine.steps,
                 shape: settings.lr_shape,
             },
+            batch_size: refine.batch_size.unwrap_or(batch_size),
         });
     }
     Ok(phases)
 }
 
-/// The objective and learning rate of the stage's `step` (0-based).
-fn phase_at(phases: &[Phase], step: usize) -> (&DenoisingObjective, f64) {
+/// The phase of the stage's `step` (0-based) and its learning rate there.
+fn phase_at(phases: &[Phase], step: usize) -> (&Phase, f64) {
     let phase = phases
         .iter()
         .rev()
         .find(|p| p.first_step <= step)
         .unwrap_or(&phases[0]);
-    (
-        &phase.objective,
-        phase.learning_rate.at(step - phase.first_step),
-    )
+    (phase, phase.learning_rate.at(step - phase.first_step))
 }
 
 /// Trains the denoiser.
@@ -283,10 +287,11 @@ pub(crate) fn run(
     let mut losses = Vec::new();
     let started = Instant::now();
     for step in start..steps {
-        let (objective, lr) = phase_at(&phases, step);
+        let (phase, lr) = phase_at(&phases, step);
+        let objective = &phase.objective;
         let seed = step_seed(setup.seed, offset + step);
         let mut picks = SplitMix::new(seed);
-        let indices: Vec<usize> = (0..config.batch_size).map(|_| picks.below(n)).collect();
+        let indices: Vec<usize> = (0..phase.batch_size).map(|_| picks.below(n)).collect();
         let captions: Vec<String> = indices
             .iter()
             .map(|&i| {
@@ -308,8 +313,12 @@ pub(crate) fn run(
         let eps = Tensor::from_vec(rng.randn_f32(mean.dims()), mean.dims(), device)?;
         let latents = ((mean + (std * eps)?)? - vae.shift)?.affine(vae.scaling_factor, 0.0)?;
         let noised = objective.noise(&latents, &mut rng)?;
-        let (value, grads) =
-            mean_loss_gradients(captions.len(), config.workers, &trainable, |share| {
+        let (value, grads) = mean_loss_gradients(
+            captions.len(),
+            config.workers,
+            config.mixed_precision_bf16,
+            &trainable,
+            |share| {
                 let context = text
                     .model
                     .forward(&token_ids(setup, &captions[share.clone()], device)?)?
@@ -322,7 +331,8 @@ pub(crate) fn run(
                     &ExtraConditioning::default(),
                 )?;
                 objective.loss(&prediction, &part)
-            })?;
+            },
+        )?;
         if !value.is_finite() {
             return Err(Error::invalid(
                 "--lr",
@@ -452,17 +462,20 @@ mod tests {
                 steps: 6,
                 learning_rate: 2e-4,
                 max_timestep: 300,
+                batch_size: Some(8),
             }),
             caption_dropout: 0.1,
             train_text_encoder: false,
             text_encoder_learning_rate: None,
         };
-        let phases = phases_of(&settings, &objective).unwrap();
+        let phases = phases_of(&settings, &objective, 32).unwrap();
+        assert_eq!(phase_at(&phases, 9).0.batch_size, 32);
+        assert_eq!(phase_at(&phases, 10).0.batch_size, 8);
         let mut rng = TorchCpuRng::new(1);
         let highest = |step: usize, rng: &mut TorchCpuRng| {
-            let (objective, _) = phase_at(&phases, step);
+            let (phase, _) = phase_at(&phases, step);
             (0..2000)
-                .map(|_| objective.timesteps.sample(rng))
+                .map(|_| phase.objective.timesteps.sample(rng))
                 .max()
                 .unwrap_or(0)
         };

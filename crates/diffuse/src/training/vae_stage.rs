@@ -111,21 +111,27 @@ pub(crate) fn run(
             eps_dims.as_slice(),
             device,
         )?;
-        let (value, grads) = mean_loss_gradients(indices.len(), config.workers, &named, |share| {
-            let images = images.narrow(0, share.start, share.len())?;
-            let posterior = vae.encode(&images)?;
-            let std = (&posterior.logvar * 0.5)?.exp()?;
-            let z = (&posterior.mean + (std * eps.narrow(0, share.start, share.len())?)?)?;
-            let reconstruction = vae.decode(&z)?;
-            Ok(vae_loss(
-                &reconstruction,
-                &images,
-                &posterior,
-                config.vae.reconstruction,
-                config.vae.kl_weight,
-            )?
-            .total)
-        })?;
+        let (value, grads) = mean_loss_gradients(
+            indices.len(),
+            config.workers,
+            config.mixed_precision_bf16,
+            &named,
+            |share| {
+                let images = images.narrow(0, share.start, share.len())?;
+                let posterior = vae.encode(&images)?;
+                let std = (&posterior.logvar * 0.5)?.exp()?;
+                let z = (&posterior.mean + (std * eps.narrow(0, share.start, share.len())?)?)?;
+                let reconstruction = vae.decode(&z)?;
+                Ok(vae_loss(
+                    &reconstruction,
+                    &images,
+                    &posterior,
+                    config.vae.reconstruction,
+                    config.vae.kl_weight,
+                )?
+                .total)
+            },
+        )?;
         if !value.is_finite() {
             return Err(Error::invalid(
                 "--vae-lr",
