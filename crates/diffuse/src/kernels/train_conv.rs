@@ -35,12 +35,9 @@ impl Geometry {
         (self.width + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
-    /// The shape of the unfolded input: `[channels · k · k, batch · out_h · out_w]`.
-    fn cols_shape(&self) -> Shape {
-        Shape::from((
-            self.channels * self.kernel * self.kernel,
-            self.batch * self.out_height() * self.out_width(),
-        ))
+    /// Columns of the unfolded input: one per output pixel of every batch item.
+    fn columns(&self) -> usize {
+        self.batch * self.out_height() * self.out_width()
     }
 
     fn image_shape(&self) -> Shape {
@@ -106,7 +103,7 @@ struct Run {
 
 /// Unfolds `[b, c, h, w]` into `[c·k·k, b·oh·ow]`.
 fn unfold(g: &Geometry, input: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; g.cols_shape().elem_count()];
+    let mut out = vec![0f32; g.channels * g.kernel * g.kernel * g.columns()];
     // `cols.step` is the run length; `image.step` the stride between the pixels read.
     g.for_each_run(|image, cols| {
         let dst = &mut out[cols.start..cols.start + cols.step];
@@ -142,12 +139,6 @@ fn fold(g: &Geometry, cols: &[f32]) -> Vec<f32> {
 /// `conv2d(x, weight) + bias` over (x `[b, c, h, w]`, weight `[o, c, k, k]`, bias `[o]`).
 struct TrainConv(Geometry);
 
-impl TrainConv {
-    fn out_channels(&self, weight: &Layout) -> usize {
-        weight.shape().dims().first().copied().unwrap_or(0)
-    }
-}
-
 impl CustomOp3 for TrainConv {
     fn name(&self) -> &'static str {
         "train-conv2d"
@@ -166,9 +157,9 @@ impl CustomOp3 for TrainConv {
         let x = f32_slice(sx, lx, self.name())?;
         let w = f32_slice(sw, lw, self.name())?;
         let bias = f32_slice(sb, lb, self.name())?;
-        let o = self.out_channels(lw);
+        let (o, ..) = lw.shape().dims4()?;
         let ckk = g.channels * g.kernel * g.kernel;
-        let (plane, columns) = (g.out_height() * g.out_width(), g.cols_shape().dims()[1]);
+        let (plane, columns) = (g.out_height() * g.out_width(), g.columns());
         if w.len() != o * ckk || bias.len() != o || x.len() != g.image_shape().elem_count() {
             candle_core::bail!(
                 "train-conv2d: input {:?}, weight {:?}, bias {:?}",
@@ -214,7 +205,7 @@ impl CustomOp3 for TrainConv {
         let g = &self.0;
         let o = weight.dim(0)?;
         let ckk = g.channels * g.kernel * g.kernel;
-        let (plane, columns) = (g.out_height() * g.out_width(), g.cols_shape().dims()[1]);
+        let (plane, columns) = (g.out_height() * g.out_width(), g.columns());
         let grad = grad.contiguous()?;
         let dy = F32Values::of(&grad, self.name())?;
         // The output gradient as `[o, b·plane]`, and its sums for the bias.

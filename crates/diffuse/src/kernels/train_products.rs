@@ -48,6 +48,12 @@ fn bf16_high(v: f32) -> u32 {
     (if nan { b | 0x0040_0000 } else { rounded }) & 0xffff_0000
 }
 
+/// `v` rounded to the nearest bf16.
+#[inline(always)]
+fn to_bf16(v: f32) -> bf16 {
+    bf16::from_bits((bf16_high(v) >> 16) as u16)
+}
+
 /// `lo` and `hi` rounded to bf16 and paired as the dot-product instruction reads them.
 #[inline(always)]
 fn pair_of(lo: f32, hi: f32) -> u32 {
@@ -61,7 +67,7 @@ pub(crate) fn round(values: &[f32]) -> Vec<bf16> {
         .zip(values.par_chunks(1 << 14))
         .for_each(|(dst, src)| {
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = bf16::from_bits((bf16_high(v) >> 16) as u16);
+                *d = to_bf16(v);
             }
         });
     out
@@ -79,10 +85,9 @@ fn row_major<'a>(v: &MatRef<'a>) -> Cow<'a, [f32]> {
     out.par_chunks_mut(TILE * cols)
         .enumerate()
         .for_each(|(t, block)| {
-            let height = block.len() / cols;
             for j0 in (0..cols).step_by(TILE) {
                 for j in j0..(j0 + TILE).min(cols) {
-                    for (i, row) in block.chunks_exact_mut(cols).enumerate().take(height) {
+                    for (i, row) in block.chunks_exact_mut(cols).enumerate() {
                         row[j] = v.data[(t * TILE + i) * v.rs + j * v.cs];
                     }
                 }
@@ -102,13 +107,14 @@ fn left_operand(a: &MatRef) -> Vec<bf16> {
         .zip(rows.par_chunks(k.max(1)))
         .for_each(|(dst, src)| {
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = bf16::from_bits((bf16_high(v) >> 16) as u16);
+                *d = to_bf16(v);
             }
         });
     out
 }
 
-/// The right operand B (`k`×`n`) read from its row-major f32 rows: row pairs (2·kp, 2·kp + 1) interleaved, a zero row past an odd `k`.
+/// The right operand B (`k`×`n`) read from its row-major f32 rows: row pairs (2·kp, 2·kp + 1) interleaved,
+/// a zero row past an odd `k`.
 struct RowPairs<'a> {
     /// B's values.
     rows: &'a [f32],
