@@ -7,6 +7,8 @@
 //! intermediate (the unfolded input, the product, the bias sum, the transposition) to candle's gradient store.
 //! Under [`super::train_products::with_mixed_precision`] the products take bf16 operands.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::conv::conv2d_bf16_to_f32;
@@ -44,6 +46,19 @@ impl Geometry {
         Shape::from((self.batch, self.channels, self.height, self.width))
     }
 
+    /// For kernel column `kx`: the output columns `first..last` whose input column lies inside the image, and
+    /// the input column of `first`; `None` when there are none.
+    fn inside(&self, kx: usize) -> Option<(usize, usize, usize)> {
+        let ow = self.out_width();
+        let input_column = |ox: usize| (ox * self.stride + kx) as isize - self.padding as isize;
+        let first = (0..ow).find(|&ox| input_column(ox) >= 0).unwrap_or(ow);
+        let last = (0..ow)
+            .rev()
+            .find(|&ox| input_column(ox) < self.width as isize)
+            .map_or(0, |ox| ox + 1);
+        (first < last).then(|| (first, last, input_column(first) as usize))
+    }
+
     /// Calls `f(image_run, cols_run)` with matching runs of input pixels and unfolded entries: for every
     /// (channel, kernel offset, batch item, output row), the input pixels that row reads (padding skipped).
     fn for_each_run(&self, mut f: impl FnMut(Run, Run)) {
@@ -55,20 +70,9 @@ impl Geometry {
             for ky in 0..k {
                 for kx in 0..k {
                     let row = (c * k + ky) * k + kx;
-                    // The output columns whose input column lies inside the image.
-                    let first = (0..ow)
-                        .find(|&ox| ox as isize * stride + kx as isize - pad >= 0)
-                        .unwrap_or(ow);
-                    let last = (0..ow)
-                        .rev()
-                        .find(|&ox| {
-                            ((ox as isize * stride + kx as isize - pad) as usize) < self.width
-                        })
-                        .map_or(0, |ox| ox + 1);
-                    if first >= last {
+                    let Some((first, last, ix0)) = self.inside(kx) else {
                         continue;
-                    }
-                    let ix0 = (first as isize * stride + kx as isize - pad) as usize;
+                    };
                     for b in 0..self.batch {
                         let image = (b * self.channels + c) * self.height * self.width;
                         for oy in 0..oh {
@@ -101,20 +105,39 @@ struct Run {
     step: usize,
 }
 
-/// Unfolds `[b, c, h, w]` into `[c·k·k, b·oh·ow]`.
+/// Unfolds `[b, c, h, w]` into `[c·k·k, b·oh·ow]`, written in order (padding as zeros, no zero-fill first).
 fn unfold(g: &Geometry, input: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; g.channels * g.kernel * g.kernel * g.columns()];
-    // `cols.step` is the run length; `image.step` the stride between the pixels read.
-    g.for_each_run(|image, cols| {
-        let dst = &mut out[cols.start..cols.start + cols.step];
-        if image.step == 1 {
-            dst.copy_from_slice(&input[image.start..image.start + cols.step]);
-        } else {
-            for (j, d) in dst.iter_mut().enumerate() {
-                *d = input[image.start + j * image.step];
+    let (oh, ow, k) = (g.out_height(), g.out_width(), g.kernel);
+    let plane = g.height * g.width;
+    let mut out = Vec::with_capacity(g.channels * k * k * g.columns());
+    for c in 0..g.channels {
+        for ky in 0..k {
+            for kx in 0..k {
+                let inside = g.inside(kx);
+                for b in 0..g.batch {
+                    let image = &input[(b * g.channels + c) * plane..][..plane];
+                    for oy in 0..oh {
+                        let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                        let (first, last, ix0) = match inside {
+                            Some(run) if iy >= 0 && (iy as usize) < g.height => run,
+                            _ => {
+                                out.resize(out.len() + ow, 0.0);
+                                continue;
+                            }
+                        };
+                        let row = &image[iy as usize * g.width..][..g.width];
+                        out.resize(out.len() + first, 0.0);
+                        if g.stride == 1 {
+                            out.extend_from_slice(&row[ix0..ix0 + last - first]);
+                        } else {
+                            out.extend((0..last - first).map(|j| row[ix0 + j * g.stride]));
+                        }
+                        out.resize(out.len() + ow - last, 0.0);
+                    }
+                }
             }
         }
-    });
+    }
     out
 }
 
@@ -136,8 +159,24 @@ fn fold(g: &Geometry, cols: &[f32]) -> Vec<f32> {
     out
 }
 
-/// `conv2d(x, weight) + bias` over (x `[b, c, h, w]`, weight `[o, c, k, k]`, bias `[o]`).
-struct TrainConv(Geometry);
+/// `conv2d(x, weight) + bias` over (x `[b, c, h, w]`, weight `[o, c, k, k]`, bias `[o]`). The f32 forward pass
+/// keeps its unfolded input for the weight gradient, which takes it (a second backward pass unfolds again).
+struct TrainConv {
+    geometry: Geometry,
+    columns: Mutex<Option<Vec<f32>>>,
+}
+
+impl TrainConv {
+    fn keep_columns(&self, cols: Vec<f32>) {
+        if let Ok(mut kept) = self.columns.lock() {
+            *kept = Some(cols);
+        }
+    }
+
+    fn kept_columns(&self) -> Option<Vec<f32>> {
+        self.columns.lock().ok().and_then(|mut kept| kept.take())
+    }
+}
 
 impl CustomOp3 for TrainConv {
     fn name(&self) -> &'static str {
@@ -153,7 +192,7 @@ impl CustomOp3 for TrainConv {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.0;
+        let g = &self.geometry;
         let x = f32_slice(sx, lx, self.name())?;
         let w = f32_slice(sw, lw, self.name())?;
         let bias = f32_slice(sb, lb, self.name())?;
@@ -181,14 +220,13 @@ impl CustomOp3 for TrainConv {
             MatRef::row_major(w, o, ckk),
             MatRef::row_major(&cols, ckk, columns),
         )?;
+        self.keep_columns(cols);
         // `y` is `[o, b·plane]`; the output is `[b, o, plane]` plus the bias.
-        let mut out = vec![0f32; g.batch * o * plane];
-        for (b, image) in out.chunks_exact_mut(o * plane).enumerate() {
-            for (c, (dst, &bc)) in image.chunks_exact_mut(plane).zip(bias).enumerate() {
+        let mut out = Vec::with_capacity(g.batch * o * plane);
+        for b in 0..g.batch {
+            for (c, &bc) in bias.iter().enumerate() {
                 let src = &y[c * columns + b * plane..c * columns + (b + 1) * plane];
-                for (d, v) in dst.iter_mut().zip(src) {
-                    *d = v + bc;
-                }
+                out.extend(src.iter().map(|v| v + bc));
             }
         }
         Ok((CpuStorage::F32(out), shape))
@@ -202,36 +240,42 @@ impl CustomOp3 for TrainConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = &self.0;
+        let g = &self.geometry;
         let o = weight.dim(0)?;
         let ckk = g.channels * g.kernel * g.kernel;
         let (plane, columns) = (g.out_height() * g.out_width(), g.columns());
         let grad = grad.contiguous()?;
         let dy = F32Values::of(&grad, self.name())?;
         // The output gradient as `[o, b·plane]`, and its sums for the bias.
-        let mut dy_rows = vec![0f32; o * columns];
-        let mut d_bias = vec![0f32; o];
-        for (b, image) in dy.get().chunks_exact(o * plane).enumerate() {
-            for (c, src) in image.chunks_exact(plane).enumerate() {
-                dy_rows[c * columns + b * plane..c * columns + (b + 1) * plane]
-                    .copy_from_slice(src);
-                d_bias[c] += src.iter().sum::<f32>();
+        let dy = dy.get();
+        let mut dy_rows = Vec::with_capacity(o * columns);
+        for c in 0..o {
+            for b in 0..g.batch {
+                let start = (b * o + c) * plane;
+                dy_rows.extend_from_slice(&dy[start..start + plane]);
             }
         }
+        // Summed image by image, in the order of the batch.
+        let d_bias: Vec<f32> = dy_rows
+            .chunks_exact(columns.max(1))
+            .map(|row| {
+                row.chunks_exact(plane.max(1))
+                    .fold(0.0, |acc, image| acc + image.iter().sum::<f32>())
+            })
+            .collect();
         let d_weight = if weight.track_op() {
-            let x = F32Values::of(x, self.name())?;
-            let cols = unfold(g, x.get());
+            let cols = match self.kept_columns() {
+                Some(cols) => cols,
+                None => unfold(g, F32Values::of(x, self.name())?.get()),
+            };
             // dWᵀ = cols · dyᵀ: the unfolded input (the larger operand) is read in its own order.
             let dwt = product(
                 MatRef::row_major(&cols, ckk, columns),
                 MatRef::transpose_of(&dy_rows, o, columns),
             )?;
-            let mut dw = vec![0f32; o * ckk];
-            for (t, row) in dwt.chunks_exact(o).enumerate() {
-                for (c, &v) in row.iter().enumerate() {
-                    dw[c * ckk + t] = v;
-                }
-            }
+            let dw: Vec<f32> = (0..o)
+                .flat_map(|c| dwt.iter().skip(c).step_by(o).copied())
+                .collect();
             Some(Tensor::from_vec(dw, weight.shape(), weight.device())?)
         } else {
             None
@@ -290,6 +334,9 @@ pub fn conv2d_tracked(
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        TrainConv(geometry),
+        TrainConv {
+            geometry,
+            columns: Mutex::new(None),
+        },
     )
 }
