@@ -14,11 +14,11 @@ pub const DIFFUSERS_VERSION: &str = "0.42.1";
 /// The transformers version whose `config.json` layout the exported text encoder follows.
 pub const TRANSFORMERS_VERSION: &str = "5.24.0";
 
-/// Latent channels of the tiny design. 32×32 shapes through 8×8×4 latents come back from the design's VAE
-/// (`block_out_channels` [32, 64, 64]) with the right shape in 64 % and the right color in 95 % of 100 images
-/// (the judge of `tests/bundled.rs`; the narrower [16, 32, 64]: 48 % and 80 %). With the narrower VAE, 8
-/// channels gave 58 % and 89 % (16: 57 %, 91 %), but the one full run with 8 lost the position binding (held-out
-/// position 9 of 50 against 21), so the design keeps SD's 4 and widens the VAE instead.
+/// Latent channels of the tiny design, SD's 4. The design's VAE (`block_out_channels` [32, 64]) downsamples 2×:
+/// 32×32 shapes through 16×16×4 latents come back with the right shape in 84 of 100 images (the judge of
+/// `tests/bundled.rs`), against 64 through the 8×8×4 latents of the earlier 4× VAE ([32, 64, 64]), which capped
+/// any UNet below the 60 %. With that VAE, 8 channels lost the position binding in the one full run
+/// (held-out position 9 of 50 against 21).
 pub const LATENT_CHANNELS: usize = 4;
 
 /// The configs of a pipeline's UNet, VAE and text encoder, kept as the JSON objects written to the folder.
@@ -40,9 +40,10 @@ fn parse<T: serde::de::DeserializeOwned>(value: &Value, file: &str) -> Result<T>
 }
 
 impl Architecture {
-    /// The tiny text-to-image design for `resolution`×`resolution` images: a VAE that downsamples 4× into
-    /// [`LATENT_CHANNELS`] latent channels, a two-level UNet with cross-attention at both levels, and a two-layer CLIP text
-    /// encoder of width 64 over `tokenizer`'s vocabulary and length.
+    /// The tiny text-to-image design for `resolution`×`resolution` images: a VAE that downsamples 2× into
+    /// [`LATENT_CHANNELS`] latent channels, a three-level UNet (32, 64 and 128 channels) with cross-attention at
+    /// the two lower levels and none at full latent resolution, and a two-layer CLIP text encoder of width 64 over
+    /// `tokenizer`'s vocabulary and length.
     pub fn tiny(resolution: usize, tokenizer: &ClipTokenizer) -> Result<Self> {
         if resolution == 0 || !resolution.is_multiple_of(16) {
             return Err(Error::invalid(
@@ -60,7 +61,7 @@ impl Architecture {
             "addition_time_embed_dim": null,
             "attention_head_dim": 4,
             "attention_type": "default",
-            "block_out_channels": [64, 128],
+            "block_out_channels": [32, 64, 128],
             "center_input_sample": false,
             "class_embed_type": null,
             "class_embeddings_concat": false,
@@ -68,7 +69,7 @@ impl Architecture {
             "conv_out_kernel": 3,
             "cross_attention_dim": text_width,
             "cross_attention_norm": null,
-            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
             "downsample_padding": 1,
             "dropout": 0.0,
             "dual_cross_attention": false,
@@ -94,14 +95,14 @@ impl Architecture {
             "resnet_skip_time_act": false,
             "resnet_time_scale_shift": "default",
             "reverse_transformer_layers_per_block": null,
-            "sample_size": resolution / 4,
+            "sample_size": resolution / 2,
             "time_cond_proj_dim": null,
             "time_embedding_act_fn": null,
             "time_embedding_dim": null,
             "time_embedding_type": "positional",
             "timestep_post_act": null,
             "transformer_layers_per_block": 1,
-            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
             "upcast_attention": false,
             "use_linear_projection": false
         });
@@ -112,8 +113,8 @@ impl Architecture {
             "_class_name": "AutoencoderKL",
             "_diffusers_version": DIFFUSERS_VERSION,
             "act_fn": "silu",
-            "block_out_channels": [32, 64, 64],
-            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "block_out_channels": [32, 64],
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
             "force_upcast": true,
             "in_channels": 3,
             "latent_channels": LATENT_CHANNELS,
@@ -126,7 +127,7 @@ impl Architecture {
             "sample_size": resolution,
             "scaling_factor": 1.0,
             "shift_factor": null,
-            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
             "use_post_quant_conv": true,
             "use_quant_conv": true
         });
