@@ -59,9 +59,10 @@ impl Geometry {
         (first < last).then(|| (first, last, input_column(first) as usize))
     }
 
-    /// Calls `f(image_run, cols_run)` with matching runs of input pixels and unfolded entries: for every
-    /// (channel, kernel offset, batch item, output row), the input pixels that row reads (padding skipped).
-    fn for_each_run(&self, mut f: impl FnMut(Run, Run)) {
+    /// Calls `f(image_start, cols_start, len)` with matching runs of input pixels and unfolded entries: for
+    /// every (channel, kernel offset, batch item, output row), the `len` input pixels that row reads (padding
+    /// skipped), every `stride`-th from `image_start`, and their `len` consecutive entries from `cols_start`.
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
         let (oh, ow) = (self.out_height(), self.out_width());
         let k = self.kernel;
         let columns = self.batch * oh * ow;
@@ -81,14 +82,9 @@ impl Geometry {
                                 continue;
                             }
                             f(
-                                Run {
-                                    start: image + iy as usize * self.width + ix0,
-                                    step: self.stride,
-                                },
-                                Run {
-                                    start: row * columns + (b * oh + oy) * ow + first,
-                                    step: last - first,
-                                },
+                                image + iy as usize * self.width + ix0,
+                                row * columns + (b * oh + oy) * ow + first,
+                                last - first,
                             );
                         }
                     }
@@ -96,13 +92,6 @@ impl Geometry {
             }
         }
     }
-}
-
-/// A run of `len` values: in the image, `start` then every `step`-th; in the columns, `len` consecutive.
-#[derive(Clone, Copy)]
-struct Run {
-    start: usize,
-    step: usize,
 }
 
 /// Unfolds `[b, c, h, w]` into `[c·k·k, b·oh·ow]`, written in order (padding as zeros, no zero-fill first).
@@ -144,15 +133,15 @@ fn unfold(g: &Geometry, input: &[f32]) -> Vec<f32> {
 /// Folds `[c·k·k, b·oh·ow]` back into `[b, c, h, w]`, summing overlaps (the adjoint of [`unfold`]).
 fn fold(g: &Geometry, cols: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; g.image_shape().elem_count()];
-    g.for_each_run(|image, run| {
-        let src = &cols[run.start..run.start + run.step];
-        if image.step == 1 {
-            for (d, v) in out[image.start..image.start + run.step].iter_mut().zip(src) {
+    g.for_each_run(|image, start, len| {
+        let src = &cols[start..start + len];
+        if g.stride == 1 {
+            for (d, v) in out[image..image + len].iter_mut().zip(src) {
                 *d += v;
             }
         } else {
             for (j, v) in src.iter().enumerate() {
-                out[image.start + j * image.step] += v;
+                out[image + j * g.stride] += v;
             }
         }
     });
