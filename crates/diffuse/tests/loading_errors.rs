@@ -204,3 +204,34 @@ fn unknown_config_keys_are_ignored() {
     let folder = PipelineFolder::open(&dir).unwrap();
     assert!(folder.load_unet(&LoadOptions::default()).is_ok());
 }
+
+#[test]
+fn json_that_python_refuses_is_refused_with_file_line_and_column() {
+    let (_scratch, dir) = sd1_copy("trailing-comma");
+    let path = dir.join("unet/config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text.replacen("\n}", ",\n}", 1);
+    assert_ne!(text, broken);
+    std::fs::write(&path, broken).unwrap();
+    let lines = text.lines().count();
+    assert_mentions(
+        &load_unet_error(&dir),
+        &["unet/config.json", &format!("line {lines} column 1")],
+    );
+}
+
+#[test]
+fn a_non_finite_number_where_an_integer_belongs_is_named() {
+    let (_scratch, dir) = sd1_copy("nan-channels");
+    let path = dir.join("unet/config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"in_channels\": 4", "\"in_channels\": NaN"),
+    )
+    .unwrap();
+    assert_mentions(
+        &load_unet_error(&dir),
+        &["unet/config.json", "in_channels", "NaN"],
+    );
+}

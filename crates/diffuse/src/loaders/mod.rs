@@ -6,6 +6,7 @@ pub mod hub;
 pub mod json;
 pub mod key_maps;
 pub mod model_index;
+pub(crate) mod python_json;
 pub mod single_file;
 pub mod summary;
 pub mod weights;

@@ -41,10 +41,10 @@ pub(super) fn json_error(path: &Path, message: impl Into<String>) -> Error {
 
 /// Parses `text`, the contents of `path`, as a JSON object.
 pub(super) fn parse_json_object(path: &Path, text: &str) -> Result<Map<String, Value>> {
-    match serde_json::from_str(text) {
+    match crate::loaders::json::parse_json(text, path) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(json_error(path, "expected a JSON object at the top level")),
-        Err(e) => Err(json_error(path, e.to_string())),
+        Err(e) => Err(e),
     }
 }
 
