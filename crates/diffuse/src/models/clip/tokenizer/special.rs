@@ -2,7 +2,8 @@
 //!
 //! The steps follow `PreTrainedTokenizerBase._from_pretrained` and `TokenizersBackend.__init__`:
 //! 1. The named special tokens (`bos_token` … `mask_token`) come from `tokenizer_config.json`, as plain
-//!    strings or `{"__type": "AddedToken", …}` objects.
+//!    strings or `{"__type": "AddedToken", …}` objects. An object without `__type` stays a dict, which
+//!    the tokenizer refuses unless step 2 replaces it.
 //! 2. If the config lists `added_tokens_decoder`, those tokens are the added tokens and
 //!    `special_tokens_map.json` is ignored. Otherwise `special_tokens_map.json` overrides the config's
 //!    named tokens (its objects become special tokens) and `tokenizer.json`'s `added_tokens` are the
@@ -54,12 +55,15 @@ impl TokenValue {
     }
 }
 
-/// A named token's entry: absent, explicitly null (in the named file), or a value.
+/// A named token's entry: absent, explicitly null (in the named file), a value, or a plain object in
+/// `tokenizer_config.json` (no `__type`), which transformers keeps as a dict and refuses unless
+/// `special_tokens_map.json` replaces it.
 #[derive(Clone, Debug)]
 enum Slot {
     Absent,
     Null(PathBuf),
     Value(TokenValue),
+    PlainObject(PathBuf, Value),
 }
 
 /// The files that declare special tokens, already parsed.
@@ -207,6 +211,14 @@ fn named_value(key: &str, entry: Slot) -> Result<Option<TokenValue>> {
         Slot::Absent => Ok(default.map(|d| TokenValue::Plain(d.to_string()))),
         Slot::Null(path) if default.is_some() => Err(missing(&path, key)),
         Slot::Null(_) => Ok(None),
+        Slot::PlainObject(path, object) => Err(Error::unsupported(
+            path.display().to_string(),
+            key,
+            object,
+            "a string or {\"__type\": \"AddedToken\", ...}: transformers accepts an object without \
+             `__type` here only when special_tokens_map.json (read when there is no added_tokens_decoder) \
+             names the token",
+        )),
     }
 }
 
@@ -228,10 +240,7 @@ fn slot(path: &Path, key: &str, value: Option<&Value>, from_map: bool) -> Result
         Some(Value::String(s)) => Ok(Slot::Value(TokenValue::Plain(s.clone()))),
         Some(object @ Value::Object(map)) => {
             if !from_map && map.get("__type").and_then(Value::as_str) != Some("AddedToken") {
-                return Err(json_error(
-                    path,
-                    format!("`{key}` must be a string or an AddedToken, found {object}"),
-                ));
+                return Ok(Slot::PlainObject(path.to_path_buf(), object.clone()));
             }
             let special = if from_map { Some(true) } else { None };
             Ok(Slot::Value(TokenValue::Token(added_token(
