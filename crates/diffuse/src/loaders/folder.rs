@@ -253,8 +253,25 @@ impl PipelineFolder {
         self.read_config(name, "config.json")
     }
 
-    /// Reads `scheduler/scheduler_config.json`.
+    /// Reads `scheduler/scheduler_config.json`. As diffusers loads each component as the class `model_index.json`
+    /// names, that class wins over the file's own `_class_name` (whose other values it keeps).
     pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        let mut config = self.read_scheduler_config()?;
+        if let Some(class) = self.index.class_of("scheduler") {
+            if config.class_name.as_deref() != Some(class) {
+                tracing::warn!(
+                    "{}: model_index.json names the scheduler {class}, which diffusers loads with this file's \
+                     values (its _class_name {:?} is ignored)",
+                    config.origin,
+                    config.class_name.as_deref().unwrap_or("(missing)")
+                );
+                config.class_name = Some(class.to_string());
+            }
+        }
+        Ok(config)
+    }
+
+    fn read_scheduler_config(&self) -> Result<SchedulerConfig> {
         match &self.configs {
             ConfigSource::Folder(_) => SchedulerConfig::from_file(
                 self.component_dir("scheduler")?

@@ -1,7 +1,7 @@
 //! Text conditioning as diffusers' `encode_prompt` builds it: tokenize (truncating at the model's limit with a
 //! warning), run the text encoder(s), pick the hidden state `clip_skip` asks for, repeat per image, and stack
-//! `[negative; positive]` for classifier-free guidance. SD 1.x/2.x use one CLIP; SDXL concatenates two and adds
-//! the second one's pooled projection.
+//! `[negative; positive]` for classifier-free guidance. SD 1.x/2.x use one CLIP; SDXL concatenates two (a
+//! refiner has only the second) and adds the second one's pooled projection.
 
 use candle_core::Tensor;
 
@@ -10,14 +10,20 @@ use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
 
-/// The text side of a pipeline: SD 1.x/2.x's one CLIP, or SDXL's two.
+/// The text side of a pipeline: SD 1.x/2.x's one CLIP, SDXL's two, or an SDXL refiner's second one alone.
 pub struct TextEncoders {
-    /// The (first) tokenizer.
-    pub tokenizer: ClipTokenizer,
-    /// The (first) text encoder, a CLIPTextModel.
-    pub encoder: ClipTextModel,
+    /// SD's CLIP, or SDXL's first (CLIP ViT-L); SDXL refiners have none.
+    pub first: Option<TextEncoder>,
     /// SDXL's second tokenizer and encoder.
     pub second: Option<Box<SecondEncoder>>,
+}
+
+/// A tokenizer and its CLIPTextModel.
+pub struct TextEncoder {
+    /// The tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The text encoder.
+    pub encoder: ClipTextModel,
 }
 
 /// SDXL's OpenCLIP ViT-bigG text encoder (with projection), whose hidden states are concatenated to the first
@@ -42,21 +48,24 @@ pub struct Conditioning {
 impl TextEncoders {
     /// Loads the tokenizer(s) and text encoder(s) the folder's `model_index.json` lists.
     pub fn load(folder: &PipelineFolder, opts: &LoadOptions) -> Result<Self> {
-        let second = match folder.index().class_of("text_encoder_2") {
+        let index = folder.index();
+        let second = match index.class_of("text_encoder_2") {
             None => None,
             Some(_) => Some(Box::new(SecondEncoder {
                 tokenizer: folder.load_tokenizer("tokenizer_2")?,
                 encoder: folder.load_text_encoder("text_encoder_2", opts)?,
-                force_zeros_for_empty_prompt: folder
-                    .index()
-                    .flag("force_zeros_for_empty_prompt", true),
+                force_zeros_for_empty_prompt: index.flag("force_zeros_for_empty_prompt", true),
             })),
         };
-        Ok(Self {
-            tokenizer: folder.load_tokenizer("tokenizer")?,
-            encoder: folder.load_text_encoder("text_encoder", opts)?,
-            second,
-        })
+        // diffusers' SDXL pipelines take `text_encoder: [null, null]` as "the second encoder alone" (refiners).
+        let first = match (index.class_of("text_encoder"), &second) {
+            (None, Some(_)) => None,
+            _ => Some(TextEncoder {
+                tokenizer: folder.load_tokenizer("tokenizer")?,
+                encoder: folder.load_text_encoder("text_encoder", opts)?,
+            }),
+        };
+        Ok(Self { first, second })
     }
 
     /// Encodes `prompt` (and `negative_prompt` when `guidance`) for `images` images.
@@ -71,9 +80,12 @@ impl TextEncoders {
         guidance: bool,
         clip_skip: Option<usize>,
     ) -> Result<Conditioning> {
-        let (tokenizer, encoder) = (&self.tokenizer, &self.encoder);
-        match &self.second {
-            None => {
+        match (&self.first, &self.second) {
+            (None, None) => Err(Error::invalid(
+                "text_encoder",
+                "the pipeline has no text encoder",
+            )),
+            (Some(TextEncoder { tokenizer, encoder }), None) => {
                 let context = if guidance {
                     // One pass over both rows (the causal mask keeps them independent); diffusers encodes
                     // the negative prompt without clip_skip.
@@ -89,7 +101,7 @@ impl TextEncoders {
                     text_embeds: None,
                 })
             }
-            Some(xl) => {
+            (first, Some(xl)) => {
                 let zero_negative = negative_prompt.is_empty() && xl.force_zeros_for_empty_prompt;
                 // The negative prompt (when encoded) and the prompt as one batch per encoder.
                 let texts = if guidance && !zero_negative {
@@ -97,17 +109,21 @@ impl TextEncoders {
                 } else {
                     vec![prompt]
                 };
-                let first = run(tokenizer, encoder, &texts)?;
-                let second = run(&xl.tokenizer, &xl.encoder, &texts)?;
-                let pooled = second
-                    .text_embeds
-                    .clone()
+                let mut outputs = Vec::with_capacity(2);
+                if let Some(first) = first {
+                    outputs.push(run(&first.tokenizer, &first.encoder, &texts)?);
+                }
+                outputs.push(run(&xl.tokenizer, &xl.encoder, &texts)?);
+                let pooled = outputs
+                    .last()
+                    .and_then(|second| second.text_embeds.clone())
                     .ok_or_else(|| Error::invalid("text_encoder_2", "has no text_projection"))?;
+                // The encoders' penultimate states side by side (the second's alone in a refiner).
                 let row = |r: usize, skip: Option<usize>| -> Result<Tensor> {
-                    let parts = [
-                        penultimate(&first, skip)?.narrow(0, r, 1)?,
-                        penultimate(&second, skip)?.narrow(0, r, 1)?,
-                    ];
+                    let parts = outputs
+                        .iter()
+                        .map(|out| penultimate(out, skip)?.narrow(0, r, 1).map_err(Error::from))
+                        .collect::<Result<Vec<_>>>()?;
                     Ok(Tensor::cat(&parts, 2)?)
                 };
                 let last = texts.len() - 1;

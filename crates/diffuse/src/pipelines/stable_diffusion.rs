@@ -14,16 +14,20 @@ use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::rng::NoiseSource;
+use crate::schedulers::names::{clip_sample_default, has_steps_offset};
 use crate::schedulers::{SchedulerConfig, TimestepRequest};
 use crate::{Error, Result};
 
-/// The pipeline classes whose folders [`StableDiffusion::load`] accepts.
-pub const SUPPORTED_PIPELINES: [&str; 5] = [
+/// The pipeline classes whose folders [`StableDiffusion::load`] accepts. An LCM-distilled UNet
+/// (`time_cond_proj_dim`) runs as `LatentConsistencyModelPipeline` does whatever the folder's class: no
+/// classifier-free guidance, the guidance scale embedded as the UNet's timestep condition.
+pub const SUPPORTED_PIPELINES: [&str; 6] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
+    "LatentConsistencyModelPipeline",
 ];
 
 /// A loaded pipeline: immutable, so one instance (behind an `Arc`) serves many generations at once; all
@@ -63,6 +67,43 @@ pub struct Generated {
     pub images: Vec<RgbImage>,
 }
 
+/// The folder's scheduler configuration as the pipeline class's `__init__` leaves it: diffusers' SD 1.x/2.x
+/// pipelines rewrite outdated configs (`steps_offset` other than 1 becomes 1 in the text-to-image, image-to-image
+/// and inpainting pipelines; `clip_sample: true` becomes false in the first two). A key the file lacks counts
+/// with its class default and, once rewritten, holds for the folder's own scheduler only: `from_config` gives
+/// the next scheduler the class default again (diffusers' `_use_default_values`). SDXL and LCM pipelines keep
+/// the file's values.
+fn as_the_pipeline_sets_it(class: &str, mut config: SchedulerConfig) -> SchedulerConfig {
+    let sd = matches!(
+        class,
+        "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline"
+    );
+    let scheduler_class = config.class_name.clone().unwrap_or_default();
+    let steps_offset = config
+        .steps_offset
+        .or(has_steps_offset(&scheduler_class).then_some(0));
+    if (sd || class == "StableDiffusionInpaintPipeline")
+        && steps_offset.is_some_and(|offset| offset != 1)
+    {
+        tracing::warn!(
+            "{}: steps_offset is set to 1, as diffusers' {class} does",
+            config.origin
+        );
+        config.filled_by_pipeline.steps_offset = config.steps_offset.is_none();
+        config.steps_offset = Some(1);
+    }
+    let clip_sample = config.clip_sample.or(clip_sample_default(&scheduler_class));
+    if sd && clip_sample == Some(true) {
+        tracing::warn!(
+            "{}: clip_sample is set to false, as diffusers' {class} does",
+            config.origin
+        );
+        config.filled_by_pipeline.clip_sample = config.clip_sample.is_none();
+        config.clip_sample = Some(false);
+    }
+    config
+}
+
 impl StableDiffusion {
     /// Loads every component of `folder` (a diffusers folder, or a single-file checkpoint with its configs).
     pub fn load(folder: &PipelineFolder, opts: &LoadOptions) -> Result<Self> {
@@ -88,7 +129,7 @@ impl StableDiffusion {
             text: TextEncoders::load(folder, opts)?,
             unet: folder.load_unet(opts)?,
             vae: folder.load_vae(&vae_opts)?,
-            scheduler: folder.scheduler_config()?,
+            scheduler: as_the_pipeline_sets_it(class, folder.scheduler_config()?),
             requires_aesthetics_score: folder.index().flag("requires_aesthetics_score", false),
             dtype: opts.dtype,
             device: opts.device.clone(),

@@ -152,6 +152,18 @@ pub struct SchedulerConfig {
     /// Where this configuration came from, for error messages.
     #[serde(skip)]
     pub origin: String,
+    /// Keys the file did not hold that the pipeline set for its own scheduler. diffusers lists such keys in
+    /// `_use_default_values`, so `from_config` gives the next scheduler the class defaults for them instead.
+    #[serde(skip)]
+    pub(crate) filled_by_pipeline: FilledByPipeline,
+}
+
+/// Which of the keys diffusers' Stable Diffusion pipelines rewrite were missing from the file and set by
+/// the pipeline (see [`SchedulerConfig::filled_by_pipeline`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct FilledByPipeline {
+    pub(crate) steps_offset: bool,
+    pub(crate) clip_sample: bool,
 }
 
 impl SchedulerConfig {
@@ -165,10 +177,8 @@ impl SchedulerConfig {
 
     /// Parses a scheduler configuration from JSON text.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let mut config: Self = serde_json::from_str(text).map_err(|e| Error::Json {
-            path: "scheduler config".into(),
-            message: e.to_string(),
-        })?;
+        let mut config: Self =
+            crate::loaders::json::parse_json(text, Path::new("scheduler config"))?;
         config.origin = "scheduler config".into();
         Ok(config)
     }
@@ -296,11 +306,30 @@ impl SchedulerConfig {
         }
     }
 
-    /// `clip_sample_range` when `clip_sample` is on (`default` is the class's default for `clip_sample`).
-    pub(crate) fn clip_range(&self, default: bool) -> Option<f32> {
+    /// `clip_sample_range` when `clip_sample` is on (missing, it takes the class's default).
+    pub(crate) fn clip_range(&self) -> Option<f32> {
+        let class_default = self
+            .class_name
+            .as_deref()
+            .and_then(names::clip_sample_default);
         self.clip_sample
-            .unwrap_or(default)
+            .or(class_default)
+            .unwrap_or(false)
             .then(|| self.clip_sample_range.unwrap_or(1.0) as f32)
+    }
+
+    /// The configuration `from_config` hands to a new scheduler: keys the pipeline filled in go back to
+    /// missing, so the new class's defaults apply.
+    pub(crate) fn for_from_config(&self) -> Self {
+        let mut config = self.clone();
+        if config.filled_by_pipeline.steps_offset {
+            config.steps_offset = None;
+        }
+        if config.filled_by_pipeline.clip_sample {
+            config.clip_sample = None;
+        }
+        config.filled_by_pipeline = FilledByPipeline::default();
+        config
     }
 
     /// `(dynamic_thresholding_ratio, sample_max_value)` when `thresholding` is on.

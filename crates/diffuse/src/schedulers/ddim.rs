@@ -50,7 +50,7 @@ pub(crate) fn build(
         num_inference_steps: n,
         timesteps,
         prediction,
-        clip: config.clip_range(true),
+        clip: config.clip_range(),
         threshold: config.threshold_options(),
         eta: config.eta.unwrap_or(0.0) as f32,
     }))

@@ -82,7 +82,7 @@ pub(crate) fn build(
         timesteps,
         prediction,
         variance,
-        clip: config.clip_range(true),
+        clip: config.clip_range(),
         threshold: config.threshold_options(),
     }))
 }

@@ -83,7 +83,7 @@ pub(crate) fn build(
         timesteps,
         sigmas,
         prediction,
-        clip: config.clip_range(false),
+        clip: config.clip_range(),
         first: None,
         index: StepIndex::default(),
     }))

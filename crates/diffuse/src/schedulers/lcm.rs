@@ -88,7 +88,7 @@ pub(crate) fn build(
         num_inference_steps: timesteps.len(),
         timesteps,
         prediction,
-        clip: config.clip_range(false),
+        clip: config.clip_range(),
         threshold: config.threshold_options(),
         timestep_scaling: config.timestep_scaling.unwrap_or(10.0) as f32,
         index: StepIndex::default(),

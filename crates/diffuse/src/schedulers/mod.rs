@@ -30,7 +30,7 @@ mod kdpm2;
 mod kdpm2_ancestral;
 mod lcm;
 mod lms;
-mod names;
+pub(crate) mod names;
 mod noise_schedule;
 mod ops;
 mod pndm;

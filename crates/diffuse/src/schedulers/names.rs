@@ -11,22 +11,68 @@ use crate::{Error, Result};
 /// Makes a scheduler for one generation.
 pub(crate) type BuildFn = fn(&SchedulerConfig, &TimestepRequest) -> Result<Box<dyn Scheduler>>;
 
-/// One row per scheduler: the diffusers class name and its builder.
-const CLASSES: &[(&str, BuildFn)] = &[
-    ("DDIMScheduler", ddim::build),
-    ("DDPMScheduler", ddpm::build),
-    ("PNDMScheduler", pndm::build),
-    ("LMSDiscreteScheduler", lms::build),
-    ("EulerDiscreteScheduler", euler::build),
-    ("EulerAncestralDiscreteScheduler", euler_ancestral::build),
-    ("HeunDiscreteScheduler", heun::build),
-    ("KDPM2DiscreteScheduler", kdpm2::build),
-    ("KDPM2AncestralDiscreteScheduler", kdpm2_ancestral::build),
-    ("DPMSolverMultistepScheduler", dpm_multistep::build),
-    ("DPMSolverSinglestepScheduler", dpm_singlestep::build),
-    ("UniPCMultistepScheduler", unipc::build),
-    ("DEISMultistepScheduler", deis::build),
-    ("LCMScheduler", lcm::build),
+/// One row per scheduler: the diffusers class name, its builder, and the defaults of the two keys that
+/// diffusers' Stable Diffusion pipelines rewrite (`steps_offset`, `clip_sample`), where the class has them.
+struct Class {
+    name: &'static str,
+    build: BuildFn,
+    /// Whether `__init__` takes `steps_offset` (its default is always 0).
+    has_steps_offset: bool,
+    /// `clip_sample`'s default, where `__init__` takes it.
+    clip_sample: Option<bool>,
+}
+
+/// Shorthand for a row of [`CLASSES`].
+const fn class(
+    name: &'static str,
+    build: BuildFn,
+    has_steps_offset: bool,
+    clip_sample: Option<bool>,
+) -> Class {
+    Class {
+        name,
+        build,
+        has_steps_offset,
+        clip_sample,
+    }
+}
+
+/// Every scheduler diffuse has.
+const CLASSES: &[Class] = &[
+    class("DDIMScheduler", ddim::build, true, Some(true)),
+    class("DDPMScheduler", ddpm::build, true, Some(true)),
+    class("PNDMScheduler", pndm::build, true, None),
+    class("LMSDiscreteScheduler", lms::build, true, None),
+    class("EulerDiscreteScheduler", euler::build, true, None),
+    class(
+        "EulerAncestralDiscreteScheduler",
+        euler_ancestral::build,
+        true,
+        None,
+    ),
+    class("HeunDiscreteScheduler", heun::build, true, Some(false)),
+    class("KDPM2DiscreteScheduler", kdpm2::build, true, None),
+    class(
+        "KDPM2AncestralDiscreteScheduler",
+        kdpm2_ancestral::build,
+        true,
+        None,
+    ),
+    class(
+        "DPMSolverMultistepScheduler",
+        dpm_multistep::build,
+        true,
+        None,
+    ),
+    class(
+        "DPMSolverSinglestepScheduler",
+        dpm_singlestep::build,
+        false,
+        None,
+    ),
+    class("UniPCMultistepScheduler", unipc::build, true, None),
+    class("DEISMultistepScheduler", deis::build, true, None),
+    class("LCMScheduler", lcm::build, true, Some(false)),
 ];
 
 /// An A1111 sampler name: its class, whether it uses Karras sigmas, DPM-Solver's algorithm type, and
@@ -96,17 +142,29 @@ const A1111: &[Sampler] = &[
 
 /// The builder of a diffusers class, if diffuse has it.
 pub(crate) fn builder_for_class(class: &str) -> Option<BuildFn> {
-    CLASSES
-        .iter()
-        .find(|(name, _)| *name == class)
-        .map(|(_, build)| *build)
+    row(class).map(|c| c.build)
+}
+
+/// The row of a diffusers class, if diffuse has it.
+fn row(class: &str) -> Option<&'static Class> {
+    CLASSES.iter().find(|c| c.name == class)
+}
+
+/// Whether diffusers' `class` takes `steps_offset` (default 0).
+pub(crate) fn has_steps_offset(class: &str) -> bool {
+    row(class).is_some_and(|c| c.has_steps_offset)
+}
+
+/// `clip_sample`'s default in diffusers' `class`, where the class takes it.
+pub(crate) fn clip_sample_default(class: &str) -> Option<bool> {
+    row(class).and_then(|c| c.clip_sample)
 }
 
 /// The supported class names, comma-separated, for error messages.
 pub(crate) fn class_list() -> String {
     CLASSES
         .iter()
-        .map(|(name, _)| *name)
+        .map(|c| c.name)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -116,7 +174,7 @@ pub fn known_scheduler_names() -> Vec<&'static str> {
     A1111
         .iter()
         .map(|s| s.name)
-        .chain(CLASSES.iter().map(|(name, _)| *name))
+        .chain(CLASSES.iter().map(|c| c.name))
         .collect()
 }
 
@@ -125,7 +183,7 @@ pub fn known_scheduler_names() -> Vec<&'static str> {
 /// does: the base's options carry over, the class changes, and the sampler's overrides are applied.
 pub fn scheduler_config_for(name: &str, base: &SchedulerConfig) -> Result<SchedulerConfig> {
     let wanted = name.trim();
-    let mut config = base.clone();
+    let mut config = base.for_from_config();
     if let Some(s) = A1111.iter().find(|s| s.name.eq_ignore_ascii_case(wanted)) {
         config.class_name = Some(s.class.to_string());
         config.use_karras_sigmas = Some(s.karras);
@@ -141,8 +199,8 @@ pub fn scheduler_config_for(name: &str, base: &SchedulerConfig) -> Result<Schedu
         }
         return Ok(config);
     }
-    if let Some((class, _)) = CLASSES.iter().find(|(n, _)| n.eq_ignore_ascii_case(wanted)) {
-        config.class_name = Some((*class).to_string());
+    if let Some(class) = CLASSES.iter().find(|c| c.name.eq_ignore_ascii_case(wanted)) {
+        config.class_name = Some(class.name.to_string());
         return Ok(config);
     }
     Err(Error::invalid(
