@@ -83,6 +83,9 @@ fn generate_args(case: &serde_json::Value, folder: &Path, out: &Path) -> Vec<Str
             args.extend([flag.to_string(), case[key].to_string()]);
         }
     }
+    if let Some(class) = case["scheduler"].as_str() {
+        args.extend(["--scheduler".to_string(), class.to_string()]);
+    }
     for (flag, key) in [("--image", "image"), ("--mask", "mask")] {
         if let Some(file) = case[key].as_str() {
             args.extend([
