@@ -445,3 +445,32 @@ fn vae_tiling_decodes_in_tiles() {
     assert_ne!(a.pixels, b.pixels);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Settings whose numbers overflow fail naming the step and the likely cause, instead of writing a black image
+/// and exiting 0; a clip skip beyond the text encoder's layers is refused before any work.
+#[test]
+fn diverged_generations_fail_naming_the_cause() {
+    let dir = scratch("diverged");
+    let model = sd1();
+    let out = dir.join("o.png");
+    let (m, o) = (model.as_str(), out.to_str().unwrap());
+    let base = ["generate", "x", "--model", m, "-o", o, "--steps", "3"];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    fails_with(
+        &with(&["--guidance", "1e308"]),
+        &[
+            "diverged",
+            "the latents after step 1 of",
+            "guidance_scale 1e308",
+        ],
+    );
+    fails_with(
+        &with(&["--scheduler", "DDIM", "--eta", "1e9"]),
+        &["diverged", "the latents after step", "eta 1e9"],
+    );
+    fails_with(
+        &with(&["--clip-skip", "1000"]),
+        &["clip_skip", "1000", "at most"],
+    );
+    assert!(!out.exists(), "no image is written");
+}

@@ -1,4 +1,5 @@
-//! `diffuse serve`: starts, prints its address, answers, stops cleanly on SIGTERM; refuses bad setups by name.
+//! `diffuse serve`: starts, prints its address, answers, stops cleanly on SIGTERM; refuses bad setups by name;
+//! its PNGs replay with `diffuse generate --replay`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,6 +19,24 @@ fn get(addr: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// POSTs a JSON body; returns the response's JSON body.
+fn post_json(addr: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, json) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(json).unwrap()
 }
 
 /// Starts `diffuse serve ARGS --port 0` (without `DIFFUSE_MODEL`) and reads the address it prints.
@@ -94,4 +113,50 @@ fn serve_refuses_bad_setups_naming_the_option() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn every_image_of_a_served_batch_replays_to_itself() {
+    use base64::Engine;
+    let (mut child, addr) = start(&["--model".into(), format!("sd1={}", sd1().display())]);
+    let body = post_json(
+        &addr,
+        "/v1/images/generations",
+        &serde_json::json!({"prompt": "a red cube", "n": 2, "steps": 3, "seed": 11,
+                            "response_format": "b64_json"}),
+    );
+    assert!(terminate(&mut child).success());
+    let scratch = std::env::temp_dir().join(format!("diffuse-serve-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let images = body["data"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    for (i, image) in images.iter().enumerate() {
+        let served = scratch.join(format!("served-{i}.png"));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(image["b64_json"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(&served, bytes).unwrap();
+        let replayed = scratch.join(format!("replayed-{i}.png"));
+        let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .args(["generate", "--quiet", "--model"])
+            .arg(sd1())
+            .arg("--replay")
+            .arg(&served)
+            .arg("-o")
+            .arg(&replayed)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let open = |p: &std::path::Path| diffuse::pipelines::RgbImage::open(p, "image").unwrap();
+        assert_eq!(
+            open(&replayed),
+            open(&served),
+            "image {i} replays to another image"
+        );
+    }
+    std::fs::remove_dir_all(&scratch).ok();
 }

@@ -86,6 +86,10 @@ impl From<diffuse::Error> for ApiError {
             diffuse::Error::Unsupported { key, .. } => {
                 ApiError::bad_field(key.clone(), e.to_string())
             }
+            // The request ran but its numbers overflowed: the client's settings, not the server, are at fault.
+            diffuse::Error::NonFinite { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
             diffuse::Error::Cancelled => {
                 ApiError::new(StatusCode::CONFLICT, "the job was cancelled")
             }

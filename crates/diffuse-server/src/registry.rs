@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use diffuse::loaders::hash::model_hash;
 use diffuse::loaders::hub::resolve_model;
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::pipelines::StableDiffusion;
@@ -17,6 +18,8 @@ pub struct LoadedModel {
     pub pipeline: StableDiffusion,
     /// When it was loaded (Unix seconds).
     pub loaded_at: u64,
+    /// A1111's short model hash, recorded in the PNG parameters.
+    pub hash: Option<String>,
 }
 
 impl LoadedModel {
@@ -47,13 +50,16 @@ impl Registry {
         let models = specs
             .iter()
             .map(|spec| {
-                let load = || -> diffuse::Result<StableDiffusion> {
+                let load = || -> diffuse::Result<(StableDiffusion, Option<String>)> {
                     // Whatever `diffuse generate --model` takes: a folder, a Hub id or a single file.
                     let path = resolve_model(&spec.path.to_string_lossy(), Variant::Default)?;
                     let folder = PipelineFolder::open_path(&path, None)?;
-                    StableDiffusion::load(&folder, opts)
+                    Ok((
+                        StableDiffusion::load(&folder, opts)?,
+                        model_hash(&folder).ok(),
+                    ))
                 };
-                let pipeline = load().map_err(|source| ServerError::Load {
+                let (pipeline, hash) = load().map_err(|source| ServerError::Load {
                     name: spec.name.clone(),
                     source: Box::new(source),
                 })?;
@@ -61,6 +67,7 @@ impl Registry {
                     name: spec.name.clone(),
                     pipeline,
                     loaded_at,
+                    hash,
                 }))
             })
             .collect::<Result<Vec<_>, ServerError>>()?;

@@ -33,10 +33,14 @@ async fn txt2img_seeds_each_image_as_a1111_does() {
     assert_eq!(info["sampler_name"], "Euler a");
     assert_eq!(info["sd_model_name"], "sd1");
     assert_eq!(info["job_timestamp"].as_str().unwrap().len(), 14);
+    let hash = common::sd1_hash();
+    assert_eq!(info["sd_model_hash"], hash.as_str());
     assert_eq!(
         info["infotexts"][1],
-        "a lighthouse\nNegative prompt: fog\nSteps: 3, Sampler: Euler a, CFG scale: 5.5, Seed: 6, \
-         Size: 64x64, Model: sd1, RNG: NV"
+        format!(
+            "a lighthouse\nNegative prompt: fog\nSteps: 3, Sampler: Euler a, CFG scale: 5.5, Seed: 6, \
+             Size: 64x64, Model hash: {hash}, Model: sd1, RNG: NV"
+        )
     );
 
     // Image i is its own generation with A1111's default GPU generator (Philox) seeded seed + i.
@@ -85,9 +89,12 @@ async fn override_settings_and_karras_schedules_apply() {
     assert_eq!(status, 200, "{body}");
     let text = &info(&body)["infotexts"][0];
     assert_eq!(
-        text,
-        "p\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 11, Size: 64x64, \
-         Model: sd1, Clip skip: 2, RNG: CPU"
+        text.as_str().unwrap(),
+        format!(
+            "p\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 11, Size: 64x64, \
+             Model hash: {}, Model: sd1, Clip skip: 2, RNG: CPU",
+            common::sd1_hash()
+        )
     );
     // The CPU generator and clip skip 2 (diffusers' clip_skip=1) through the library give the same image.
     let pipe = StableDiffusion::load(
@@ -368,5 +375,47 @@ async fn a1111_errors_name_the_field() {
         let (status, answer) = t.post(path, &body).await;
         assert_error(status, &answer, 400, Some(param));
     }
+    t.stop().await;
+}
+
+/// A request whose numbers overflow fails with 422 naming the likely cause, instead of a black image with 200;
+/// a clip skip beyond the text encoder's layers is refused before the job is queued.
+#[tokio::test(flavor = "multi_thread")]
+async fn diverged_generations_fail_instead_of_returning_black_images() {
+    let t = start().await;
+    let base = json!({"prompt": "p", "steps": 3, "width": 64, "height": 64, "seed": 1});
+    let with = |extra: Value| {
+        let mut body = base.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, cause) in [
+        (json!({"cfg_scale": 1e308}), "guidance_scale 1e308"),
+        (json!({"sampler_name": "DDIM", "eta": 1e9}), "eta 1e9"),
+    ] {
+        let (status, body) = t.post("/sdapi/v1/txt2img", &with(extra)).await;
+        assert_error(status, &body, 422, None);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("diverged") && message.contains(cause),
+            "{message}"
+        );
+    }
+    let (status, body) = t
+        .post(
+            "/sdapi/v1/txt2img",
+            &with(json!({"override_settings": {"CLIP_stop_at_last_layers": 12}})),
+        )
+        .await;
+    assert_error(status, &body, 400, None);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most"),
+        "{body}"
+    );
     t.stop().await;
 }

@@ -28,12 +28,19 @@ async fn generations_equal_the_library_with_diffusers_seeding() {
         .map(|d| decode_png_b64(d["b64_json"].as_str().unwrap()))
         .collect();
     assert_ne!(served[0].0.pixels, served[1].0.pixels, "n images differ");
-    let text = served[0].1.clone().unwrap();
-    assert_eq!(
-        text,
-        "a red cube\nNegative prompt: blurry\nSteps: 4, Sampler: PNDMScheduler, CFG scale: 6.0, Seed: 7, \
-         Size: 64x64, Model: sd1, RNG: CPU"
-    );
+    // One generator drew both images: each records the seed, the batch size and its position, with the model
+    // hash A1111 records.
+    let hash = common::sd1_hash();
+    for (pos, (_, text)) in served.iter().enumerate() {
+        assert_eq!(
+            text.as_deref().unwrap(),
+            format!(
+                "a red cube\nNegative prompt: blurry\nSteps: 4, Sampler: PNDMScheduler, CFG scale: 6.0, \
+                 Seed: 7, Size: 64x64, Model hash: {hash}, Model: sd1, RNG: CPU, Batch size: 2, \
+                 Batch pos: {pos}"
+            )
+        );
+    }
 
     // The same request through the library directly: one generator seeded 7 draws both images.
     let pipe = StableDiffusion::load(

@@ -51,6 +51,14 @@ pub enum Error {
         /// What was expected and what was found.
         message: String,
     },
+    /// A generation diverged: its latents or its decoded image hold NaN or infinity.
+    #[error("the generation diverged: NaN or infinity in {stage}; likely cause: {likely_cause}")]
+    NonFinite {
+        /// Where it was found, e.g. "the latents after step 3 of 20".
+        stage: String,
+        /// The request value or setting that most likely caused it, and what to try instead.
+        likely_cause: String,
+    },
     /// The operation was cancelled by a callback.
     #[error("cancelled")]
     Cancelled,

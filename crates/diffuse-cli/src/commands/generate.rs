@@ -11,9 +11,9 @@ use diffuse::loaders::hub::{resolve_config, resolve_model};
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::metadata::{GenerationParameters, RngSource};
 use diffuse::pipelines::images::read_png_parameters;
-use diffuse::pipelines::{GenerationRequest, InitImage, RgbImage, StableDiffusion};
+use diffuse::pipelines::{GenerationRequest, InitImage, Provenance, RgbImage, StableDiffusion};
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
-use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
+use diffuse::schedulers::scheduler_config_for;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::default_model;
@@ -217,7 +217,7 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
         init,
         latents,
     };
-    request.validate()?;
+    pipe.check(&request)?;
 
     let mut noise: Box<dyn NoiseSource> = match args.rng {
         RngKind::Torch => Box::new(TorchCpuRng::new(seed)),
@@ -238,44 +238,20 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
             .with_context(|| format!("cannot write --save-latents {}", path.display()))?;
     }
 
-    let scheduler_config = request
-        .scheduler
-        .clone()
-        .unwrap_or_else(|| pipe.scheduler.clone());
-    let (sampler, schedule_type) = a1111_sampler_of(&scheduler_config);
-    let first = generated
-        .images
-        .first()
-        .context("the pipeline produced no image")?;
-    let params = GenerationParameters {
-        prompt,
-        negative_prompt: args.negative_prompt.clone(),
-        steps: args.steps as u32,
-        sampler,
-        schedule_type: schedule_type.map(String::from),
-        cfg_scale: args.guidance,
+    let provenance = Provenance {
         seed,
-        width: first.width as u32,
-        height: first.height as u32,
-        model_hash: model_hash(&folder).ok(),
-        model: model_name(&model_spec),
-        denoising_strength: request.init.as_ref().map(|i| i.strength),
-        clip_skip: args.clip_skip.map(|k| k as u32 + 1),
         rng: match args.rng {
             RngKind::Torch => RngSource::Cpu,
             RngKind::Philox => RngSource::Nv,
         },
-        extra: Vec::new(),
+        model: model_name(&model_spec),
+        model_hash: model_hash(&folder).ok(),
     };
+    let parameters = pipe.image_parameters(&request, &generated, &provenance);
     let n = generated.images.len();
-    for (i, image) in generated.images.iter().enumerate() {
+    for (i, (image, params)) in generated.images.iter().zip(&parameters).enumerate() {
         if replay_pos.is_some_and(|pos| pos != i) {
             continue;
-        }
-        let mut params = params.clone();
-        if n > 1 {
-            params.extra.push(("Batch size".into(), n.to_string()));
-            params.extra.push(("Batch pos".into(), i.to_string()));
         }
         let path = if n > 1 && replay_pos.is_none() {
             numbered(&args.output, i + 1)
@@ -283,7 +259,7 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
             args.output.clone()
         };
         image
-            .save_png(&path, Some(&params))
+            .save_png(&path, Some(params))
             .with_context(|| format!("cannot write the image to {}", path.display()))?;
         println!("wrote {} (seed {seed})", path.display());
     }

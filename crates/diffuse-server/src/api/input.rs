@@ -135,10 +135,6 @@ pub struct Draft {
     pub rng: RngKind,
     /// A scheduler name (A1111 sampler or diffusers class), or none for the model's own.
     pub scheduler: Option<String>,
-    /// The sampler name to record, when it differs from `scheduler` (A1111's "DPM++ 2M" + "Karras").
-    pub sampler_label: Option<String>,
-    /// The schedule type to record (A1111's "Karras").
-    pub schedule_type: Option<String>,
 }
 
 impl Draft {
@@ -180,18 +176,17 @@ impl Draft {
             SeedMode::Batch => self.images,
             SeedMode::PerImage => 1,
         };
-        let sampler = match self.scheduler.as_deref().map(str::trim) {
-            Some(name) if !name.is_empty() => {
+        if let Some(name) = self.scheduler.as_deref().map(str::trim) {
+            if !name.is_empty() {
                 request.scheduler = Some(
                     scheduler_config_for(name, &self.model.pipeline.scheduler)
                         .map_err(|e| ApiError::bad_field(fields.scheduler, e.to_string()))?,
                 );
-                self.sampler_label.unwrap_or_else(|| name.to_string())
             }
-            _ => self.model.scheduler_class(),
-        };
-        request
-            .validate()
+        }
+        self.model
+            .pipeline
+            .check(request)
             .map_err(|e| rename_error(ApiError::from(e), fields))?;
         check_schedule(&self.model, request, fields)?;
         Ok(JobSpec {
@@ -201,8 +196,6 @@ impl Draft {
             seed: self.seed.resolve(),
             seed_mode: self.seed_mode,
             rng: self.rng,
-            sampler,
-            schedule_type: self.schedule_type,
         })
     }
 }

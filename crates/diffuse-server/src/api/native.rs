@@ -129,8 +129,6 @@ pub async fn create(
         seed_mode: SeedMode::Batch,
         rng: RngKind::Cpu,
         scheduler: body.scheduler,
-        sampler_label: None,
-        schedule_type: None,
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
     let seed = spec.seed;

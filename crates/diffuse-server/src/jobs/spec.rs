@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use diffuse::metadata::{GenerationParameters, RngSource};
-use diffuse::pipelines::GenerationRequest;
+use diffuse::pipelines::{Generated, GenerationRequest, Provenance};
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
+use diffuse::schedulers::a1111_sampler_of;
 
 use crate::registry::LoadedModel;
 
@@ -40,10 +41,6 @@ pub struct JobSpec {
     pub seed_mode: SeedMode,
     /// The generator.
     pub rng: RngKind,
-    /// The sampler's name as the PNG parameters record it.
-    pub sampler: String,
-    /// The schedule type as the PNG parameters record it (e.g. "Karras").
-    pub schedule_type: Option<String>,
 }
 
 impl JobSpec {
@@ -82,28 +79,30 @@ impl JobSpec {
         per_generation * self.generations()
     }
 
-    /// The PNG parameters of an image drawn with `seed` at `width`×`height`.
-    pub fn parameters(&self, seed: u64, width: usize, height: usize) -> GenerationParameters {
-        let request = &self.request;
-        GenerationParameters {
-            prompt: request.prompt.clone(),
-            negative_prompt: request.negative_prompt.clone(),
-            steps: request.steps as u32,
-            sampler: self.sampler.clone(),
-            schedule_type: self.schedule_type.clone(),
-            cfg_scale: request.guidance_scale,
+    /// The sampler and schedule type as A1111 names them.
+    pub fn sampler(&self) -> (String, Option<&'static str>) {
+        a1111_sampler_of(
+            self.request
+                .scheduler
+                .as_ref()
+                .unwrap_or(&self.model.pipeline.scheduler),
+        )
+    }
+
+    /// The PNG parameters of each image `generated` holds, drawn with `seed` (see
+    /// [`StableDiffusion::image_parameters`](diffuse::pipelines::StableDiffusion::image_parameters)).
+    pub fn image_parameters(&self, seed: u64, generated: &Generated) -> Vec<GenerationParameters> {
+        let provenance = Provenance {
             seed,
-            width: width as u32,
-            height: height as u32,
-            model_hash: None,
-            model: Some(self.model.name.clone()),
-            denoising_strength: request.init.as_ref().map(|init| init.strength),
-            clip_skip: request.clip_skip.map(|k| k as u32 + 1),
             rng: match self.rng {
                 RngKind::Cpu => RngSource::Cpu,
                 RngKind::Philox => RngSource::Nv,
             },
-            extra: Vec::new(),
-        }
+            model: Some(self.model.name.clone()),
+            model_hash: self.model.hash.clone(),
+        };
+        self.model
+            .pipeline
+            .image_parameters(&self.request, generated, &provenance)
     }
 }

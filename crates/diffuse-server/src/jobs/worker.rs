@@ -98,8 +98,8 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
                 .pipeline
                 .generate(&spec.request, noise.as_mut(), &mut progress)?;
         let seed = spec.generation_seed(index);
-        for image in generated.images {
-            let parameters = spec.parameters(seed, image.width, image.height);
+        let parameters = spec.image_parameters(seed, &generated);
+        for (image, parameters) in generated.images.iter().zip(parameters) {
             outputs.push(ImageOutput {
                 png: image.to_png(Some(&parameters))?,
                 seed,

@@ -29,6 +29,12 @@ pub struct TestServer {
 }
 
 /// The default test configuration: sd1 as `sd1`, loopback, port 0.
+/// A1111's short model hash of the sd1 fixture, as the server records it.
+pub fn sd1_hash() -> String {
+    diffuse::loaders::hash::model_hash(&diffuse::loaders::PipelineFolder::open(&sd1()).unwrap())
+        .unwrap()
+}
+
 pub fn config() -> ServerConfig {
     let mut config = ServerConfig::new(vec![ModelSpec {
         name: "sd1".into(),

@@ -1,13 +1,16 @@
 //! Pipelines: text-to-image, image-to-image and inpainting, as diffusers runs them.
 
+mod divergence;
 pub mod guidance;
 pub mod images;
 mod latents;
+pub mod parameters;
 pub mod preview;
 pub mod prompt;
 pub mod request;
 pub mod stable_diffusion;
 
 pub use images::RgbImage;
+pub use parameters::Provenance;
 pub use request::{GenerationRequest, InitImage};
 pub use stable_diffusion::{Generated, Progress, StableDiffusion};

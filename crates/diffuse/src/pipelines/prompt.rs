@@ -68,6 +68,22 @@ impl TextEncoders {
         Ok(Self { first, second })
     }
 
+    /// The largest `clip_skip` the encoders can honor: SD's hidden states go back to the embeddings' output;
+    /// SDXL already starts at the penultimate layer, one further back.
+    pub(crate) fn max_clip_skip(&self) -> usize {
+        let layers = |encoder: &ClipTextModel| encoder.config().num_hidden_layers;
+        match (&self.first, &self.second) {
+            (Some(first), None) => layers(&first.encoder),
+            (first, second) => first
+                .iter()
+                .map(|f| layers(&f.encoder))
+                .chain(second.iter().map(|s| layers(&s.encoder)))
+                .min()
+                .unwrap_or(0)
+                .saturating_sub(1),
+        }
+    }
+
     /// Encodes `prompt` (and `negative_prompt` when `guidance`) for `images` images.
     ///
     /// An empty negative prompt means "none": SD uses the empty string, SDXL with

@@ -5,6 +5,7 @@ use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::divergence::ensure_finite;
 use super::guidance::{combine, guidance_scale_embedding};
 use super::images::RgbImage;
 use super::latents::{prepare_latents, Mode, Plan};
@@ -158,6 +159,24 @@ impl StableDiffusion {
         (w * f, h * f)
     }
 
+    /// Rejects a request this pipeline cannot run, before any work: [`GenerationRequest::validate`]'s checks,
+    /// and a `clip_skip` beyond the text encoders' layers.
+    pub fn check(&self, req: &GenerationRequest) -> Result<()> {
+        req.validate()?;
+        if let Some(clip_skip) = req.clip_skip {
+            let most = self.text.max_clip_skip();
+            if clip_skip > most {
+                return Err(Error::invalid(
+                    "clip_skip",
+                    format!(
+                        "{clip_skip}: this model's text encoder has layers to skip at most {most}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs one generation. `noise` supplies every random draw in diffusers' order (initial latents, VAE
     /// posterior samples, ancestral/SDE noise); `progress` is called after each step and may stop the
     /// generation by returning `ControlFlow::Break(())`, which yields [`Error::Cancelled`].
@@ -167,7 +186,7 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<Generated> {
-        req.validate()?;
+        self.check(req)?;
         let mode = Mode::of(
             req,
             self.unet.config().in_channels,
@@ -263,6 +282,12 @@ impl StableDiffusion {
                 latents =
                     inpaint.blend(&latents, timesteps.get(i + 1).copied(), scheduler.as_ref())?;
             }
+            ensure_finite(
+                &latents,
+                || format!("the latents after step {} of {total}", i + 1),
+                req,
+                self.dtype,
+            )?;
             let info = Progress {
                 step: i + 1,
                 total,
@@ -278,6 +303,12 @@ impl StableDiffusion {
             &self
                 .vae
                 .unscale_latents(&latents.to_dtype(self.vae.dtype())?)?,
+        )?;
+        ensure_finite(
+            &decoded,
+            || "the VAE's decoded image".into(),
+            req,
+            self.vae.dtype(),
         )?;
         Ok(Generated {
             images: RgbImage::from_decoded(&decoded)?,

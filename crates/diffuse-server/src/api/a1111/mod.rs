@@ -93,8 +93,6 @@ async fn run(state: SharedState, raw: &[u8], img2img: bool) -> Result<Json<Value
         seed_mode: SeedMode::PerImage,
         rng: overrides.rng.unwrap_or(RngKind::Philox),
         scheduler: sampler.scheduler,
-        sampler_label: sampler.label,
-        schedule_type: sampler.schedule_type,
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
     let info_base = info_base(&spec, batch_size);
@@ -168,6 +166,7 @@ fn init_image(state: &SharedState, body: &A1111Body) -> Result<InitImage, ApiErr
 /// The fields of A1111's `info` known before the job runs.
 fn info_base(spec: &JobSpec, batch_size: usize) -> Value {
     let request = &spec.request;
+    let (sampler, schedule_type) = spec.sampler();
     json!({
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
@@ -176,15 +175,15 @@ fn info_base(spec: &JobSpec, batch_size: usize) -> Value {
         "subseed_strength": 0,
         "width": request.width,
         "height": request.height,
-        "sampler_name": spec.sampler,
-        "scheduler": spec.schedule_type.clone().unwrap_or_else(|| "Automatic".into()),
+        "sampler_name": sampler,
+        "scheduler": schedule_type.unwrap_or("Automatic"),
         "cfg_scale": request.guidance_scale,
         "steps": request.steps,
         "batch_size": batch_size,
         "restore_faces": false,
         "face_restoration_model": null,
         "sd_model_name": spec.model.name,
-        "sd_model_hash": null,
+        "sd_model_hash": spec.model.hash,
         "sd_vae_name": null,
         "sd_vae_hash": null,
         "seed_resize_from_w": -1,

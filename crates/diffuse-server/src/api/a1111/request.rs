@@ -68,10 +68,6 @@ pub struct A1111Body {
 pub struct SamplerChoice {
     /// The scheduler name to build (e.g. "DPM++ 2M Karras"); none for the model's own.
     pub scheduler: Option<String>,
-    /// The sampler name to record when it differs (e.g. "DPM++ 2M").
-    pub label: Option<String>,
-    /// The schedule type to record (e.g. "Karras").
-    pub schedule_type: Option<String>,
 }
 
 /// What `override_settings` selects.
@@ -191,10 +187,7 @@ impl A1111Body {
             .map(str::trim)
             .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("automatic"));
         match (name, schedule) {
-            (scheduler, None) => Ok(SamplerChoice {
-                scheduler,
-                ..Default::default()
-            }),
+            (scheduler, None) => Ok(SamplerChoice { scheduler }),
             (Some(name), Some(s)) if s.eq_ignore_ascii_case("karras") => {
                 let karras = if name.to_ascii_lowercase().ends_with(" karras") {
                     name.clone()
@@ -212,8 +205,6 @@ impl A1111Body {
                 }
                 Ok(SamplerChoice {
                     scheduler: Some(karras),
-                    label: Some(name),
-                    schedule_type: Some("Karras".into()),
                 })
             }
             (_, Some(other)) => Err(ApiError::bad_field(

@@ -183,8 +183,6 @@ pub async fn edits(
         seed_mode: SeedMode::Batch,
         rng: RngKind::Cpu,
         scheduler: form.scheduler,
-        sampler_label: None,
-        schedule_type: None,
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
     let (job, status) = run_to_end(&state.engine, spec).await?;

@@ -141,8 +141,6 @@ pub async fn generations(
         seed_mode: SeedMode::Batch,
         rng: RngKind::Cpu,
         scheduler: body.scheduler,
-        sampler_label: None,
-        schedule_type: None,
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
     let (job, status) = run_to_end(&state.engine, spec).await?;

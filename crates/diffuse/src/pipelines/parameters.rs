@@ -1,0 +1,64 @@
+//! The A1111 parameters text of each generated image, built here once for the CLI, the server and the bindings.
+
+use super::request::GenerationRequest;
+use super::stable_diffusion::{Generated, StableDiffusion};
+use crate::metadata::{GenerationParameters, RngSource};
+use crate::schedulers::a1111_sampler_of;
+
+/// What the parameters record beyond the request: where the noise and the weights came from.
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    /// The seed the generator started from.
+    pub seed: u64,
+    /// The generator.
+    pub rng: RngSource,
+    /// "Model": the checkpoint's name.
+    pub model: Option<String>,
+    /// "Model hash" (see [`crate::loaders::hash::model_hash`]).
+    pub model_hash: Option<String>,
+}
+
+impl StableDiffusion {
+    /// The parameters of each image of `generated`, made by `request` with `provenance`'s generator and
+    /// weights. The sampler is named as A1111 names it. Images of one batch share the seed (one generator drew
+    /// them all), so each records the batch size and its position, which `--replay` needs to pick it out.
+    pub fn image_parameters(
+        &self,
+        request: &GenerationRequest,
+        generated: &Generated,
+        provenance: &Provenance,
+    ) -> Vec<GenerationParameters> {
+        let scheduler = request.scheduler.as_ref().unwrap_or(&self.scheduler);
+        let (sampler, schedule_type) = a1111_sampler_of(scheduler);
+        let n = generated.images.len();
+        generated
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| GenerationParameters {
+                prompt: request.prompt.clone(),
+                negative_prompt: request.negative_prompt.clone(),
+                steps: request.steps as u32,
+                sampler: sampler.clone(),
+                schedule_type: schedule_type.map(String::from),
+                cfg_scale: request.guidance_scale,
+                seed: provenance.seed,
+                width: image.width as u32,
+                height: image.height as u32,
+                model_hash: provenance.model_hash.clone(),
+                model: provenance.model.clone(),
+                denoising_strength: request.init.as_ref().map(|init| init.strength),
+                clip_skip: request.clip_skip.map(|k| k as u32 + 1),
+                rng: provenance.rng,
+                extra: if n > 1 {
+                    vec![
+                        ("Batch size".into(), n.to_string()),
+                        ("Batch pos".into(), i.to_string()),
+                    ]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect()
+    }
+}
