@@ -9,6 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "models" / "sd1"
+SECOND_MODEL = ROOT / "tests" / "fixtures" / "models" / "sd2"
 API_KEY = "client-test-key"
 
 
@@ -51,5 +52,12 @@ def server():
 @pytest.fixture(scope="session")
 def keyed_server():
     served = Served("--api-key", API_KEY)
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def two_model_server():
+    served = Served("--model", f"sd2={SECOND_MODEL}")
     yield served
     served.stop()

@@ -48,9 +48,29 @@ def test_png_info_samplers_models_progress(server):
     info = client.png_info(image)
     assert info.info.startswith("a tree\nSteps: 3, Sampler: Euler a")
     assert "Euler a" in client.util_get_sampler_names()
-    assert client.util_get_model_names() == ["sd1"]
-    assert client.util_get_current_model() == "sd1"
+    [title] = client.util_get_model_names()
+    assert title.startswith("sd1 [") and len(title) == len("sd1 [0123456789]"), "A1111's 'name [hash]'"
+    assert client.util_get_current_model() == title
     progress = client.get_progress()
     assert progress["state"]["job_count"] == 0
     client.util_wait_for_ready(check_interval=0.1)
     assert client.interrupt() == {"interrupted": 0}
+
+
+def test_util_set_model_switches_the_served_model(two_model_server):
+    client = api(two_model_server)
+    assert [title.split(" [")[0] for title in client.util_get_model_names()] == ["sd1", "sd2"]
+    assert client.util_get_current_model().startswith("sd1 [")
+    client.util_set_model("sd2")
+    assert client.util_get_current_model().startswith("sd2 [")
+    result = client.txt2img(prompt="a tree", width=64, height=64, seed=1)
+    assert result.info["sd_model_name"] == "sd2"
+    assert "Model: sd2" in result.info["infotexts"][0]
+    client.util_set_model("sd1")
+    assert client.txt2img(prompt="a tree", width=64, height=64, seed=1).info["sd_model_name"] == "sd1"
+
+
+def test_interrupt_answers_with_the_image_as_it_stood(server):
+    client = api(server)
+    assert client.interrupt() == {"interrupted": 0}
+    assert client.skip() is None

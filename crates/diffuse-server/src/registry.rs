@@ -28,6 +28,14 @@ impl LoadedModel {
         self.pipeline.default_size()
     }
 
+    /// A1111's title: "name [hash]", or the name alone when the hash is unknown.
+    pub fn title(&self) -> String {
+        match &self.hash {
+            Some(hash) => format!("{} [{hash}]", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// The diffusers class of the model's own scheduler.
     pub fn scheduler_class(&self) -> String {
         self.pipeline

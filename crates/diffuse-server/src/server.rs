@@ -59,6 +59,7 @@ impl Server {
             metrics,
             limits: config.limits.clone(),
             api_key: config.api_key.clone(),
+            a1111: Default::default(),
         });
         let (stop, mut stopped) = watch::channel(false);
         let app = router(state);

@@ -193,12 +193,14 @@ async fn informational_endpoints_answer_as_a1111() {
     }
     assert!(!names.iter().any(|n| n.ends_with("Scheduler")));
     let (_, models) = t.get("/sdapi/v1/sd-models").await;
+    let hash = common::sd1_hash();
     assert_eq!(models[0]["model_name"], "sd1");
-    assert_eq!(models[0]["title"], "sd1");
+    assert_eq!(models[0]["title"], format!("sd1 [{hash}]"));
+    assert_eq!(models[0]["hash"], hash);
     let (_, schedulers) = t.get("/sdapi/v1/schedulers").await;
     assert_eq!(schedulers[1]["label"], "Karras");
     let (_, options) = t.get("/sdapi/v1/options").await;
-    assert_eq!(options["sd_model_checkpoint"], "sd1");
+    assert_eq!(options["sd_model_checkpoint"], format!("sd1 [{hash}]"));
     let (_, scripts) = t.get("/sdapi/v1/scripts").await;
     assert_eq!(scripts, json!({"txt2img": [], "img2img": []}));
     let (status, progress) = t.get("/sdapi/v1/progress?skip_current_image=true").await;
@@ -416,6 +418,142 @@ async fn diverged_generations_fail_instead_of_returning_black_images() {
             .unwrap()
             .contains("at most"),
         "{body}"
+    );
+    t.stop().await;
+}
+
+/// `POST /sdapi/v1/options` sets server-wide defaults as A1111 clients set them (webuiapi's `util_set_model`):
+/// the next request without override_settings uses the model, clip skip and generator set.
+#[tokio::test(flavor = "multi_thread")]
+async fn options_set_the_server_wide_defaults() {
+    let sd2 = common::sd1().with_file_name("sd2");
+    let mut config = common::config();
+    config.models.push(diffuse_server::ModelSpec {
+        name: "sd2".into(),
+        path: sd2.clone(),
+    });
+    let t = common::start_with(config).await;
+    let title = format!("sd2 [{}]", common::hash_of(&sd2));
+    let request = json!({"prompt": "p", "steps": 2, "seed": 3, "width": 64, "height": 64});
+    let (_, before) = t.post("/sdapi/v1/txt2img", &request).await;
+    assert_eq!(info(&before)["sd_model_name"], "sd1");
+
+    let set = json!({"sd_model_checkpoint": title, "CLIP_stop_at_last_layers": 2, "randn_source": "CPU",
+                     "sd_vae": "Automatic", "samples_format": "png", "show_progressbar": true});
+    let (status, body) = t.post("/sdapi/v1/options", &set).await;
+    assert_eq!((status, &body), (200, &Value::Null));
+    let (_, options) = t.get("/sdapi/v1/options").await;
+    assert_eq!(options["sd_model_checkpoint"], title.as_str());
+    assert_eq!(options["CLIP_stop_at_last_layers"], 2);
+    assert_eq!(options["randn_source"], "CPU");
+    let (status, after) = t.post("/sdapi/v1/txt2img", &request).await;
+    assert_eq!(status, 200, "{after}");
+    let after = info(&after);
+    assert_eq!(after["sd_model_name"], "sd2");
+    let text = after["infotexts"][0].as_str().unwrap();
+    assert!(
+        text.contains("Model: sd2, Clip skip: 2, RNG: CPU"),
+        "{text}"
+    );
+    // A request's override_settings still win for that request alone.
+    let (_, overridden) = t
+        .post(
+            "/sdapi/v1/txt2img",
+            &json!({"prompt": "p", "steps": 2, "width": 64, "height": 64,
+                    "override_settings": {"sd_model_checkpoint": "sd1"}}),
+        )
+        .await;
+    assert_eq!(info(&overridden)["sd_model_name"], "sd1");
+
+    for (bad, param) in [
+        (
+            json!({"sd_model_checkpoint": "nope"}),
+            "sd_model_checkpoint",
+        ),
+        (json!({"samples_format": "jpg"}), "samples_format"),
+        (json!({"sd_vae": "vae-ft-mse.safetensors"}), "sd_vae"),
+        (json!({"randn_source": "TPU"}), "randn_source"),
+        (
+            json!({"CLIP_stop_at_last_layers": 0}),
+            "CLIP_stop_at_last_layers",
+        ),
+    ] {
+        let (status, body) = t.post("/sdapi/v1/options", &bad).await;
+        assert_error(status, &body, 400, Some(param));
+    }
+    // A refused POST changes nothing.
+    let (_, options) = t.get("/sdapi/v1/options").await;
+    assert_eq!(options["sd_model_checkpoint"], title.as_str());
+    t.stop().await;
+}
+
+/// Runs an A1111 txt2img of many steps in the background and, once sampling has started, posts `action`.
+async fn act_while_sampling(t: &common::TestServer, request: Value, action: &str) -> (u16, Value) {
+    let (client, url) = (t.client.clone(), t.url("/sdapi/v1/txt2img"));
+    let run = tokio::spawn(async move {
+        let response = client.post(url).json(&request).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    });
+    loop {
+        let (_, progress) = t.get("/sdapi/v1/progress?skip_current_image=true").await;
+        if progress["state"]["sampling_step"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(
+            !run.is_finished(),
+            "the generation ended before it could be stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (status, _) = t.post(action, &json!({})).await;
+    assert_eq!(status, 200);
+    run.await.unwrap()
+}
+
+/// A1111's interrupt answers 200 with the image as it stood and runs no later batch; its skip ends only the
+/// current batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupt_and_skip_return_the_images_as_they_stood() {
+    let mut config = common::config();
+    config.limits.max_steps = 1000;
+    let t = common::start_with(config).await;
+    let request = json!({"prompt": "p", "steps": 1000, "width": 64, "height": 64, "seed": 3,
+                         "sampler_name": "Euler", "n_iter": 2});
+    let (status, body) = act_while_sampling(&t, request.clone(), "/sdapi/v1/interrupt").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["images"].as_array().unwrap().len(),
+        1,
+        "no batch after the interrupt"
+    );
+    let (image, text) = decode_png_b64(body["images"][0].as_str().unwrap());
+    assert_eq!((image.width, image.height), (64, 64));
+    assert!(text.unwrap().contains("Seed: 3"));
+
+    let request = json!({"prompt": "p", "steps": 1000, "width": 64, "height": 64, "seed": 3,
+                         "sampler_name": "Euler", "n_iter": 2, "batch_size": 1});
+    // Skipping the first image leaves the second to run in full: stop that one with an interrupt too.
+    let t2 = &t;
+    let skipped = act_while_sampling(t2, request, "/sdapi/v1/skip");
+    let interrupter = async {
+        // Once the second image is under way (its seed is 4), interrupt it.
+        loop {
+            let (_, progress) = t2.get("/sdapi/v1/progress?skip_current_image=true").await;
+            let step = progress["state"]["sampling_step"].as_u64().unwrap_or(0);
+            if step > 1002 {
+                t2.post("/sdapi/v1/interrupt", &json!({})).await;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let ((status, body), ()) = tokio::join!(skipped, interrupter);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["images"].as_array().unwrap().len(),
+        2,
+        "the skip ended the first image only"
     );
     t.stop().await;
 }

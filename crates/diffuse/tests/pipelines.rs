@@ -118,13 +118,61 @@ fn cancelling_from_the_callback_stops_the_generation() {
     let result = pipe.generate(&req, &mut TorchCpuRng::new(1), &mut |p| {
         seen = p.step;
         if p.step == 2 {
-            ControlFlow::Break(())
+            ControlFlow::Break(diffuse::pipelines::Stop::Cancel)
         } else {
             ControlFlow::Continue(())
         }
     });
     assert!(matches!(result, Err(diffuse::Error::Cancelled)));
     assert_eq!(seen, 2);
+}
+
+/// `Stop::Finish` ends the generation with the step's prediction of the clean latents, decoded (A1111's
+/// interrupt): closer to the full run's result than the noisy latents it stopped at.
+#[test]
+fn finishing_early_returns_the_predicted_clean_image() {
+    let folder = PipelineFolder::open(&fixtures("models").join("sd1")).unwrap();
+    let pipe = StableDiffusion::load(&folder, &LoadOptions::default()).unwrap();
+    let req = GenerationRequest {
+        prompt: "a red circle".into(),
+        steps: 6,
+        scheduler: Some(scheduler_config_for("Euler", &pipe.scheduler).unwrap()),
+        ..Default::default()
+    };
+    let full = pipe
+        .generate(&req, &mut TorchCpuRng::new(3), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let mut noisy = None;
+    let early = pipe
+        .generate(&req, &mut TorchCpuRng::new(3), &mut |p| {
+            if p.step == 3 {
+                noisy = Some(p.latents.clone());
+                ControlFlow::Break(diffuse::pipelines::Stop::Finish)
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    let noisy = noisy.unwrap();
+    assert_eq!(early.images.len(), 1);
+    let distance = |a: &candle_core::Tensor| -> f32 {
+        (a - &full.latents)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    assert!(
+        distance(&early.latents) < 0.5 * distance(&noisy),
+        "finished {} vs noisy {}",
+        distance(&early.latents),
+        distance(&noisy)
+    );
 }
 
 #[test]

@@ -33,6 +33,18 @@ pub struct AppState {
     pub limits: Limits,
     /// The Bearer key, if one is required.
     pub api_key: Option<String>,
+    /// A1111's server-wide settings (`/sdapi/v1/options`).
+    pub a1111: std::sync::RwLock<a1111::settings::Settings>,
+}
+
+impl AppState {
+    /// A copy of A1111's current server-wide settings.
+    pub fn a1111_settings(&self) -> a1111::settings::Settings {
+        match self.a1111.read() {
+            Ok(settings) => settings.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// The state as handlers receive it.
@@ -55,10 +67,14 @@ pub fn router(state: SharedState) -> Router {
         .route("/sdapi/v1/samplers", get(a1111::samplers))
         .route("/sdapi/v1/schedulers", get(a1111::schedulers))
         .route("/sdapi/v1/sd-models", get(a1111::sd_models))
-        .route("/sdapi/v1/options", get(a1111::options))
+        .route(
+            "/sdapi/v1/options",
+            get(a1111::options).post(a1111::set_options),
+        )
         .route("/sdapi/v1/scripts", get(a1111::scripts))
         .route("/sdapi/v1/progress", get(a1111::progress))
         .route("/sdapi/v1/interrupt", post(a1111::interrupt))
+        .route("/sdapi/v1/skip", post(a1111::skip))
         .route("/sdapi/v1/png-info", post(a1111::png_info))
         .route("/metrics", get(ops::metrics))
         .route_layer(axum::middleware::from_fn_with_state(

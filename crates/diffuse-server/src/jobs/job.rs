@@ -39,7 +39,7 @@ impl JobState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CancelReason {
-    /// `DELETE /v1/jobs/{id}` or A1111's interrupt.
+    /// `DELETE /v1/jobs/{id}`.
     Requested = 1,
     /// The client waiting for the answer went away.
     ClientGone = 2,
@@ -68,6 +68,16 @@ impl CancelReason {
             _ => ApiError::new(axum::http::StatusCode::CONFLICT, "the job was cancelled"),
         }
     }
+}
+
+/// How a job ends a generation early with the image as it stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EarlyEnd {
+    /// A1111's skip: this generation ends, later ones run.
+    Skip = 1,
+    /// A1111's interrupt: this generation ends and no later one runs.
+    Interrupt = 2,
 }
 
 /// One generated image.
@@ -130,6 +140,7 @@ pub struct Job {
     /// What to run; the worker takes it.
     spec: Mutex<Option<JobSpec>>,
     cancel: AtomicU8,
+    early: AtomicU8,
     status: watch::Sender<JobStatus>,
     submitted: Instant,
 }
@@ -154,6 +165,7 @@ impl Job {
             prompt: spec.request.prompt.clone(),
             spec: Mutex::new(Some(spec)),
             cancel: AtomicU8::new(0),
+            early: AtomicU8::new(0),
             status: watch::channel(status).0,
             submitted: Instant::now(),
         }
@@ -179,6 +191,36 @@ impl Job {
     /// Why the job was asked to stop, if it was.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
         CancelReason::from_u8(self.cancel.load(Ordering::SeqCst))
+    }
+
+    /// Asks the job to end its current generation now with the image as it stands (A1111's skip, or with
+    /// `then_stop` its interrupt: no later generation runs). An interrupt is not downgraded to a skip.
+    pub fn request_early_end(&self, then_stop: bool) {
+        let wanted = if then_stop {
+            EarlyEnd::Interrupt
+        } else {
+            EarlyEnd::Skip
+        };
+        self.early.fetch_max(wanted as u8, Ordering::SeqCst);
+    }
+
+    /// Whether the current generation should end early, and whether the job stops after it.
+    pub fn early_end(&self) -> Option<EarlyEnd> {
+        match self.early.load(Ordering::SeqCst) {
+            1 => Some(EarlyEnd::Skip),
+            2 => Some(EarlyEnd::Interrupt),
+            _ => None,
+        }
+    }
+
+    /// Clears a skip once its generation has ended (an interrupt stays).
+    pub(crate) fn clear_skip(&self) {
+        let _ = self.early.compare_exchange(
+            EarlyEnd::Skip as u8,
+            0,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 
     /// Time since submission.

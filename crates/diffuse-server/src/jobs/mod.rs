@@ -145,8 +145,9 @@ impl Engine {
         self.closing.load(Ordering::SeqCst)
     }
 
-    /// Cancels every running job (A1111's interrupt); returns how many were asked to stop.
-    pub fn interrupt_running(&self) -> usize {
+    /// Ends the running jobs' current generations with the images as they stand (A1111's interrupt, or with
+    /// `then_stop` false its skip); returns how many jobs were asked.
+    pub fn end_running_early(&self, then_stop: bool) -> usize {
         let running: Vec<_> = self
             .store
             .active()
@@ -154,7 +155,7 @@ impl Engine {
             .filter(|job| job.status().state == JobState::Running)
             .collect();
         for job in &running {
-            self.cancel(job, CancelReason::Requested);
+            job.request_early_end(then_stop);
         }
         running.len()
     }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use diffuse::pipelines::preview::latent_preview;
-use diffuse::pipelines::Progress;
+use diffuse::pipelines::{Progress, Stop};
 
-use super::job::{ImageOutput, Job, JobState};
+use super::job::{EarlyEnd, ImageOutput, Job, JobState};
 use super::spec::JobSpec;
 use super::Engine;
 use crate::error::ApiError;
@@ -74,6 +74,9 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
         if job.cancel_reason().is_some() {
             return Err(diffuse::Error::Cancelled);
         }
+        if job.early_end() == Some(EarlyEnd::Interrupt) {
+            break;
+        }
         let mut noise = spec.noise(index);
         let mut last_step = Instant::now();
         let mut progress = |p: &Progress| {
@@ -88,7 +91,9 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
             });
             last_step = Instant::now();
             if job.cancel_reason().is_some() {
-                ControlFlow::Break(())
+                ControlFlow::Break(Stop::Cancel)
+            } else if job.early_end().is_some() {
+                ControlFlow::Break(Stop::Finish)
             } else {
                 ControlFlow::Continue(())
             }
@@ -97,6 +102,7 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
             spec.model
                 .pipeline
                 .generate(&spec.request, noise.as_mut(), &mut progress)?;
+        job.clear_skip();
         let seed = spec.generation_seed(index);
         let parameters = spec.image_parameters(seed, &generated);
         for (image, parameters) in generated.images.iter().zip(parameters) {

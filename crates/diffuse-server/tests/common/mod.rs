@@ -28,13 +28,18 @@ pub struct TestServer {
     pub client: reqwest::Client,
 }
 
-/// The default test configuration: sd1 as `sd1`, loopback, port 0.
-/// A1111's short model hash of the sd1 fixture, as the server records it.
-pub fn sd1_hash() -> String {
-    diffuse::loaders::hash::model_hash(&diffuse::loaders::PipelineFolder::open(&sd1()).unwrap())
+/// A1111's short model hash of a fixture folder, as the server records it.
+pub fn hash_of(folder: &std::path::Path) -> String {
+    diffuse::loaders::hash::model_hash(&diffuse::loaders::PipelineFolder::open(folder).unwrap())
         .unwrap()
 }
 
+/// A1111's short model hash of the sd1 fixture.
+pub fn sd1_hash() -> String {
+    hash_of(&sd1())
+}
+
+/// The default test configuration: sd1 as `sd1`, loopback, port 0.
 pub fn config() -> ServerConfig {
     let mut config = ServerConfig::new(vec![ModelSpec {
         name: "sd1".into(),

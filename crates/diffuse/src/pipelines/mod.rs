@@ -13,4 +13,4 @@ pub mod stable_diffusion;
 pub use images::RgbImage;
 pub use parameters::Provenance;
 pub use request::{GenerationRequest, InitImage};
-pub use stable_diffusion::{Generated, Progress, StableDiffusion};
+pub use stable_diffusion::{Generated, Progress, StableDiffusion, Stop};

@@ -59,6 +59,16 @@ pub struct Progress<'a> {
     pub latents: &'a Tensor,
 }
 
+/// Why a progress callback stops a generation early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Abandon it: [`StableDiffusion::generate`] returns [`Error::Cancelled`].
+    Cancel,
+    /// End it now with the image as it stands: the step's prediction of the clean latents (the latents
+    /// themselves where the scheduler makes none) is decoded and returned, as A1111's interrupt does.
+    Finish,
+}
+
 /// What a generation produced.
 pub struct Generated {
     /// The final latents `[n, C, h, w]` before decoding, exactly as diffusers returns them with
@@ -179,12 +189,12 @@ impl StableDiffusion {
 
     /// Runs one generation. `noise` supplies every random draw in diffusers' order (initial latents, VAE
     /// posterior samples, ancestral/SDE noise); `progress` is called after each step and may stop the
-    /// generation by returning `ControlFlow::Break(())`, which yields [`Error::Cancelled`].
+    /// generation by returning `ControlFlow::Break` with a [`Stop`].
     pub fn generate(
         &self,
         req: &GenerationRequest,
         noise: &mut dyn NoiseSource,
-        progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+        progress: &mut dyn FnMut(&Progress) -> ControlFlow<Stop>,
     ) -> Result<Generated> {
         self.check(req)?;
         let mode = Mode::of(
@@ -277,7 +287,8 @@ impl StableDiffusion {
             } else {
                 prediction
             };
-            latents = scheduler.step(&prediction, t, &latents, noise)?.prev_sample;
+            let stepped = scheduler.step(&prediction, t, &latents, noise)?;
+            latents = stepped.prev_sample;
             if let Some(inpaint) = &prepared.inpaint {
                 latents =
                     inpaint.blend(&latents, timesteps.get(i + 1).copied(), scheduler.as_ref())?;
@@ -294,8 +305,19 @@ impl StableDiffusion {
                 timestep: t,
                 latents: &latents,
             };
-            if progress(&info).is_break() {
-                return Err(Error::Cancelled);
+            match progress(&info) {
+                ControlFlow::Continue(()) => {}
+                ControlFlow::Break(Stop::Cancel) => return Err(Error::Cancelled),
+                ControlFlow::Break(Stop::Finish) => {
+                    // The step's prediction of the clean latents, where the scheduler makes one.
+                    if let Some(x0) = stepped.pred_original_sample {
+                        latents = match &prepared.inpaint {
+                            Some(inpaint) => inpaint.blend(&x0, None, scheduler.as_ref())?,
+                            None => x0,
+                        };
+                    }
+                    break;
+                }
             }
         }
 

@@ -5,10 +5,12 @@
 //! (torch's CUDA Philox stream, A1111's "NV") unless `override_settings.randn_source` is "CPU".
 
 mod request;
+pub mod settings;
 mod status;
 
 pub use status::{
-    interrupt, options, png_info, progress, samplers, schedulers, scripts, sd_models,
+    interrupt, options, png_info, progress, samplers, schedulers, scripts, sd_models, set_options,
+    skip,
 };
 
 use axum::extract::State;
@@ -23,7 +25,7 @@ use super::wait::run_to_end;
 use super::SharedState;
 use crate::error::ApiError;
 use crate::jobs::job::JobStatus;
-use crate::jobs::spec::{JobSpec, RngKind, SeedMode};
+use crate::jobs::spec::{JobSpec, SeedMode};
 use request::A1111Body;
 
 const FIELDS: FieldNames = FieldNames {
@@ -57,10 +59,10 @@ pub async fn img2img(
 async fn run(state: SharedState, raw: &[u8], img2img: bool) -> Result<Json<Value>, ApiError> {
     let body: A1111Body = parse_json(raw)?;
     body.refuse_unsupported()?;
-    let overrides = body.overrides()?;
+    let settings = body.settings(state.a1111_settings(), &state.registry)?;
     let sampler = body.sampler()?;
     let model = state.registry.get(
-        overrides.model.as_deref(),
+        settings.model.as_deref(),
         "override_settings.sd_model_checkpoint",
     )?;
     let init = if img2img {
@@ -81,7 +83,7 @@ async fn run(state: SharedState, raw: &[u8], img2img: bool) -> Result<Json<Value
             negative_prompt: body.negative_prompt.clone().unwrap_or_default(),
             steps: body.steps.unwrap_or(50),
             guidance_scale: body.cfg_scale.unwrap_or(7.0),
-            clip_skip: overrides.clip_skip,
+            clip_skip: settings.clip_skip,
             width: Some(body.width.unwrap_or(512)),
             height: Some(body.height.unwrap_or(512)),
             eta: body.eta.unwrap_or(0.0),
@@ -91,7 +93,7 @@ async fn run(state: SharedState, raw: &[u8], img2img: bool) -> Result<Json<Value
         images: batch_size.saturating_mul(n_iter),
         seed: body.seed.unwrap_or(Seed(None)),
         seed_mode: SeedMode::PerImage,
-        rng: overrides.rng.unwrap_or(RngKind::Philox),
+        rng: settings.rng(),
         scheduler: sampler.scheduler,
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;

@@ -8,9 +8,10 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::settings::Settings;
 use crate::api::input::Seed;
 use crate::error::ApiError;
-use crate::jobs::spec::RngKind;
+use crate::registry::Registry;
 
 /// The JSON fields this server reads.
 #[derive(Deserialize)]
@@ -70,17 +71,6 @@ pub struct SamplerChoice {
     pub scheduler: Option<String>,
 }
 
-/// What `override_settings` selects.
-#[derive(Debug, Default)]
-pub struct Overrides {
-    /// `sd_model_checkpoint`.
-    pub model: Option<String>,
-    /// `CLIP_stop_at_last_layers` in diffusers' numbering.
-    pub clip_skip: Option<usize>,
-    /// `randn_source`.
-    pub rng: Option<RngKind>,
-}
-
 impl A1111Body {
     /// Refuses options that would change the image in ways this server does not reproduce.
     pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
@@ -125,52 +115,16 @@ impl A1111Body {
         Ok(())
     }
 
-    /// Reads `override_settings`.
-    pub fn overrides(&self) -> Result<Overrides, ApiError> {
-        let mut overrides = Overrides::default();
-        let Some(settings) = &self.override_settings else {
-            return Ok(overrides);
-        };
-        for (key, value) in settings {
-            let field = format!("override_settings.{key}");
-            match key.as_str() {
-                "sd_model_checkpoint" => {
-                    let name = value
-                        .as_str()
-                        .ok_or_else(|| ApiError::bad_field(&field, "expected a model name"))?;
-                    // A1111 titles read "name [hash]".
-                    let name = name.split(" [").next().unwrap_or(name).trim();
-                    overrides.model = Some(name.to_string());
-                }
-                "CLIP_stop_at_last_layers" => {
-                    let layers =
-                        value
-                            .as_u64()
-                            .filter(|n| (1..=12).contains(n))
-                            .ok_or_else(|| {
-                                ApiError::bad_field(&field, format!("{value}: expected 1 to 12"))
-                            })?;
-                    overrides.clip_skip = (layers > 1).then(|| layers as usize - 1);
-                }
-                "randn_source" => {
-                    overrides.rng = Some(match value.as_str() {
-                        Some("GPU") | Some("NV") => RngKind::Philox,
-                        Some("CPU") => RngKind::Cpu,
-                        _ => {
-                            return Err(ApiError::bad_field(
-                                &field,
-                                format!("{value}: expected \"GPU\", \"NV\" or \"CPU\""),
-                            ))
-                        }
-                    })
-                }
-                "eta_noise_seed_delta" if value.as_i64().is_some_and(|d| d != 0) => {
-                    return Err(ApiError::bad_field(&field, "a seed delta is not supported"));
-                }
-                _ => {}
-            }
+    /// The server-wide `settings` with `override_settings` applied.
+    pub fn settings(
+        &self,
+        mut settings: Settings,
+        registry: &Registry,
+    ) -> Result<Settings, ApiError> {
+        if let Some(values) = &self.override_settings {
+            settings.apply(values, "override_settings.", registry)?;
         }
-        Ok(overrides)
+        Ok(settings)
     }
 
     /// The sampler, from `sampler_name` (or `sampler_index`) and `scheduler`.

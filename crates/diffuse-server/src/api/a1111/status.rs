@@ -13,7 +13,7 @@ use crate::api::input::parse_json;
 use crate::api::uploads::base64_bytes;
 use crate::api::SharedState;
 use crate::error::ApiError;
-use crate::jobs::job::JobState;
+use crate::jobs::job::{EarlyEnd, JobState};
 
 /// `GET /sdapi/v1/samplers`: the A1111 sampler names this server runs.
 pub async fn samplers() -> Json<Value> {
@@ -33,19 +33,20 @@ pub async fn schedulers() -> Json<Value> {
     ]))
 }
 
-/// `GET /sdapi/v1/sd-models`: the served models (names only; paths are never shown).
+/// `GET /sdapi/v1/sd-models`: the served models, titled "name [hash]" as A1111 titles them (paths are never
+/// shown).
 pub async fn sd_models(State(state): State<SharedState>) -> Json<Value> {
     let models: Vec<Value> = state
         .registry
-        .names()
-        .into_iter()
-        .map(|name| {
+        .all()
+        .iter()
+        .map(|model| {
             json!({
-                "title": name,
-                "model_name": name,
-                "hash": null,
+                "title": model.title(),
+                "model_name": model.name,
+                "hash": model.hash,
                 "sha256": null,
-                "filename": name,
+                "filename": model.name,
                 "config": null,
             })
         })
@@ -53,14 +54,27 @@ pub async fn sd_models(State(state): State<SharedState>) -> Json<Value> {
     Json(Value::Array(models))
 }
 
-/// `GET /sdapi/v1/options`: the few settings that mean something here.
+/// `GET /sdapi/v1/options`: the settings that mean something here, as `POST` last set them.
 pub async fn options(State(state): State<SharedState>) -> Json<Value> {
-    Json(json!({
-        "sd_model_checkpoint": state.registry.names().first(),
-        "CLIP_stop_at_last_layers": 1,
-        "randn_source": "GPU",
-        "samples_format": "png",
-    }))
+    Json(state.a1111_settings().to_json(&state.registry))
+}
+
+/// `POST /sdapi/v1/options`: sets server-wide defaults of A1111 requests (`sd_model_checkpoint`,
+/// `CLIP_stop_at_last_layers`, `sd_vae`, `samples_format`, `randn_source`); answers `null`, as A1111 does.
+/// Every key is checked before any is set.
+pub async fn set_options(
+    State(state): State<SharedState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let values: serde_json::Map<String, Value> = parse_json(&body)?;
+    let mut current = state
+        .a1111
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut settings = current.clone();
+    settings.apply(&values, "", &state.registry)?;
+    *current = settings;
+    Ok(Json(Value::Null))
 }
 
 /// `GET /sdapi/v1/scripts`: none.
@@ -115,8 +129,8 @@ pub async fn progress(
         "progress": fraction,
         "eta_relative": eta.max(0.0),
         "state": {
-            "skipped": false,
-            "interrupted": job.cancel_reason().is_some(),
+            "skipped": job.early_end() == Some(EarlyEnd::Skip),
+            "interrupted": job.cancel_reason().is_some() || job.early_end() == Some(EarlyEnd::Interrupt),
             "stopping_generation": false,
             "job": job.id,
             "job_count": active.len(),
@@ -130,10 +144,18 @@ pub async fn progress(
     }))
 }
 
-/// `POST /sdapi/v1/interrupt`: cancels the running jobs (their clients get 409).
+/// `POST /sdapi/v1/interrupt`: the running jobs end their current images as they stand and run no more; their
+/// clients get 200 with the images made so far, as A1111 answers.
 pub async fn interrupt(State(state): State<SharedState>) -> Json<Value> {
-    let stopped = state.engine.interrupt_running();
+    let stopped = state.engine.end_running_early(true);
     Json(json!({"interrupted": stopped}))
+}
+
+/// `POST /sdapi/v1/skip`: the running jobs end their current images as they stand and go on with the next;
+/// answers `null`, as A1111 does.
+pub async fn skip(State(state): State<SharedState>) -> Json<Value> {
+    state.engine.end_running_early(false);
+    Json(Value::Null)
 }
 
 /// The body of `POST /sdapi/v1/png-info`.
