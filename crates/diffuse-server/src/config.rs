@@ -111,6 +111,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How models are loaded (dtype, device, variant).
     pub load: LoadOptions,
+    /// OpenAI model names (e.g. "dall-e-3") answered by a served model, as `(alias, model)`; the alias `*`
+    /// stands for every name no model or other alias has.
+    pub openai_aliases: Vec<(String, String)>,
 }
 
 impl ServerConfig {
@@ -126,6 +129,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             limits: Limits::default(),
             load: LoadOptions::default(),
+            openai_aliases: Vec::new(),
         }
     }
 
@@ -142,6 +146,13 @@ impl ServerConfig {
                 return Err(ServerError::Config(format!(
                     "--model: two models are named {:?}; name them with NAME=PATH",
                     model.name
+                )));
+            }
+        }
+        for (alias, model) in &self.openai_aliases {
+            if !self.models.iter().any(|m| &m.name == model) {
+                return Err(ServerError::Config(format!(
+                    "--openai-model-alias {alias}={model}: no served model is named {model:?}"
                 )));
             }
         }

@@ -60,6 +60,7 @@ impl Server {
             limits: config.limits.clone(),
             api_key: config.api_key.clone(),
             a1111: Default::default(),
+            openai_aliases: config.openai_aliases.clone(),
         });
         let (stop, mut stopped) = watch::channel(false);
         let app = router(state);

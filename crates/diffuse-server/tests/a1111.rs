@@ -209,6 +209,33 @@ async fn informational_endpoints_answer_as_a1111() {
     assert_eq!(progress["state"]["job_count"], 0);
     let (status, _) = t.post("/sdapi/v1/interrupt", &json!({})).await;
     assert_eq!(status, 200);
+    // What clients call on start-up answers what is true here, as JSON.
+    for (path, expected) in [
+        ("/sdapi/v1/sd-vae", json!([])),
+        ("/sdapi/v1/upscalers", json!([])),
+        ("/sdapi/v1/face-restorers", json!([])),
+        ("/sdapi/v1/realesrgan-models", json!([])),
+        ("/sdapi/v1/prompt-styles", json!([])),
+        ("/sdapi/v1/loras", json!([])),
+        ("/sdapi/v1/embeddings", json!({"loaded": {}, "skipped": {}})),
+        ("/internal/ping", json!({})),
+    ] {
+        let (status, body) = t.get(path).await;
+        assert_eq!((status, body), (200, expected), "{path}");
+    }
+    let (status, memory) = t.get("/sdapi/v1/memory").await;
+    assert_eq!(status, 200);
+    assert!(memory["ram"]["total"].as_u64().unwrap() > 0, "{memory}");
+    let (status, flags) = t.get("/sdapi/v1/cmd-flags").await;
+    assert_eq!((status, &flags["api"]), (200, &json!(true)));
+    for path in [
+        "/sdapi/v1/refresh-checkpoints",
+        "/sdapi/v1/refresh-vae",
+        "/sdapi/v1/skip",
+    ] {
+        let (status, body) = t.post(path, &json!({})).await;
+        assert_eq!((status, body), (200, Value::Null), "{path}");
+    }
     t.stop().await;
 }
 

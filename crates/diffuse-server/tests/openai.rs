@@ -35,7 +35,7 @@ async fn generations_equal_the_library_with_diffusers_seeding() {
         assert_eq!(
             text.as_deref().unwrap(),
             format!(
-                "a red cube\nNegative prompt: blurry\nSteps: 4, Sampler: PNDMScheduler, CFG scale: 6.0, \
+                "a red cube\nNegative prompt: blurry\nSteps: 4, Sampler: PLMS, CFG scale: 6.0, \
                  Seed: 7, Size: 64x64, Model hash: {hash}, Model: sd1, RNG: CPU, Batch size: 2, \
                  Batch pos: {pos}"
             )
@@ -331,5 +331,105 @@ async fn models_lists_the_served_models() {
         !body.to_string().contains("fixtures"),
         "paths are never shown"
     );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_model_by_id_and_unknown_ones_named() {
+    let t = start().await;
+    let (status, model) = t.get("/v1/models/sd1").await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(
+        (&model["id"], &model["object"], &model["owned_by"]),
+        (&json!("sd1"), &json!("model"), &json!("diffuse"))
+    );
+    let (status, body) = t.get("/v1/models/dall-e-3").await;
+    assert_error(status, &body, 404, Some("model"));
+    assert!(body["error"]["message"].as_str().unwrap().contains("sd1"));
+    t.stop().await;
+}
+
+/// OpenAI SDKs' defaults: `dall-e-3` is refused naming the served models and the alias option (or answered by
+/// the aliased model), and `1024x1024` past the pixel limit names the limit and the option that raises it.
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_model_names_and_default_sizes_get_actionable_answers() {
+    let t = start().await;
+    let request = json!({"model": "dall-e-3", "prompt": "x", "steps": 1, "seed": 1});
+    let (status, body) = t.post("/v1/images/generations", &request).await;
+    assert_error(status, &body, 400, Some("model"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("sd1") && message.contains("--openai-model-alias dall-e-3=MODEL"),
+        "{message}"
+    );
+    let (status, body) = t
+        .post(
+            "/v1/images/generations",
+            &json!({"prompt": "x", "steps": 1, "size": "1024x1024"}),
+        )
+        .await;
+    assert_error(status, &body, 400, Some("size"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--max-pixels"), "{message}");
+    t.stop().await;
+
+    let mut config = common::config();
+    config.openai_aliases = vec![("*".into(), "sd1".into())];
+    let t = common::start_with(config).await;
+    for name in ["dall-e-3", "gpt-image-1"] {
+        let (status, body) = t
+            .post(
+                "/v1/images/generations",
+                &json!({"model": name, "prompt": "x", "steps": 1, "seed": 1}),
+            )
+            .await;
+        assert_eq!(status, 200, "{name}: {body}");
+        let (_, text) = decode_png_b64(body["data"][0]["b64_json"].as_str().unwrap());
+        assert!(text.unwrap().contains("Model: sd1"));
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn variations_are_image_to_image_of_the_input() {
+    let t = start().await;
+    let input = test_png(64, 48, None);
+    let response = t
+        .client
+        .post(t.url("/v1/images/variations"))
+        .multipart(
+            form(&[
+                ("n", "2"),
+                ("response_format", "b64_json"),
+                ("seed", "5"),
+                ("steps", "4"),
+            ])
+            .part("image", file(input.clone())),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let (image, text) = decode_png_b64(data[0]["b64_json"].as_str().unwrap());
+    assert_eq!((image.width, image.height), (64, 48));
+    assert!(text.unwrap().contains("Denoising strength: 0.8"));
+    // A mask belongs to edits.
+    let response = t
+        .client
+        .post(t.url("/v1/images/variations"))
+        .multipart(
+            form(&[])
+                .part("image", file(input.clone()))
+                .part("mask", file(input)),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_error(status, &body, 400, Some("mask"));
     t.stop().await;
 }

@@ -51,14 +51,17 @@ async fn the_api_key_guards_every_api_route_but_not_the_page_or_health() {
             assert_eq!(body["error"]["type"], "authentication_error");
         }
     }
-    let response = t
-        .client
-        .get(t.url("/v1/models"))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    // The scheme is case-insensitive, as RFC 9110 has it.
+    for auth in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+        let response = t
+            .client
+            .get(t.url("/v1/models"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{auth}");
+    }
     for path in ["/", "/app.js", "/style.css", "/health"] {
         let response = t.client.get(t.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");

@@ -11,10 +11,15 @@ use diffuse_server::{Limits, ModelSpec, ServerConfig};
 /// Arguments of `diffuse serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A model to serve, `PATH` or `NAME=PATH` (a diffusers folder); repeat for several, the first is the
-    /// default. Without it: the bundled model.
-    #[arg(long = "model", value_name = "[NAME=]PATH")]
+    /// A model to serve, `MODEL` or `NAME=MODEL`: a diffusers folder, a Hub id (from the local cache) or a
+    /// single `.safetensors` checkpoint; repeat for several, the first is the default. Without it: the
+    /// bundled model.
+    #[arg(long = "model", value_name = "[NAME=]MODEL")]
     models: Vec<String>,
+    /// Answer an OpenAI model name with a served model, `ALIAS=NAME` (e.g. `dall-e-3=sd15`; `*=NAME` for
+    /// every unknown name); repeatable. Without it, unknown model names are refused.
+    #[arg(long = "openai-model-alias", value_name = "ALIAS=NAME")]
+    openai_aliases: Vec<String>,
     /// Address to listen on; anything but loopback needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -71,6 +76,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.queue_capacity = args.queue_capacity;
     config.retained_jobs = args.retained_jobs;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.openai_aliases = args
+        .openai_aliases
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(alias, name)| (alias.trim().to_string(), name.trim().to_string()))
+                .with_context(|| format!("--openai-model-alias {pair:?}: expected ALIAS=NAME"))
+        })
+        .collect::<Result<_>>()?;
     config.limits = Limits {
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
         max_images: args.max_images,

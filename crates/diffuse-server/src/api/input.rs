@@ -264,7 +264,8 @@ fn check_size(
             return Err(ApiError::bad_field(
                 field,
                 format!(
-                    "{width}×{height}: each side must be a positive multiple of {f}, at most {}",
+                    "{width}×{height}: each side must be a positive multiple of {f}, at most {} \
+                     (this server's limit; diffuse serve --max-side raises it)",
                     limits.max_side
                 ),
             ));
@@ -274,7 +275,8 @@ fn check_size(
         return Err(ApiError::bad_field(
             fields.width,
             format!(
-                "{width}×{height} is {} pixels; at most {}",
+                "{width}×{height} is {} pixels; at most {} (this server's limit; diffuse serve \
+                 --max-pixels raises it)",
                 width * height,
                 limits.max_pixels
             ),

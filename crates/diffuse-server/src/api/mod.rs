@@ -33,6 +33,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The Bearer key, if one is required.
     pub api_key: Option<String>,
+    /// OpenAI model names answered by a served model (see `ServerConfig::openai_aliases`).
+    pub openai_aliases: Vec<(String, String)>,
     /// A1111's server-wide settings (`/sdapi/v1/options`).
     pub a1111: std::sync::RwLock<a1111::settings::Settings>,
 }
@@ -55,7 +57,9 @@ pub fn router(state: SharedState) -> Router {
     let api = Router::new()
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/images/edits", post(openai::edits))
+        .route("/v1/images/variations", post(openai::variations))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/v1/schedulers", get(native::schedulers))
         .route("/v1/jobs", post(native::create))
         .route("/v1/jobs/{id}", get(native::get).delete(native::delete))
@@ -75,6 +79,29 @@ pub fn router(state: SharedState) -> Router {
         .route("/sdapi/v1/progress", get(a1111::progress))
         .route("/sdapi/v1/interrupt", post(a1111::interrupt))
         .route("/sdapi/v1/skip", post(a1111::skip))
+        .route("/sdapi/v1/sd-vae", get(a1111::listings::empty_list))
+        .route("/sdapi/v1/upscalers", get(a1111::listings::empty_list))
+        .route("/sdapi/v1/face-restorers", get(a1111::listings::empty_list))
+        .route(
+            "/sdapi/v1/realesrgan-models",
+            get(a1111::listings::empty_list),
+        )
+        .route("/sdapi/v1/prompt-styles", get(a1111::listings::empty_list))
+        .route("/sdapi/v1/loras", get(a1111::listings::empty_list))
+        .route("/sdapi/v1/embeddings", get(a1111::listings::embeddings))
+        .route("/sdapi/v1/memory", get(a1111::listings::memory))
+        .route("/sdapi/v1/cmd-flags", get(a1111::listings::cmd_flags))
+        .route(
+            "/sdapi/v1/refresh-checkpoints",
+            post(a1111::listings::refresh),
+        )
+        .route("/sdapi/v1/refresh-vae", post(a1111::listings::refresh))
+        .route(
+            "/sdapi/v1/refresh-embeddings",
+            post(a1111::listings::refresh),
+        )
+        .route("/sdapi/v1/refresh-loras", post(a1111::listings::refresh))
+        .route("/internal/ping", get(a1111::listings::ping))
         .route("/sdapi/v1/png-info", post(a1111::png_info))
         .route("/metrics", get(ops::metrics))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -67,38 +67,39 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body: JobBody = parse_json(&body)?;
     let model = state.registry.get(body.model.as_deref(), "model")?;
-    let init = match &body.image {
+    let init = match body.image.clone() {
         Some(text) => {
-            let decoded = uploads::decode(
-                &uploads::base64_bytes(text, "image")?,
-                "image",
-                &state.limits,
-            )?;
-            let image = uploads::to_rgb(&decoded);
-            let mask = match &body.mask {
-                Some(text) => {
-                    let decoded = uploads::decode(
-                        &uploads::base64_bytes(text, "mask")?,
-                        "mask",
-                        &state.limits,
-                    )?;
-                    Some(uploads::to_mask(
-                        &decoded,
-                        MaskRule::OpaqueOrWhiteRepaints,
-                        image.width,
-                        image.height,
-                    ))
-                }
-                None => None,
-            };
-            let strength = body
-                .strength
-                .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
-            Some(InitImage {
-                image,
-                strength,
-                mask,
-            })
+            let (mask, strength, limits) = (body.mask.clone(), body.strength, state.limits.clone());
+            Some(
+                uploads::off_runtime(move || {
+                    let decoded =
+                        uploads::decode(&uploads::base64_bytes(&text, "image")?, "image", &limits)?;
+                    let image = uploads::to_rgb(&decoded);
+                    let mask = match &mask {
+                        Some(text) => {
+                            let decoded = uploads::decode(
+                                &uploads::base64_bytes(text, "mask")?,
+                                "mask",
+                                &limits,
+                            )?;
+                            Some(uploads::to_mask(
+                                &decoded,
+                                MaskRule::OpaqueOrWhiteRepaints,
+                                image.width,
+                                image.height,
+                            ))
+                        }
+                        None => None,
+                    };
+                    let strength = strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
+                    Ok(InitImage {
+                        image,
+                        strength,
+                        mask,
+                    })
+                })
+                .await?,
+            )
         }
         None if body.mask.is_some() => {
             return Err(ApiError::bad_field("mask", "needs an image to inpaint"))

@@ -32,6 +32,16 @@ pub fn base64_bytes(text: &str, field: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::bad_field(field, format!("not valid base64 ({e})")))
 }
 
+/// Runs `work` (decoding uploads) on the blocking pool: a large image takes long enough to decode that on the
+/// async runtime it would stall every other request, `/health` included.
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("decoding the upload failed: {e}")))?
+}
+
 /// Decodes an uploaded image, refusing sides beyond the limit before any pixel is decoded.
 pub fn decode(bytes: &[u8], field: &str, limits: &Limits) -> Result<DynamicImage, ApiError> {
     let unreadable = |e: &dyn std::fmt::Display| {

@@ -4,6 +4,7 @@
 //! images, image `i` drawn with seed `seed + i` on its own generator; the generator is A1111's default "GPU"
 //! (torch's CUDA Philox stream, A1111's "NV") unless `override_settings.randn_source` is "CPU".
 
+pub mod listings;
 mod request;
 pub mod settings;
 mod status;
@@ -23,6 +24,7 @@ use super::input::{parse_json, Draft, FieldNames, Seed};
 use super::uploads::{self, MaskRule};
 use super::wait::run_to_end;
 use super::SharedState;
+use crate::config::Limits;
 use crate::error::ApiError;
 use crate::jobs::job::JobStatus;
 use crate::jobs::spec::{JobSpec, SeedMode};
@@ -66,7 +68,14 @@ async fn run(state: SharedState, raw: &[u8], img2img: bool) -> Result<Json<Value
         "override_settings.sd_model_checkpoint",
     )?;
     let init = if img2img {
-        Some(init_image(&state, &body)?)
+        let upload = Upload {
+            images: body.init_images.clone(),
+            mask: body.mask.clone(),
+            invert: body.inpainting_mask_invert,
+            strength: body.denoising_strength,
+        };
+        let limits = state.limits.clone();
+        Some(uploads::off_runtime(move || upload.decode(&limits)).await?)
     } else {
         None
     };
@@ -122,47 +131,59 @@ async fn run(state: SharedState, raw: &[u8], img2img: bool) -> Result<Json<Value
     })))
 }
 
-fn init_image(state: &SharedState, body: &A1111Body) -> Result<InitImage, ApiError> {
-    let first = match body.init_images.as_deref() {
-        Some([one]) => one,
-        Some([]) | None => return Err(ApiError::bad_field("init_images", "required: one image")),
-        Some(_) => return Err(ApiError::bad_field("init_images", "give one image only")),
-    };
-    let decoded = uploads::decode(
-        &uploads::base64_bytes(first, "init_images")?,
-        "init_images",
-        &state.limits,
-    )?;
-    let image = uploads::to_rgb(&decoded);
-    let mask = match body.mask.as_deref().filter(|m| !m.is_empty()) {
-        Some(text) => {
-            let decoded =
-                uploads::decode(&uploads::base64_bytes(text, "mask")?, "mask", &state.limits)?;
-            let mut mask = uploads::to_mask(
-                &decoded,
-                MaskRule::OpaqueOrWhiteRepaints,
-                image.width,
-                image.height,
-            );
-            match body.inpainting_mask_invert.unwrap_or(0) {
-                0 => {}
-                1 => uploads::invert(&mut mask),
-                other => {
-                    return Err(ApiError::bad_field(
-                        "inpainting_mask_invert",
-                        format!("{other}: expected 0 or 1"),
-                    ))
-                }
+/// img2img's uploads, taken from the body to be decoded off the runtime.
+struct Upload {
+    images: Option<Vec<String>>,
+    mask: Option<String>,
+    invert: Option<u8>,
+    strength: Option<f64>,
+}
+
+impl Upload {
+    fn decode(self, limits: &Limits) -> Result<InitImage, ApiError> {
+        let first = match self.images.as_deref() {
+            Some([one]) => one,
+            Some([]) | None => {
+                return Err(ApiError::bad_field("init_images", "required: one image"))
             }
-            Some(mask)
-        }
-        None => None,
-    };
-    Ok(InitImage {
-        image,
-        strength: body.denoising_strength.unwrap_or(0.75),
-        mask,
-    })
+            Some(_) => return Err(ApiError::bad_field("init_images", "give one image only")),
+        };
+        let decoded = uploads::decode(
+            &uploads::base64_bytes(first, "init_images")?,
+            "init_images",
+            limits,
+        )?;
+        let image = uploads::to_rgb(&decoded);
+        let mask = match self.mask.as_deref().filter(|m| !m.is_empty()) {
+            Some(text) => {
+                let decoded =
+                    uploads::decode(&uploads::base64_bytes(text, "mask")?, "mask", limits)?;
+                let mut mask = uploads::to_mask(
+                    &decoded,
+                    MaskRule::OpaqueOrWhiteRepaints,
+                    image.width,
+                    image.height,
+                );
+                match self.invert.unwrap_or(0) {
+                    0 => {}
+                    1 => uploads::invert(&mut mask),
+                    other => {
+                        return Err(ApiError::bad_field(
+                            "inpainting_mask_invert",
+                            format!("{other}: expected 0 or 1"),
+                        ))
+                    }
+                }
+                Some(mask)
+            }
+            None => None,
+        };
+        Ok(InitImage {
+            image,
+            strength: self.strength.unwrap_or(0.75),
+            mask,
+        })
+    }
 }
 
 /// The fields of A1111's `info` known before the job runs.

@@ -1,4 +1,5 @@
-//! `POST /v1/images/edits`: OpenAI's multipart image edits — image-to-image, or inpainting with a mask.
+//! `POST /v1/images/edits` and `/v1/images/variations`: OpenAI's multipart image edits (image-to-image, or
+//! inpainting with a mask) and variations (image-to-image without a prompt).
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
@@ -120,38 +121,71 @@ pub async fn edits(
 ) -> Result<Json<Value>, ApiError> {
     let multipart = multipart.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let form = EditForm::read(multipart).await?;
+    if form.prompt.is_none() {
+        return Err(ApiError::bad_field("prompt", "required"));
+    }
+    run(state, headers, form, true).await
+}
+
+/// `POST /v1/images/variations`: image-to-image of the input with no prompt (or the optional `prompt`), at
+/// `strength` (default 0.8, diffusers' image-to-image default).
+pub async fn variations(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let multipart = multipart.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let form = EditForm::read(multipart).await?;
+    if form.mask.is_some() {
+        return Err(ApiError::bad_field(
+            "mask",
+            "variations take no mask; inpaint with /v1/images/edits",
+        ));
+    }
+    run(state, headers, form, false).await
+}
+
+/// Runs an edit or (without `masks`) a variation: the image's transparency is a mask only for edits.
+async fn run(
+    state: SharedState,
+    headers: HeaderMap,
+    form: EditForm,
+    masks: bool,
+) -> Result<Json<Value>, ApiError> {
     check_output(
         form.output_format.as_deref(),
         form.background.as_deref(),
         form.stream,
     )?;
-    let prompt = form
-        .prompt
-        .ok_or_else(|| ApiError::bad_field("prompt", "required"))?;
     let image_bytes = form
         .image
         .ok_or_else(|| ApiError::bad_field("image", "required"))?;
-    let model = state.registry.get(form.model.as_deref(), "model")?;
-    let decoded = uploads::decode(&image_bytes, "image", &state.limits)?;
-    let image = uploads::to_rgb(&decoded);
-    let mask = match &form.mask {
-        Some(bytes) => {
-            let mask = uploads::decode(bytes, "mask", &state.limits)?;
-            Some(uploads::to_mask(
-                &mask,
+    let model = super::served_model(&state, form.model.as_deref())?;
+    let (mask_bytes, limits) = (form.mask, state.limits.clone());
+    let (image, mask) = uploads::off_runtime(move || {
+        let decoded = uploads::decode(&image_bytes, "image", &limits)?;
+        let image = uploads::to_rgb(&decoded);
+        let mask = match &mask_bytes {
+            Some(bytes) => {
+                let mask = uploads::decode(bytes, "mask", &limits)?;
+                Some(uploads::to_mask(
+                    &mask,
+                    MaskRule::TransparentRepaints,
+                    image.width,
+                    image.height,
+                ))
+            }
+            None if masks && uploads::has_transparency(&decoded) => Some(uploads::to_mask(
+                &decoded,
                 MaskRule::TransparentRepaints,
                 image.width,
                 image.height,
-            ))
-        }
-        None if uploads::has_transparency(&decoded) => Some(uploads::to_mask(
-            &decoded,
-            MaskRule::TransparentRepaints,
-            image.width,
-            image.height,
-        )),
-        None => None,
-    };
+            )),
+            None => None,
+        };
+        Ok((image, mask))
+    })
+    .await?;
     let f = model.pipeline.vae_scale_factor();
     let (width, height) = match parse_size(form.size.as_deref())? {
         (Some(w), Some(h)) => (w, h),
@@ -165,7 +199,7 @@ pub async fn edits(
     let draft = Draft {
         model,
         request: GenerationRequest {
-            prompt,
+            prompt: form.prompt.unwrap_or_default(),
             negative_prompt: form.negative_prompt.unwrap_or_default(),
             steps: form.steps.unwrap_or(defaults.steps),
             guidance_scale: form.guidance.unwrap_or(defaults.guidance_scale),

@@ -1,5 +1,5 @@
-//! The OpenAI Images API: `POST /v1/images/generations`, `POST /v1/images/edits` (multipart) and
-//! `GET /v1/models`.
+//! The OpenAI Images API: `POST /v1/images/generations`, `POST /v1/images/edits` and
+//! `/v1/images/variations` (multipart), `GET /v1/models` and `/v1/models/{id}`.
 //!
 //! Beyond OpenAI's fields, requests may carry `negative_prompt`, `steps`, `guidance`, `seed` (-1 = random)
 //! and `scheduler` (an A1111 sampler name or a diffusers class), and edits `strength`. Unknown fields are
@@ -9,9 +9,11 @@
 
 mod edits;
 
-pub use edits::edits;
+pub use edits::{edits, variations};
 
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use base64::Engine as _;
@@ -26,6 +28,7 @@ use super::SharedState;
 use crate::error::ApiError;
 use crate::jobs::job::{Job, JobStatus};
 use crate::jobs::spec::{RngKind, SeedMode};
+use crate::registry::LoadedModel;
 
 const FIELDS: FieldNames = FieldNames {
     steps: "steps",
@@ -122,7 +125,7 @@ pub async fn generations(
         body.background.as_deref(),
         body.stream,
     )?;
-    let model = state.registry.get(body.model.as_deref(), "model")?;
+    let model = served_model(&state, body.model.as_deref())?;
     let (width, height) = parse_size(body.size.as_deref())?;
     let defaults = GenerationRequest::default();
     let draft = Draft {
@@ -151,6 +154,39 @@ pub async fn generations(
         body.response_format.unwrap_or_default(),
         &headers,
     )))
+}
+
+/// The model an OpenAI request names: a served model, or one an alias maps the name to; an unknown name is
+/// refused listing the served ones and how to map it.
+pub(super) fn served_model(
+    state: &SharedState,
+    name: Option<&str>,
+) -> Result<Arc<LoadedModel>, ApiError> {
+    let wanted = name.map(str::trim).filter(|n| !n.is_empty());
+    let Some(wanted) = wanted else {
+        return state.registry.get(None, "model");
+    };
+    if let Ok(model) = state.registry.get(Some(wanted), "model") {
+        return Ok(model);
+    }
+    let alias = |key: &str| {
+        state
+            .openai_aliases
+            .iter()
+            .find(|(alias, _)| alias == key)
+            .map(|(_, model)| model.as_str())
+    };
+    match alias(wanted).or_else(|| alias("*")) {
+        Some(model) => state.registry.get(Some(model), "model"),
+        None => Err(ApiError::bad_field(
+            "model",
+            format!(
+                "unknown model {wanted:?}; this server has: {} (the server can answer OpenAI model names \
+                 with one: diffuse serve --openai-model-alias {wanted}=MODEL)",
+                state.registry.names().join(", ")
+            ),
+        )),
+    }
 }
 
 /// The OpenAI response; with `b64_json` the job is forgotten at once, with `url` it is kept for its images.
@@ -198,23 +234,36 @@ pub(super) fn respond(
 
 /// `GET /v1/models`: the served models, with their default size and scheduler.
 pub async fn models(State(state): State<SharedState>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .registry
-        .all()
-        .iter()
-        .map(|m| {
-            let (width, height) = m.default_size();
-            json!({
-                "id": m.name,
-                "object": "model",
-                "created": m.loaded_at,
-                "owned_by": "diffuse",
-                "default_width": width,
-                "default_height": height,
-                "size_multiple": m.pipeline.vae_scale_factor(),
-                "scheduler": m.scheduler_class(),
-            })
-        })
-        .collect();
+    let data: Vec<Value> = state.registry.all().iter().map(|m| describe(m)).collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: one served model; 404 naming the served ones otherwise.
+pub async fn model(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.registry.get(Some(&id), "model").map_err(|_| {
+        ApiError::not_found(format!(
+            "unknown model {id:?}; this server has: {}",
+            state.registry.names().join(", ")
+        ))
+        .with_param("model")
+    })?;
+    Ok(Json(describe(&model)))
+}
+
+/// A model as OpenAI's model object, with its default size and scheduler.
+fn describe(m: &LoadedModel) -> Value {
+    let (width, height) = m.default_size();
+    json!({
+        "id": m.name,
+        "object": "model",
+        "created": m.loaded_at,
+        "owned_by": "diffuse",
+        "default_width": width,
+        "default_height": height,
+        "size_multiple": m.pipeline.vae_scale_factor(),
+        "scheduler": m.scheduler_class(),
+    })
 }

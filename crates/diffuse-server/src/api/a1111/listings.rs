@@ -1,0 +1,73 @@
+//! A1111's listing and housekeeping endpoints that clients call on start-up, answered with what is true here:
+//! no separate VAEs, upscalers, face restorers, styles, embeddings or LoRAs are served, and refreshing has
+//! nothing to reload (the models are loaded once, at start).
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::api::SharedState;
+
+/// `GET /sdapi/v1/sd-vae`, `/upscalers`, `/face-restorers`, `/realesrgan-models`, `/prompt-styles` and
+/// `/loras`: none are served.
+pub async fn empty_list() -> Json<Value> {
+    Json(json!([]))
+}
+
+/// `GET /sdapi/v1/embeddings`: none are loaded.
+pub async fn embeddings() -> Json<Value> {
+    Json(json!({"loaded": {}, "skipped": {}}))
+}
+
+/// `POST /sdapi/v1/refresh-checkpoints`, `/refresh-vae`, `/refresh-embeddings`, `/refresh-loras`: nothing to
+/// reload; answers `null`, as A1111 does.
+pub async fn refresh() -> Json<Value> {
+    Json(Value::Null)
+}
+
+/// `GET /internal/ping`: `{}`.
+pub async fn ping() -> Json<Value> {
+    Json(json!({}))
+}
+
+/// `GET /sdapi/v1/memory`: the machine's RAM in bytes (from `/proc/meminfo` where there is one); `cuda` says
+/// what A1111 says without a GPU.
+pub async fn memory() -> Json<Value> {
+    let ram = match ram_bytes() {
+        Some((total, available)) => json!({
+            "free": available,
+            "used": total.saturating_sub(available),
+            "total": total,
+        }),
+        None => json!({"error": "unavailable"}),
+    };
+    Json(json!({"ram": ram, "cuda": {"error": "unavailable"}}))
+}
+
+/// `GET /sdapi/v1/cmd-flags`: the A1111 flags that describe this server.
+pub async fn cmd_flags(State(state): State<SharedState>) -> Json<Value> {
+    Json(json!({
+        "api": true,
+        "nowebui": false,
+        "api_auth": state.api_key.is_some(),
+        "ckpt": state.registry.all().first().map(|m| m.name.clone()),
+    }))
+}
+
+/// (total, available) RAM in bytes.
+fn ram_bytes() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
+}
