@@ -4,6 +4,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import tempfile
 
 import pytest
 
@@ -23,23 +24,29 @@ def diffuse_bin():
 
 class Served:
     def __init__(self, *extra):
+        # The server logs a line per request: a file, unlike a pipe nobody reads, never fills up.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [diffuse_bin(), "serve", "--model", f"sd1={MODEL}", "--port", "0", *extra],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
         )
         line = self.process.stdout.readline()
         if "listening on " not in line:
             self.process.kill()
-            raise RuntimeError(f"diffuse serve did not start: {line!r} {self.process.stderr.read()}")
+            raise RuntimeError(f"diffuse serve did not start: {line!r} {self.read_log()}")
         self.url = line.split("listening on ", 1)[1].strip()
         self.host, self.port = self.url.removeprefix("http://").rsplit(":", 1)
+
+    def read_log(self):
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=60)
-        assert code == 0, f"diffuse serve exited with {code}: {self.process.stderr.read()}"
+        assert code == 0, f"diffuse serve exited with {code}: {self.read_log()}"
 
 
 @pytest.fixture(scope="session")

@@ -74,3 +74,11 @@ def test_interrupt_answers_with_the_image_as_it_stood(server):
     client = api(server)
     assert client.interrupt() == {"interrupted": 0}
     assert client.skip() is None
+
+
+def test_the_server_logs_each_request_and_job(server):
+    api(server).txt2img(prompt="a log line", width=64, height=64, seed=2)
+    log = server.read_log()
+    assert "POST /sdapi/v1/txt2img 200" in log, log
+    assert "model sd1 steps 3/3 images 1" in log and "succeeded" in log, log
+    assert "\x1b[" not in log, "no colour codes when stderr is not a terminal"

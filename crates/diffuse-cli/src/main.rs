@@ -2,7 +2,8 @@
 
 mod commands;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// mimalloc keeps freed pages for reuse: glibc's malloc returns every large tensor to the OS and faults it in
 /// again on the next step (the difference is seconds per UNet step), and no environment variable is needed.
@@ -56,21 +57,52 @@ enum Command {
     Train(Box<commands::train::TrainArgs>),
 }
 
+/// The ids of the arguments of `subcommand` given on the command line or by environment variable (not
+/// defaulted), so that `--replay` knows which settings the user chose over the PNG's.
+fn given(subcommand: &str, matches: &ArgMatches) -> Vec<String> {
+    let Some(sub) = matches.subcommand_matches(subcommand) else {
+        return Vec::new();
+    };
+    sub.ids()
+        .filter(|id| {
+            matches!(
+                sub.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
+        .map(|id| id.to_string())
+        .collect()
+}
+
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     resolve_thread_count();
-    tracing_subscriber::fmt()
+    let matches = Cli::command().get_matches();
+    // DIFFUSE_LOG takes tracing's filter syntax ("info", "diffuse=debug"); the server logs each request and
+    // job at info by default, the other commands only warnings.
+    let default_level = if matches.subcommand_name() == Some("serve") {
+        "info"
+    } else {
+        "warn"
+    };
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DIFFUSE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
-    let cli = Cli::parse();
+        .with_ansi(stderr_is_terminal)
+        .with_target(false);
+    // A server's lines carry the time; a command's warnings do not need it.
+    if default_level == "info" {
+        subscriber.init();
+    } else {
+        subscriber.without_time().init();
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Generate(args) => commands::generate::run(*args),
+        Command::Generate(args) => commands::generate::run(*args, &given("generate", &matches)),
         Command::Info(args) => commands::info::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Serve(args) => commands::serve::run(args),

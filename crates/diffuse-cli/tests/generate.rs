@@ -132,9 +132,105 @@ fn writes_pngs_with_parameters_and_replays_them() {
         replayed.to_str().unwrap(),
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let a = diffuse::pipelines::RgbImage::open(&second, "a").unwrap();
-    let b = diffuse::pipelines::RgbImage::open(&replayed, "b").unwrap();
-    assert_eq!(a, b, "the replayed image differs");
+    let open = |p: &Path| diffuse::pipelines::RgbImage::open(p, "image").unwrap();
+    assert_eq!(open(&second), open(&replayed), "the replayed image differs");
+
+    // Settings given with --replay replace the PNG's (and are announced); the rest still come from it.
+    let changed = dir.join("changed.png");
+    let run = diffuse(&[
+        "generate",
+        "--replay",
+        second.to_str().unwrap(),
+        "--model",
+        &model,
+        "--seed",
+        "9",
+        "--steps",
+        "3",
+        "-o",
+        changed.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("with --steps, --seed as given"),
+        "{}",
+        stderr(&run)
+    );
+    let direct = dir.join("direct.png");
+    let run = diffuse(&[
+        "generate",
+        "a red circle",
+        "--model",
+        &model,
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--seed",
+        "9",
+        "--num-images",
+        "2",
+        "--scheduler",
+        "DPM++ 2M Karras",
+        "--negative-prompt",
+        "blurry",
+        "-o",
+        direct.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(open(&changed), open(&dir.join("direct-2.png")));
+    assert_ne!(
+        open(&changed),
+        open(&second),
+        "the overrides changed nothing"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Replaying an inpainting result needs its mask: the PNG says it was inpainted, and the replay says so
+/// instead of running image-to-image without it.
+#[test]
+fn replaying_an_inpainting_result_asks_for_the_mask() {
+    let dir = scratch("replay-inpaint");
+    let model = sd1();
+    let input = dir.join("in.png");
+    let mask = dir.join("mask.png");
+    for (path, value) in [(&input, 128u8), (&mask, 255u8)] {
+        diffuse::pipelines::RgbImage {
+            width: 64,
+            height: 64,
+            pixels: vec![value; 64 * 64 * 3],
+        }
+        .save_png(path, None)
+        .unwrap();
+    }
+    let out = dir.join("inpainted.png");
+    let (i, m, o) = (
+        input.to_str().unwrap(),
+        mask.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let run = diffuse(&[
+        "generate", "a tower", "--model", &model, "--steps", "2", "--seed", "1", "--image", i,
+        "--mask", m, "-o", o,
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let again = dir.join("again.png");
+    let a = again.to_str().unwrap();
+    fails_with(
+        &[
+            "generate", "--replay", o, "--model", &model, "--image", i, "-o", a,
+        ],
+        &["inpainting result", "--mask"],
+    );
+    let run = diffuse(&[
+        "generate", "--replay", o, "--model", &model, "--image", i, "--mask", m, "-o", a,
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let open = |p: &Path| diffuse::pipelines::RgbImage::open(p, "image").unwrap();
+    assert_eq!(open(&out), open(&again));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -405,7 +501,7 @@ fn bad_inputs_fail_clearly() {
     );
     fails_with(
         &["generate", "x", "--model", m, "-o", o, "--replay", text],
-        &["cannot be used with"],
+        &["--replay", "not-an-image.png"],
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -168,6 +168,30 @@ fn info_and_generate_on_every_wild_folder() {
         if error > LATENT_TOLERANCE {
             failures.push(format!("{name}: latents off diffusers by {error:.2e}"));
         }
+        // The folder's own scheduler, named in the PNG as A1111 names it, replays to the same image (a
+        // config the pipeline rewrote included).
+        if name.starts_with("scheduler_") && case["scheduler"].is_null() {
+            let png = out.join("image.png");
+            let again = out.join("again.png");
+            let run = diffuse(&[
+                "generate",
+                "--quiet",
+                "--model",
+                folder.to_str().unwrap(),
+                "--replay",
+                png.to_str().unwrap(),
+                "-o",
+                again.to_str().unwrap(),
+            ]);
+            let open = |p: &Path| diffuse::pipelines::RgbImage::open(p, "image").ok();
+            let same = run.status.success() && open(&png).is_some() && open(&png) == open(&again);
+            if !same {
+                failures.push(format!(
+                    "{name}: the replay differs: {}",
+                    String::from_utf8_lossy(&run.stderr)
+                ));
+            }
+        }
     }
     std::fs::remove_dir_all(&scratch).ok();
     assert!(failures.is_empty(), "{failures:#?}");

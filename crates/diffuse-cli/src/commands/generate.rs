@@ -13,7 +13,7 @@ use diffuse::metadata::{GenerationParameters, RngSource};
 use diffuse::pipelines::images::read_png_parameters;
 use diffuse::pipelines::{GenerationRequest, InitImage, Provenance, RgbImage, StableDiffusion};
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
-use diffuse::schedulers::scheduler_config_for;
+use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::default_model;
@@ -119,13 +119,14 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
-    /// Regenerate the image whose PNG `parameters` this file holds (prompt, sampler, steps, CFG, seed, size).
-    #[arg(long, conflicts_with_all = ["positional_prompt", "prompt"])]
+    /// Regenerate the image whose PNG `parameters` this file holds (prompt, sampler, steps, CFG, seed, size);
+    /// settings given with it (a prompt, --seed, --steps, …) replace the PNG's.
+    #[arg(long)]
     replay: Option<PathBuf>,
 }
 
-/// Runs the command.
-pub fn run(mut args: GenerateArgs) -> Result<()> {
+/// Runs the command; `given` holds the ids of the arguments the user gave (the rest are defaults).
+pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
     if let Some(threads) = args.threads {
         if threads == 0 {
             bail!("invalid --threads: 0: at least one thread");
@@ -133,10 +134,11 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
         // candle and its GEMM read this when they first size their thread pools.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    let replay_pos = match args.replay.clone() {
-        Some(png) => Some(apply_replay(&mut args, &png)?),
+    let replay = match args.replay.clone() {
+        Some(png) => Some(apply_replay(&mut args, &png, given)?),
         None => None,
     };
+    let replay_pos = replay.as_ref().and_then(|r| r.pos);
     let prompt = args
         .prompt
         .clone()
@@ -173,9 +175,16 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
         pipe.vae.enable_tiling();
     }
 
+    // A replayed sampler that names the model's own scheduler is that scheduler as the folder sets it, not a
+    // fresh `from_config` of its class (which may differ where the pipeline rewrote the folder's config).
+    let own_replayed = replay
+        .as_ref()
+        .and_then(|r| r.sampler.as_deref())
+        .is_some_and(|name| name == sampler_label(&pipe.scheduler));
     let scheduler = args
         .scheduler
         .as_deref()
+        .filter(|_| !own_replayed)
         .map(|name| scheduler_config_for(name, &pipe.scheduler))
         .transpose()?;
     let init = match &args.image {
@@ -326,52 +335,113 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Fills the generation settings from a PNG's `parameters` text; returns the batch position to keep.
-fn apply_replay(args: &mut GenerateArgs, png: &Path) -> Result<usize> {
-    let text = read_png_parameters(png)?.with_context(|| {
-        format!(
-            "--replay {}: the PNG has no `parameters` text",
-            png.display()
-        )
-    })?;
+/// What `--replay` took from the PNG beyond the arguments it set.
+struct Replay {
+    /// The image's position in its batch, when the batch is regenerated whole to reproduce it.
+    pos: Option<usize>,
+    /// The sampler the PNG names, when the replay uses it.
+    sampler: Option<String>,
+}
+
+/// A sampler as the PNG parameters and `--scheduler` spell it: "DPM++ 2M Karras".
+fn sampler_label(config: &diffuse::schedulers::SchedulerConfig) -> String {
+    match a1111_sampler_of(config) {
+        (name, Some(schedule)) => format!("{name} {schedule}"),
+        (name, None) => name,
+    }
+}
+
+/// Fills the generation settings from a PNG's `parameters` text. Settings in `given` (chosen on the command
+/// line) win over the PNG's, as A1111's "send to txt2img" lets a user change fields; each is announced.
+fn apply_replay(args: &mut GenerateArgs, png: &Path, given: &[String]) -> Result<Replay> {
+    let text = read_png_parameters(png)
+        .with_context(|| format!("--replay {}", png.display()))?
+        .with_context(|| {
+            format!(
+                "--replay {}: the PNG has no `parameters` text",
+                png.display()
+            )
+        })?;
     let p = GenerationParameters::parse(&text)
         .with_context(|| format!("--replay {}", png.display()))?;
-    args.prompt = Some(p.prompt.clone());
-    args.negative_prompt = p.negative_prompt.clone();
-    args.steps = p.steps as usize;
-    args.guidance = p.cfg_scale;
-    args.seed = Some(p.seed as i128);
-    args.width = Some(p.width as usize);
-    args.height = Some(p.height as usize);
-    args.clip_skip = p
-        .clip_skip
-        .and_then(|k| (k as usize).checked_sub(1))
-        .filter(|&k| k > 0);
-    args.scheduler = Some(match &p.schedule_type {
-        Some(schedule) if schedule != "Automatic" => format!("{} {schedule}", p.sampler),
-        _ => p.sampler.clone(),
-    });
-    args.rng = match p.rng {
-        RngSource::Cpu => RngKind::Torch,
-        RngSource::Nv => RngKind::Philox,
-        RngSource::Gpu => bail!(
-            "--replay {}: made with A1111's GPU noise (torch on CUDA); diffuse reproduces CPU and NV noise only",
-            png.display()
-        ),
-    };
-    if p.denoising_strength.is_some() && args.image.is_none() {
-        bail!(
-            "--replay {}: an image-to-image result; give the input image with --image",
-            png.display()
-        );
-    }
-    args.strength = p.denoising_strength;
     let get = |key: &str| {
         p.extra
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
+    let mut overridden = Vec::new();
+    let mut keep = |id: &str, flag: &str| {
+        let given = given.iter().any(|g| g == id);
+        if given {
+            overridden.push(flag.to_string());
+        }
+        !given
+    };
+    if keep("prompt", "the prompt") && keep("positional_prompt", "the prompt") {
+        args.prompt = Some(p.prompt.clone());
+    }
+    if keep("negative_prompt", "--negative-prompt") {
+        args.negative_prompt = p.negative_prompt.clone();
+    }
+    if keep("steps", "--steps") {
+        args.steps = p.steps as usize;
+    }
+    if keep("guidance", "--guidance") {
+        args.guidance = p.cfg_scale;
+    }
+    if keep("seed", "--seed") {
+        args.seed = Some(p.seed as i128);
+    }
+    if keep("width", "--width") {
+        args.width = Some(p.width as usize);
+    }
+    if keep("height", "--height") {
+        args.height = Some(p.height as usize);
+    }
+    if keep("clip_skip", "--clip-skip") {
+        args.clip_skip = p
+            .clip_skip
+            .and_then(|k| (k as usize).checked_sub(1))
+            .filter(|&k| k > 0);
+    }
+    let mut sampler = None;
+    if keep("scheduler", "--scheduler") {
+        let name = match &p.schedule_type {
+            Some(schedule) if schedule != "Automatic" => format!("{} {schedule}", p.sampler),
+            _ => p.sampler.clone(),
+        };
+        args.scheduler = Some(name.clone());
+        sampler = Some(name);
+    }
+    if keep("rng", "--rng") {
+        args.rng = match p.rng {
+            RngSource::Cpu => RngKind::Torch,
+            RngSource::Nv => RngKind::Philox,
+            RngSource::Gpu => bail!(
+                "--replay {}: made with A1111's GPU noise (torch on CUDA); diffuse reproduces CPU and NV noise \
+                 only (give --rng to draw other noise)",
+                png.display()
+            ),
+        };
+    }
+    // diffuse records "Mask blur: 0" for inpainting, as A1111 records its mask blur.
+    let inpainting = get("Mask blur").is_some();
+    if inpainting && (args.image.is_none() || args.mask.is_none()) {
+        bail!(
+            "--replay {}: an inpainting result; give the input image with --image and the mask with --mask",
+            png.display()
+        );
+    }
+    if p.denoising_strength.is_some() && args.image.is_none() {
+        bail!(
+            "--replay {}: an image-to-image result; give the input image with --image",
+            png.display()
+        );
+    }
+    if keep("strength", "--strength") {
+        args.strength = p.denoising_strength;
+    }
     let batch = get("Batch size")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1);
@@ -384,6 +454,19 @@ fn apply_replay(args: &mut GenerateArgs, png: &Path) -> Result<usize> {
             png.display()
         );
     }
-    args.num_images = batch;
-    Ok(pos)
+    // The image is picked out of its batch only when the batch is drawn as it was.
+    let pos = if keep("num_images", "--num-images") {
+        args.num_images = batch;
+        Some(pos)
+    } else {
+        None
+    };
+    if !overridden.is_empty() {
+        eprintln!(
+            "replaying {} with {} as given instead of the PNG's",
+            png.display(),
+            overridden.join(", ")
+        );
+    }
+    Ok(Replay { pos, sampler })
 }

@@ -85,6 +85,19 @@ pub async fn json_errors(
     replaced
 }
 
+/// Logs one line per request at info level: method, path, status and duration.
+pub async fn log_requests(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        "{method} {path} {} {:.1} ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    response
+}
+
 /// The answer for paths no route matches.
 pub async fn not_found(request: Request<Body>) -> Response {
     ApiError::not_found(format!(

@@ -120,5 +120,6 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             middleware::json_errors,
         ))
+        .layer(axum::middleware::from_fn(middleware::log_requests))
         .with_state(state)
 }

@@ -123,7 +123,19 @@ impl Engine {
             (JobState::Cancelled, None) => job.cancel_reason().map(CancelReason::error),
             (_, e) => e,
         };
+        let reason = error.as_ref().map(|e| e.message.clone());
         if job.finish(state, outputs, error) {
+            let status = job.status();
+            tracing::info!(
+                "job {} model {} steps {}/{} images {images} {:.2} s {}{}",
+                job.id,
+                job.model,
+                status.step,
+                status.total_steps,
+                job.age().as_secs_f64(),
+                state.as_str(),
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
             self.metrics
                 .job_finished(worker::outcome(state), job.age(), images);
             self.store.finished(&job.id);

@@ -31,6 +31,16 @@ impl StableDiffusion {
         let scheduler = request.scheduler.as_ref().unwrap_or(&self.scheduler);
         let (sampler, schedule_type) = a1111_sampler_of(scheduler);
         let n = generated.images.len();
+        let mut extra = Vec::new();
+        // diffusers blurs no mask; A1111 records its mask blur for inpainting, which tells a replay a mask is
+        // needed.
+        if request
+            .init
+            .as_ref()
+            .is_some_and(|init| init.mask.is_some())
+        {
+            extra.push(("Mask blur".to_string(), "0".to_string()));
+        }
         generated
             .images
             .iter()
@@ -51,12 +61,13 @@ impl StableDiffusion {
                 clip_skip: request.clip_skip.map(|k| k as u32 + 1),
                 rng: provenance.rng,
                 extra: if n > 1 {
-                    vec![
-                        ("Batch size".into(), n.to_string()),
-                        ("Batch pos".into(), i.to_string()),
-                    ]
+                    let batch = [
+                        ("Batch size".to_string(), n.to_string()),
+                        ("Batch pos".to_string(), i.to_string()),
+                    ];
+                    extra.iter().cloned().chain(batch).collect()
                 } else {
-                    Vec::new()
+                    extra.clone()
                 },
             })
             .collect()
