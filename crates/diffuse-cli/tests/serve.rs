@@ -112,6 +112,11 @@ fn serve_refuses_bad_setups_naming_the_option() {
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{args:?}: {err}");
+        assert_eq!(
+            err.matches(expected).count(),
+            1,
+            "the cause is printed once: {err}"
+        );
     }
 }
 

@@ -143,11 +143,16 @@ fn bad_single_file_inputs_fail_clearly() {
     for (args, expected) in [
         (
             vec!["generate", "x", "--model", path(&ckpt), "-o", path(&o)],
-            vec!["model.ckpt", "never unpickles"],
+            vec![
+                "model.ckpt: a pickled PyTorch checkpoint",
+                "never loads pickles",
+                "Convert it to safetensors",
+                "weights_only=True",
+            ],
         ),
         (
             vec!["info", path(&ckpt)],
-            vec!["model.ckpt", "never unpickles"],
+            vec!["model.ckpt", "never loads pickles"],
         ),
         (
             vec![

@@ -129,16 +129,16 @@ pub enum ServerError {
     /// The configuration is inconsistent (names the option).
     #[error("{0}")]
     Config(String),
-    /// A model could not be loaded.
-    #[error("model `{name}`: {source}")]
+    /// A model could not be loaded (the cause is the error's source, printed once by `{:#}`).
+    #[error("model `{name}` could not be loaded")]
     Load {
         /// The model's name.
         name: String,
         /// What the library said.
         source: Box<diffuse::Error>,
     },
-    /// The address could not be bound or served.
-    #[error("{addr}: {source}")]
+    /// The address could not be bound or served (the cause is the error's source).
+    #[error("cannot serve on {addr}")]
     Io {
         /// The address.
         addr: String,

@@ -51,6 +51,18 @@ pub enum Error {
         /// What was expected and what was found.
         message: String,
     },
+    /// A pickled checkpoint (`.ckpt`, `.pt`, …): refused, never unpickled.
+    #[error(
+        "{path}: a pickled PyTorch checkpoint; diffuse never loads pickles, since loading one can run \
+         arbitrary code. Convert it to safetensors first, e.g. with torch and safetensors installed: python -c \
+         \"import sys, torch; from safetensors.torch import save_file; sd = torch.load(sys.argv[1], \
+         weights_only=True); save_file({{k: v.clone().contiguous() for k, v in sd.get('state_dict', sd).items()}}, \
+         sys.argv[1].rsplit('.', 1)[0] + '.safetensors')\" {path}"
+    )]
+    Pickle {
+        /// The checkpoint.
+        path: PathBuf,
+    },
     /// A generation diverged: its latents or its decoded image hold NaN or infinity.
     #[error("the generation diverged: NaN or infinity in {stage}; likely cause: {likely_cause}")]
     NonFinite {

@@ -495,13 +495,13 @@ fn bad_input_is_refused_clearly() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains(name) && err.contains("never unpickles"),
+            err.contains(name) && err.contains("never loads pickles"),
             "{err}"
         );
         let err = resolve_model(dir.join(name).to_str().unwrap(), Variant::Default)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("never unpickles"), "{err}");
+        assert!(err.contains("never loads pickles"), "{err}");
     }
     let zip = dir.join("renamed.safetensors");
     std::fs::write(&zip, b"PK\x03\x04 a torch zip archive").unwrap();

@@ -170,9 +170,20 @@ impl StableDiffusion {
     }
 
     /// Rejects a request this pipeline cannot run, before any work: [`GenerationRequest::validate`]'s checks,
-    /// and a `clip_skip` beyond the text encoders' layers.
+    /// more steps than the scheduler's training timesteps, and a `clip_skip` beyond the text encoders' layers.
     pub fn check(&self, req: &GenerationRequest) -> Result<()> {
         req.validate()?;
+        let scheduler = req.scheduler.as_ref().unwrap_or(&self.scheduler);
+        let trained = scheduler.train_timesteps()?;
+        if req.steps > trained {
+            return Err(Error::invalid(
+                "steps",
+                format!(
+                    "{}: at most the {trained} timesteps the scheduler was trained with",
+                    req.steps
+                ),
+            ));
+        }
         if let Some(clip_skip) = req.clip_skip {
             let most = self.text.max_clip_skip();
             if clip_skip > most {

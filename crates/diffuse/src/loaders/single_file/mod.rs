@@ -38,13 +38,9 @@ pub fn is_pickle_path(path: &Path) -> bool {
 
 /// The refusal for a pickled checkpoint at `path`.
 pub fn pickle_refusal(path: &Path) -> Error {
-    Error::unsupported(
-        path.display().to_string(),
-        "format",
-        "a pickled PyTorch checkpoint",
-        "a .safetensors file: diffuse never unpickles, since loading a pickle can run arbitrary code; \
-         convert the checkpoint to safetensors first",
-    )
+    Error::Pickle {
+        path: path.to_path_buf(),
+    }
 }
 
 /// An opened single-file checkpoint: its header, its memory map and the model it holds.
