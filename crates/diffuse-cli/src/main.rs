@@ -1,5 +1,6 @@
 //! `diffuse`: the command line over the diffuse library.
 
+mod bundled;
 mod commands;
 
 use clap::parser::ValueSource;

@@ -579,3 +579,47 @@ fn diverged_generations_fail_naming_the_cause() {
     assert!(!err.contains("num_inference_steps"), "{err}");
     assert!(!out.exists(), "no image is written");
 }
+
+/// A copied (or `cargo install`ed) binary run from another folder still has its default model: the bundled
+/// model is inside it and is written out to the cache once.
+#[test]
+fn a_moved_binary_keeps_the_bundled_model() {
+    let dir = scratch("moved");
+    let bin = dir.join("bin").join("diffuse");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_diffuse"), &bin).unwrap();
+    let cache = dir.join("cache");
+    for run in 0..2 {
+        let out = Command::new(&bin)
+            .args([
+                "generate",
+                "a red circle",
+                "--steps",
+                "2",
+                "--seed",
+                "1",
+                "--quiet",
+                "-o",
+                "out.png",
+            ])
+            .current_dir(&dir)
+            .env_remove("DIFFUSE_MODEL")
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {run}: {}", stderr(&out));
+        assert!(dir.join("out.png").is_file());
+    }
+    let written: Vec<_> = std::fs::read_dir(cache.join("diffuse").join("bundled"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .join("diffuse-tiny")
+                .join("model_index.json")
+        })
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(written[0].is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,21 +10,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::folder::PipelineFolder;
-use super::hub::hub_cache_dir;
+use super::hub::diffuse_cache_dir;
 use super::weights::{find_weight_files, Variant};
 use crate::{Error, Result};
 
 fn cache_file() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| {
-            hub_cache_dir()
-                .parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("diffuse").join("model-hashes.json")
+    diffuse_cache_dir().join("model-hashes.json")
 }
 
 fn file_key(path: &Path) -> Option<String> {

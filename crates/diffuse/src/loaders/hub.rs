@@ -34,6 +34,22 @@ pub fn hub_cache_dir() -> PathBuf {
         })
 }
 
+/// diffuse's own cache folder (model hashes, the bundled model written out): `XDG_CACHE_HOME/diffuse`, else
+/// `diffuse` beside the HF cache's parent (`~/.cache/diffuse`), else in the temporary folder.
+pub fn diffuse_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            hub_cache_dir()
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("diffuse")
+}
+
 /// Whether `HF_HUB_OFFLINE` asks for no network access (`1`, `true`, `yes`, `on`).
 pub fn hub_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
