@@ -2,6 +2,7 @@
 
 mod bundled;
 mod commands;
+mod progress;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};

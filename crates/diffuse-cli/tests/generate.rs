@@ -623,3 +623,101 @@ fn a_moved_binary_keeps_the_bundled_model() {
     assert!(written[0].is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What would fail after the work fails before it: a missing output folder, an image format diffuse does not
+/// write, and a request that cannot fit in memory (naming the estimate).
+#[test]
+fn outputs_and_memory_are_checked_before_any_work() {
+    let dir = scratch("checked-first");
+    let model = sd1();
+    let m = model.as_str();
+    let missing = dir.join("no-such-folder").join("o.png");
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            missing.to_str().unwrap(),
+        ],
+        &["--output", "no-such-folder", "does not exist"],
+    );
+    let latents = dir.join("no-such-folder").join("l.safetensors");
+    let o = dir.join("o.png");
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            o.to_str().unwrap(),
+            "--save-latents",
+            latents.to_str().unwrap(),
+        ],
+        &["--save-latents", "does not exist"],
+    );
+    let jpg = dir.join("o.jpg");
+    fails_with(
+        &["generate", "x", "--model", m, "-o", jpg.to_str().unwrap()],
+        &["o.jpg", "PNG", ".png"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            m,
+            "-o",
+            o.to_str().unwrap(),
+            "--width",
+            "4096",
+            "--height",
+            "4096",
+            "--num-images",
+            "1000",
+        ],
+        &["1000 image(s)", "need at least", "GiB", "available"],
+    );
+    assert!(!o.exists() && !jpg.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With stderr piped (a job runner, a log file) progress still shows: a line a second and one at the end.
+#[test]
+fn piped_progress_prints_lines() {
+    let dir = scratch("piped");
+    let o = dir.join("o.png");
+    let out = diffuse(&[
+        "generate",
+        "x",
+        "--model",
+        &sd1(),
+        "--steps",
+        "4",
+        "--scheduler",
+        "Euler",
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("step 1/4 (") && err.contains("step 4/4 ("),
+        "{err}"
+    );
+    let quiet = diffuse(&[
+        "generate",
+        "x",
+        "--model",
+        &sd1(),
+        "--steps",
+        "4",
+        "--quiet",
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    assert!(!stderr(&quiet).contains("step "), "{}", stderr(&quiet));
+    let _ = std::fs::remove_dir_all(&dir);
+}

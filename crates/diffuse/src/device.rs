@@ -50,3 +50,33 @@ pub fn dtype_from_name(name: &str) -> Result<DType> {
         )),
     }
 }
+
+/// The host's memory in bytes, as `/proc/meminfo` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostMemory {
+    /// All of it.
+    pub total: u64,
+    /// What can be allocated without swapping (`MemAvailable`).
+    pub available: u64,
+}
+
+/// The host's memory, where the system reports it (Linux); `None` elsewhere.
+pub fn host_memory() -> Option<HostMemory> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+    };
+    Some(HostMemory {
+        total: field("MemTotal:")?,
+        available: field("MemAvailable:")?,
+    })
+}

@@ -1,6 +1,5 @@
 //! `diffuse generate`: text-to-image, image-to-image and inpainting from the command line.
 
-use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -14,9 +13,9 @@ use diffuse::pipelines::images::read_png_parameters;
 use diffuse::pipelines::{GenerationRequest, InitImage, Provenance, RgbImage, StableDiffusion};
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::default_model;
+use crate::progress::StepProgress;
 
 /// Which random number stream draws the noise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,6 +138,7 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         None => None,
     };
     let replay_pos = replay.as_ref().and_then(|r| r.pos);
+    check_outputs(&args)?;
     let prompt = args
         .prompt
         .clone()
@@ -227,18 +227,18 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         latents,
     };
     pipe.check(&request)?;
+    check_memory(&pipe, &request)?;
 
     let mut noise: Box<dyn NoiseSource> = match args.rng {
         RngKind::Torch => Box::new(TorchCpuRng::new(seed)),
         RngKind::Philox => Box::new(PhiloxRng::new(seed)),
     };
-    let bar = progress_bar(args.quiet);
+    let mut progress = StepProgress::new(args.quiet);
     let generated = pipe.generate(&request, noise.as_mut(), &mut |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.step as u64);
+        progress.step(p.step, p.total);
         ControlFlow::Continue(())
     })?;
-    bar.finish_and_clear();
+    progress.finish();
 
     if let Some(path) = &args.save_latents {
         let tensors =
@@ -271,6 +271,65 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
             .save_png(&path, Some(params))
             .with_context(|| format!("cannot write the image to {}", path.display()))?;
         println!("wrote {} (seed {seed})", path.display());
+    }
+    Ok(())
+}
+
+/// Checks before any work that the outputs can be written: their folders exist, and the image is a PNG (the
+/// format that carries the generation parameters here).
+fn check_outputs(args: &GenerateArgs) -> Result<()> {
+    let folder_of = |path: &Path| {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    let outputs = [
+        Some(("--output", &args.output)),
+        args.save_latents.as_ref().map(|p| ("--save-latents", p)),
+    ];
+    for (flag, path) in outputs.into_iter().flatten() {
+        let folder = folder_of(path);
+        if !folder.is_dir() {
+            bail!(
+                "{flag} {}: the folder {} does not exist",
+                path.display(),
+                folder.display()
+            );
+        }
+    }
+    let extension = args
+        .output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if let Some(extension) = extension.filter(|e| e != "png") {
+        bail!(
+            "--output {}: diffuse writes PNG images (with their generation parameters), not .{extension}; \
+             give a .png name",
+            args.output.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a request that cannot fit in the host's memory, before any work, naming the estimate.
+fn check_memory(pipe: &StableDiffusion, request: &GenerationRequest) -> Result<()> {
+    let (Some(memory), true) = (
+        diffuse::device::host_memory(),
+        matches!(pipe.device(), candle_core::Device::Cpu),
+    ) else {
+        return Ok(());
+    };
+    let needed = pipe.activation_memory_lower_bound(request)?;
+    if needed > memory.available {
+        let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+        bail!(
+            "{} image(s) of this size need at least {:.1} GiB for activations, and {:.1} GiB of memory is \
+             available; ask for fewer images or a smaller size, or decode in tiles with --vae-tiling",
+            request.num_images,
+            gib(needed),
+            gib(memory.available)
+        );
     }
     Ok(())
 }
@@ -319,20 +378,6 @@ fn read_latents(path: &Path, device: &candle_core::Device) -> Result<candle_core
         .get("latents")
         .cloned()
         .with_context(|| format!("--latents {}: no tensor named `latents`", path.display()))
-}
-
-fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// What `--replay` took from the PNG beyond the arguments it set.

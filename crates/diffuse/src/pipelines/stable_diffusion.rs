@@ -157,6 +157,39 @@ impl StableDiffusion {
         &self.device
     }
 
+    /// A lower bound of the memory `req` needs beyond the weights, in bytes: a convolution holds its input and
+    /// its output at once, so the UNet's first level (both guidance rows of every image) and, unless decoding
+    /// is tiled, the VAE decoder's last level (every image at full size) each need two such activations.
+    /// Real peaks are higher; a request beyond this bound cannot run.
+    pub fn activation_memory_lower_bound(&self, req: &GenerationRequest) -> Result<u64> {
+        let mode = Mode::of(
+            req,
+            self.unet.config().in_channels,
+            self.vae.config().latent_channels,
+        )?;
+        let (width, height) = self.output_size(req, &mode)?;
+        let f = self.vae_scale_factor();
+        let (pixels, latent_pixels) =
+            ((width * height) as u64, ((width / f) * (height / f)) as u64);
+        let images = req.num_images as u64;
+        let rows = images * if req.guidance_scale > 1.0 { 2 } else { 1 };
+        let first = |channels: &[usize]| channels.first().copied().unwrap_or(0) as u64;
+        let unet = 2
+            * rows
+            * first(&self.unet.config().block_out_channels)
+            * latent_pixels
+            * self.dtype.size_in_bytes() as u64;
+        let vae = if self.vae.is_tiled() {
+            0
+        } else {
+            2 * images
+                * first(&self.vae.config().block_out_channels)
+                * pixels
+                * self.vae.dtype().size_in_bytes() as u64
+        };
+        Ok(unet.max(vae))
+    }
+
     /// Image pixels per latent pixel, per side.
     pub fn vae_scale_factor(&self) -> usize {
         self.vae.config().scale_factor()

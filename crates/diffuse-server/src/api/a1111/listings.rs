@@ -33,11 +33,11 @@ pub async fn ping() -> Json<Value> {
 /// `GET /sdapi/v1/memory`: the machine's RAM in bytes (from `/proc/meminfo` where there is one); `cuda` says
 /// what A1111 says without a GPU.
 pub async fn memory() -> Json<Value> {
-    let ram = match ram_bytes() {
-        Some((total, available)) => json!({
-            "free": available,
-            "used": total.saturating_sub(available),
-            "total": total,
+    let ram = match diffuse::device::host_memory() {
+        Some(memory) => json!({
+            "free": memory.available,
+            "used": memory.total.saturating_sub(memory.available),
+            "total": memory.total,
         }),
         None => json!({"error": "unavailable"}),
     };
@@ -52,22 +52,4 @@ pub async fn cmd_flags(State(state): State<SharedState>) -> Json<Value> {
         "api_auth": state.api_key.is_some(),
         "ckpt": state.registry.all().first().map(|m| m.name.clone()),
     }))
-}
-
-/// (total, available) RAM in bytes.
-fn ram_bytes() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kib| kib * 1024)
-    };
-    Some((field("MemTotal:")?, field("MemAvailable:")?))
 }

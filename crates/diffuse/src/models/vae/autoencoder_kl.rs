@@ -204,6 +204,11 @@ impl AutoencoderKL {
         self.tiling = Some(VaeTiling::for_config(&self.config));
     }
 
+    /// Whether decoding goes tile by tile.
+    pub fn is_tiled(&self) -> bool {
+        self.tiling.is_some()
+    }
+
     /// Sets the tile geometry, or turns tiling off with `None`.
     pub fn set_tiling(&mut self, tiling: Option<VaeTiling>) {
         self.tiling = tiling;
