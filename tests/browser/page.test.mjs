@@ -80,6 +80,14 @@ test("type a prompt, generate, see the image", { timeout: 120_000 }, async () =>
   assert.match(parameters, /^a lighthouse at dusk\nSteps: 4, .*Seed: 42, Size: 64x64/);
   assert.match(await page.textContent("#status"), /^Done in/);
   assert.equal(await page.isVisible("#preview"), true, "the live preview was shown");
+  const shown = await page.evaluate(() => [document.querySelector("#preview").src,
+    document.querySelector("#gallery .card img.result").src]);
+  assert.equal(shown[0], shown[1], "the live area ends on the final image, not the last latent preview");
+  const icon = await page.evaluate(async () => {
+    const link = document.querySelector("link[rel=icon]");
+    return [link.getAttribute("href"), (await fetch(link.href)).status];
+  });
+  assert.deepEqual(icon, ["/favicon.svg", 200]);
   assert.equal(await page.getAttribute("#progress", "value"), "1");
   await shot("generated");
 });
@@ -111,7 +119,7 @@ test("paint a mask on a result and inpaint", { timeout: 120_000 }, async () => {
   });
   assert.ok(painted > 50, `the brush painted ${painted} pixels`);
   await page.fill("#prompt", "a red door");
-  await page.fill("#strength", "1");
+  assert.equal(await page.inputValue("#strength"), "", "the API's default strength unless one is typed");
   await shot("masked");
   await page.click("#generate");
   await page.waitForFunction(() => document.querySelectorAll("#gallery .card").length === 2, null,

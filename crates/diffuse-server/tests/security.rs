@@ -62,7 +62,7 @@ async fn the_api_key_guards_every_api_route_but_not_the_page_or_health() {
             .unwrap();
         assert_eq!(response.status(), 200, "{auth}");
     }
-    for path in ["/", "/app.js", "/style.css", "/health"] {
+    for path in ["/", "/app.js", "/style.css", "/favicon.svg", "/health"] {
         let response = t.client.get(t.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }

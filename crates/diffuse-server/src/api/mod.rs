@@ -112,6 +112,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/style.css", get(web::style))
+        .route("/favicon.svg", get(web::favicon))
         .route("/health", get(ops::health))
         .merge(api)
         .fallback(middleware::not_found)

@@ -19,6 +19,14 @@ pub async fn script() -> impl IntoResponse {
     )
 }
 
+/// `GET /favicon.svg`, the page's icon.
+pub async fn favicon() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        include_str!("../web/favicon.svg"),
+    )
+}
+
 /// `GET /style.css`.
 pub async fn style() -> impl IntoResponse {
     (

@@ -107,7 +107,8 @@ async function generate(event) {
   const body = Object.assign({}, settings);
   if (input) {
     body.image = input.dataUrl;
-    body.strength = parseFloat($("strength").value);
+    // Empty: the API's default (0.8 for image-to-image, 1 for inpainting), as every client gets it.
+    if ($("strength").value !== "") body.strength = parseFloat($("strength").value);
     if (maskPainted) body.mask = maskDataUrl();
   }
   $("generate").disabled = true;
@@ -182,6 +183,7 @@ async function follow(id) {
 
 async function finish(status, settings) {
   if (status.state !== "succeeded") {
+    $("preview").hidden = true;
     const why = status.error ? status.error.message : status.state;
     setStatus(status.state === "cancelled" ? "Cancelled." : "Failed: " + why, status.state !== "cancelled");
     return;
@@ -189,10 +191,13 @@ async function finish(status, settings) {
   const seconds = status.finished_at - status.created_at;
   setStatus("Done in " + seconds.toFixed(1) + " s.");
   $("progress").value = 1;
-  for (const image of status.images) {
+  for (const [i, image] of status.images.entries()) {
     const blob = await (await api(image.url)).blob();
+    const url = URL.createObjectURL(blob);
+    // The live area ends on the final image, not on the last latent preview (whose colours are approximate).
+    if (i === 0) $("preview").src = url;
     // The whole batch comes from one seed (diffusers' batching): reusing n and the seed reproduces this image.
-    addCard(URL.createObjectURL(blob), image, Object.assign({}, settings, { seed: image.seed }));
+    addCard(url, image, Object.assign({}, settings, { seed: image.seed }));
   }
 }
 
