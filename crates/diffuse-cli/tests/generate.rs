@@ -450,7 +450,7 @@ fn bad_inputs_fail_clearly() {
             "--scheduler",
             "Eulr",
         ],
-        &["unknown scheduler", "Euler a", "DPM++ 2M Karras"],
+        &["unknown scheduler", "Euler a", "DPM++ 2M", "Karras"],
     );
     fails_with(
         &[

@@ -180,7 +180,7 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
     let own_replayed = replay
         .as_ref()
         .and_then(|r| r.sampler.as_deref())
-        .is_some_and(|name| name == sampler_label(&pipe.scheduler));
+        .is_some_and(|name| name == sampler_label(&pipe.scheduler, &pipe.scheduler));
     let scheduler = args
         .scheduler
         .as_deref()
@@ -389,8 +389,11 @@ struct Replay {
 }
 
 /// A sampler as the PNG parameters and `--scheduler` spell it: "DPM++ 2M Karras".
-fn sampler_label(config: &diffuse::schedulers::SchedulerConfig) -> String {
-    match a1111_sampler_of(config) {
+fn sampler_label(
+    config: &diffuse::schedulers::SchedulerConfig,
+    model: &diffuse::schedulers::SchedulerConfig,
+) -> String {
+    match a1111_sampler_of(config, model) {
         (name, Some(schedule)) => format!("{name} {schedule}"),
         (name, None) => name,
     }

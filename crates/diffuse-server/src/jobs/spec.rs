@@ -81,12 +81,8 @@ impl JobSpec {
 
     /// The sampler and schedule type as A1111 names them.
     pub fn sampler(&self) -> (String, Option<&'static str>) {
-        a1111_sampler_of(
-            self.request
-                .scheduler
-                .as_ref()
-                .unwrap_or(&self.model.pipeline.scheduler),
-        )
+        let model = &self.model.pipeline.scheduler;
+        a1111_sampler_of(self.request.scheduler.as_ref().unwrap_or(model), model)
     }
 
     /// The PNG parameters of each image `generated` holds, drawn with `seed` (see

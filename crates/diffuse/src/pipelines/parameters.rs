@@ -29,7 +29,7 @@ impl StableDiffusion {
         provenance: &Provenance,
     ) -> Vec<GenerationParameters> {
         let scheduler = request.scheduler.as_ref().unwrap_or(&self.scheduler);
-        let (sampler, schedule_type) = a1111_sampler_of(scheduler);
+        let (sampler, schedule_type) = a1111_sampler_of(scheduler, &self.scheduler);
         let n = generated.images.len();
         let mut extra = Vec::new();
         // diffusers blurs no mask; A1111 records its mask blur for inpainting, which tells a replay a mask is

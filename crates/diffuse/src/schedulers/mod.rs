@@ -7,7 +7,8 @@
 //! Classes: DDIM, DDPM, PNDM (PLMS with `skip_prk_steps`), LMS, Euler, Euler Ancestral, Heun, KDPM2,
 //! KDPM2 Ancestral, DPM-Solver multistep and singlestep (`dpmsolver++`, `sde-dpmsolver++`), UniPC, DEIS and
 //! LCM, with Karras, exponential and beta sigmas where diffusers offers them. [`scheduler_config_for`] maps
-//! A1111 sampler names ("Euler a", "DPM++ 2M Karras", ...) and class names onto a model's configuration.
+//! A1111 and ComfyUI sampler names with a schedule type ("Euler a", "DPM++ 2M Karras", "dpmpp_2m_sde
+//! exponential", ...) and class names onto a model's configuration.
 //!
 //! Scalars are computed in float32 where diffusers computes them on float32 tensors, and in float64 where
 //! it uses numpy, so trajectories match diffusers to 1e-5 (see `tests/schedulers.rs`).
@@ -34,6 +35,7 @@ pub(crate) mod names;
 mod noise_schedule;
 mod ops;
 mod pndm;
+mod sampler_names;
 mod schedule;
 mod step_index;
 mod unipc;
@@ -41,8 +43,10 @@ mod unipc;
 use candle_core::Tensor;
 
 pub use config::{PredictionType, SchedulerConfig, TimestepRequest, TimestepSpacing};
-pub use names::{a1111_sampler_of, known_scheduler_names, scheduler_config_for};
 pub use noise_schedule::NoiseSchedule;
+pub use sampler_names::{
+    a1111_sampler_of, a1111_samplers, known_scheduler_names, schedule_types, scheduler_config_for,
+};
 
 use crate::rng::NoiseSource;
 use crate::Result;

@@ -34,7 +34,7 @@ pub struct A1111Body {
     pub sampler_name: Option<String>,
     /// The old name of `sampler_name`.
     pub sampler_index: Option<String>,
-    /// The schedule type: "Automatic" or "Karras".
+    /// The schedule type: "Automatic", "Karras", "Exponential", "SGM Uniform", ... (A1111's labels or names).
     pub scheduler: Option<String>,
     /// Images per batch.
     pub batch_size: Option<usize>,
@@ -140,31 +140,30 @@ impl A1111Body {
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("automatic"));
-        match (name, schedule) {
-            (scheduler, None) => Ok(SamplerChoice { scheduler }),
-            (Some(name), Some(s)) if s.eq_ignore_ascii_case("karras") => {
-                let karras = if name.to_ascii_lowercase().ends_with(" karras") {
-                    name.clone()
-                } else {
-                    format!("{name} Karras")
-                };
-                let known = diffuse::schedulers::known_scheduler_names()
-                    .iter()
-                    .any(|k| k.eq_ignore_ascii_case(&karras));
-                if !known {
-                    return Err(ApiError::bad_field(
-                        "scheduler",
-                        format!("\"Karras\" is not available with sampler {name:?}"),
-                    ));
+        // The library reads a schedule type after the sampler name, as A1111 splits "DPM++ 2M Karras"; one
+        // it cannot honor is refused when the job is drafted, naming sampler_name.
+        let scheduler = match (name, schedule) {
+            (name, None) => name,
+            (Some(name), Some(schedule)) => {
+                // A schedule type the sampler cannot take is the `scheduler` field's fault.
+                let base = diffuse::schedulers::SchedulerConfig::default();
+                let combined = format!("{name} {schedule}");
+                let sampler_ok = diffuse::schedulers::scheduler_config_for(&name, &base).is_ok();
+                if let (true, Err(e)) = (
+                    sampler_ok,
+                    diffuse::schedulers::scheduler_config_for(&combined, &base),
+                ) {
+                    return Err(ApiError::bad_field("scheduler", e.to_string()));
                 }
-                Ok(SamplerChoice {
-                    scheduler: Some(karras),
-                })
+                Some(combined)
             }
-            (_, Some(other)) => Err(ApiError::bad_field(
-                "scheduler",
-                format!("{other:?}: supported schedule types are \"Automatic\" and \"Karras\""),
-            )),
-        }
+            (None, Some(schedule)) => {
+                return Err(ApiError::bad_field(
+                    "scheduler",
+                    format!("{schedule:?} needs a sampler_name to apply to"),
+                ))
+            }
+        };
+        Ok(SamplerChoice { scheduler })
     }
 }

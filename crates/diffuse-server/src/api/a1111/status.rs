@@ -15,22 +15,26 @@ use crate::api::SharedState;
 use crate::error::ApiError;
 use crate::jobs::job::{EarlyEnd, JobState};
 
-/// `GET /sdapi/v1/samplers`: the A1111 sampler names this server runs.
+/// `GET /sdapi/v1/samplers`: the A1111 sampler names this server runs, with their aliases.
 pub async fn samplers() -> Json<Value> {
-    let names: Vec<Value> = diffuse::schedulers::known_scheduler_names()
+    let names: Vec<Value> = diffuse::schedulers::a1111_samplers()
         .into_iter()
-        .filter(|name| !name.ends_with("Scheduler"))
-        .map(|name| json!({"name": name, "aliases": [], "options": {}}))
+        .map(|(name, aliases)| json!({"name": name, "aliases": aliases, "options": {}}))
         .collect();
     Json(Value::Array(names))
 }
 
-/// `GET /sdapi/v1/schedulers`: the schedule types accepted as `scheduler`.
+/// `GET /sdapi/v1/schedulers`: the schedule types accepted as `scheduler`, by A1111's name and label.
 pub async fn schedulers() -> Json<Value> {
-    Json(json!([
-        {"name": "automatic", "label": "Automatic", "aliases": null, "default_rho": -1.0, "need_inner_model": false},
-        {"name": "karras", "label": "Karras", "aliases": null, "default_rho": 7.0, "need_inner_model": false},
-    ]))
+    let types: Vec<Value> = diffuse::schedulers::schedule_types()
+        .into_iter()
+        .map(|(label, names)| {
+            let name = names.first().copied().unwrap_or(label);
+            json!({"name": name, "label": label, "aliases": names.get(1..).unwrap_or(&[]), "default_rho": -1.0,
+                   "need_inner_model": false})
+        })
+        .collect();
+    Json(Value::Array(types))
 }
 
 /// `GET /sdapi/v1/sd-models`: the served models, titled "name [hash]" as A1111 titles them (paths are never
