@@ -40,6 +40,28 @@ pub(crate) fn build(
         PredictionType::Sample,
         PredictionType::VPrediction,
     ])?;
+    let timesteps = distilled_timesteps(config, request, "LCMScheduler", n_train)?;
+    Ok(Box::new(Lcm {
+        alphas_cumprod,
+        final_alpha_cumprod,
+        num_inference_steps: timesteps.len(),
+        timesteps,
+        prediction,
+        clip: config.clip_range(),
+        threshold: config.threshold_options(),
+        timestep_scaling: config.timestep_scaling.unwrap_or(10.0) as f32,
+        index: StepIndex::default(),
+    }))
+}
+
+/// LCM's and TCD's timesteps: `num_inference_steps` picked evenly from the `original_inference_steps`-step
+/// distillation schedule, or custom descending timesteps (truncated to whole numbers).
+pub(super) fn distilled_timesteps(
+    config: &SchedulerConfig,
+    request: &TimestepRequest,
+    class: &str,
+    n_train: usize,
+) -> Result<Vec<f64>> {
     let original_steps = config.original_inference_steps.unwrap_or(50);
     if original_steps == 0 || original_steps > n_train {
         return Err(config.unsupported(
@@ -50,7 +72,7 @@ pub(crate) fn build(
     }
     let k = n_train / original_steps;
     let origin: Vec<f64> = (1..=original_steps).map(|i| (i * k) as f64 - 1.0).collect();
-    let timesteps: Vec<f64> = match request {
+    Ok(match request {
         TimestepRequest::Timesteps(custom) => {
             if custom.windows(2).any(|w| w[1] >= w[0]) {
                 return Err(Error::invalid(
@@ -67,11 +89,11 @@ pub(crate) fn build(
             custom.iter().map(|t| t.trunc()).collect()
         }
         _ => {
-            let n = config.steps_only("LCMScheduler", request)?;
+            let n = config.steps_only(class, request)?;
             schedule::check_steps(n, n_train)?;
             if n > original_steps {
                 return Err(Error::invalid(
-                    "num_inference_steps",
+                    "steps",
                     format!("{n} cannot exceed original_inference_steps ({original_steps})"),
                 ));
             }
@@ -81,18 +103,7 @@ pub(crate) fn build(
                 .map(|i| descending[(i as f64 * step).floor() as usize])
                 .collect()
         }
-    };
-    Ok(Box::new(Lcm {
-        alphas_cumprod,
-        final_alpha_cumprod,
-        num_inference_steps: timesteps.len(),
-        timesteps,
-        prediction,
-        clip: config.clip_range(),
-        threshold: config.threshold_options(),
-        timestep_scaling: config.timestep_scaling.unwrap_or(10.0) as f32,
-        index: StepIndex::default(),
-    }))
+    })
 }
 
 impl Scheduler for Lcm {

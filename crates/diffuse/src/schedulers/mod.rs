@@ -5,8 +5,8 @@
 //! (step index, multistep history) never lives in the loaded model.
 //!
 //! Classes: DDIM, DDPM, PNDM (PLMS with `skip_prk_steps`), LMS, Euler, Euler Ancestral, Heun, KDPM2,
-//! KDPM2 Ancestral, DPM-Solver multistep and singlestep (`dpmsolver++`, `sde-dpmsolver++`), UniPC, DEIS and
-//! LCM, with Karras, exponential and beta sigmas where diffusers offers them. [`scheduler_config_for`] maps
+//! KDPM2 Ancestral, DPM-Solver multistep and singlestep (`dpmsolver++`, `sde-dpmsolver++`), UniPC, DEIS, LCM
+//! and TCD, with Karras, exponential and beta sigmas where diffusers offers them. [`scheduler_config_for`] maps
 //! A1111 and ComfyUI sampler names with a schedule type ("Euler a", "DPM++ 2M Karras", "dpmpp_2m_sde
 //! exponential", ...) and class names onto a model's configuration.
 //!
@@ -38,6 +38,7 @@ mod pndm;
 mod sampler_names;
 mod schedule;
 mod step_index;
+mod tcd;
 mod unipc;
 
 use candle_core::Tensor;

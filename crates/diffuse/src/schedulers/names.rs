@@ -4,7 +4,7 @@
 use super::config::{SchedulerConfig, TimestepRequest};
 use super::{
     ddim, ddpm, deis, dpm_multistep, dpm_singlestep, euler, euler_ancestral, heun, kdpm2,
-    kdpm2_ancestral, lcm, lms, pndm, unipc, Scheduler,
+    kdpm2_ancestral, lcm, lms, pndm, tcd, unipc, Scheduler,
 };
 use crate::Result;
 
@@ -83,7 +83,15 @@ const CLASSES: &[Class] = &[
     },
     class("UniPCMultistepScheduler", unipc::build, None, true),
     class("DEISMultistepScheduler", deis::build, None, true),
-    class("LCMScheduler", lcm::build, Some(false), false),
+    // LCM's and TCD's timesteps come from their distillation schedule: they take no timestep spacing.
+    Class {
+        spacing: false,
+        ..class("LCMScheduler", lcm::build, Some(false), false)
+    },
+    Class {
+        spacing: false,
+        ..class("TCDScheduler", tcd::build, Some(false), false)
+    },
 ];
 
 /// The builder of a diffusers class, if diffuse has it.

@@ -58,7 +58,7 @@ pub(crate) fn build(
     } else {
         if base.len() < 4 {
             return Err(Error::invalid(
-                "num_inference_steps",
+                "steps",
                 format!(
                     "{n}: PNDM's Runge-Kutta warm-up needs at least 4 steps (or skip_prk_steps)"
                 ),

@@ -143,6 +143,8 @@ const SAMPLERS: &[Sampler] = &[
     sampler("UniPC bh1", &["uni_pc"], UNIPC, Fixes::UniPc("bh1")),
     sampler("DEIS", &["deis"], "DEISMultistepScheduler", Fixes::Nothing),
     sampler("LCM", &["k_lcm", "lcm"], "LCMScheduler", Fixes::Nothing),
+    // Trajectory consistency distillation (TCD-LoRA); `eta` is its gamma.
+    sampler("TCD", &["tcd"], "TCDScheduler", Fixes::Nothing),
 ];
 
 /// Sampler names people type that diffusers has no scheduler for, and what to use instead.
@@ -155,10 +157,6 @@ const NO_REFERENCE: &[(&[&str], &str)] = &[
     (&["DPM adaptive", "k_dpm_ad", "dpm_adaptive"], "diffusers has no DPM adaptive"),
     (&["Restart", "restart"], "diffusers has no Restart sampler"),
     (&["DDIM CFG++", "ddim_cfgpp"], "diffusers has no CFG++ sampler"),
-    (
-        &["TCD", "TCDScheduler"],
-        "diffuse does not implement diffusers' TCDScheduler yet; LCM is the closest",
-    ),
 ];
 
 /// What a schedule type changes.

@@ -329,7 +329,7 @@ pub fn spaced_timesteps(
 pub fn check_steps(n: usize, n_train: usize) -> Result<()> {
     if n == 0 || n > n_train {
         return Err(crate::Error::invalid(
-            "num_inference_steps",
+            "steps",
             format!("{n}: must be between 1 and num_train_timesteps ({n_train})"),
         ));
     }
