@@ -658,10 +658,10 @@ fn outputs_and_memory_are_checked_before_any_work() {
         ],
         &["--save-latents", "does not exist"],
     );
-    let jpg = dir.join("o.jpg");
+    let bmp = dir.join("o.bmp");
     fails_with(
-        &["generate", "x", "--model", m, "-o", jpg.to_str().unwrap()],
-        &["o.jpg", "PNG", ".png"],
+        &["generate", "x", "--model", m, "-o", bmp.to_str().unwrap()],
+        &["--output", "o.bmp", ".bmp images are not written", ".webp"],
     );
     fails_with(
         &[
@@ -680,7 +680,7 @@ fn outputs_and_memory_are_checked_before_any_work() {
         ],
         &["1000 image(s)", "need at least", "GiB", "available"],
     );
-    assert!(!o.exists() && !jpg.exists());
+    assert!(!o.exists() && !bmp.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -719,5 +719,44 @@ fn piped_progress_prints_lines() {
         o.to_str().unwrap(),
     ]);
     assert!(!stderr(&quiet).contains("step "), "{}", stderr(&quiet));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// JPEG and WebP outputs carry the parameters (EXIF, as A1111 writes them): `info` prints them and `--replay`
+/// reproduces the image.
+#[test]
+fn jpeg_and_webp_outputs_carry_their_parameters() {
+    let dir = scratch("jpeg-webp");
+    let model = sd1();
+    for extension in ["jpg", "webp"] {
+        let out = dir.join(format!("tower.{extension}"));
+        let o = out.to_str().unwrap();
+        let run = diffuse(&[
+            "generate", "a tower", "--model", &model, "--steps", "2", "--seed", "3", "-o", o,
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let info = diffuse(&["info", o]);
+        let text = String::from_utf8_lossy(&info.stdout);
+        assert!(
+            text.starts_with("a tower\nSteps: 2, ") && text.contains("Seed: 3"),
+            "{text}"
+        );
+        let again = dir.join(format!("again.{extension}"));
+        let run = diffuse(&[
+            "generate",
+            "--replay",
+            o,
+            "--model",
+            &model,
+            "-o",
+            again.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&again).unwrap(),
+            "{extension}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -89,7 +89,7 @@ fn a_single_file_generates_what_diffusers_generates() {
     assert!(max < 1e-4, "latents differ from diffusers by {max}");
 
     // AUTOMATIC1111's metadata: the checkpoint's name and the sha256 of the whole file.
-    let text = diffuse::pipelines::images::read_png_parameters(&dir.join("x-1.png"))
+    let text = diffuse::pipelines::images::read_image_parameters(&dir.join("x-1.png"))
         .unwrap()
         .unwrap();
     let hash = diffuse::loaders::hash::sha256_files(std::slice::from_ref(&file)).unwrap();

@@ -264,3 +264,62 @@ fn odd_input_never_panics() {
         }
     }
 }
+
+fn metadata_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/metadata")
+        .join(name)
+}
+
+/// JPEG and WebP images as A1111 saves them (Pillow with piexif's EXIF, tests/fixtures/metadata) hold their
+/// parameters in the EXIF UserComment; diffuse reads them.
+#[test]
+fn reads_a1111_jpeg_and_webp() {
+    let expected = std::fs::read_to_string(metadata_fixture("a1111.txt")).unwrap();
+    for name in ["a1111.jpg", "a1111.webp"] {
+        let text = diffuse::pipelines::images::read_image_parameters(&metadata_fixture(name))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: no parameters"));
+        assert_eq!(text, expected, "{name}");
+        let params = GenerationParameters::parse(&text).unwrap();
+        assert_eq!(
+            (params.seed, params.width, params.height),
+            (1234567, 64, 48)
+        );
+    }
+}
+
+/// diffuse's JPEG and WebP carry the parameters as A1111 writes them, and decode to the image (WebP exactly:
+/// it is lossless).
+#[test]
+fn writes_jpeg_and_webp_with_parameters() {
+    use diffuse::pipelines::{ImageFormat, RgbImage};
+    let image = RgbImage {
+        width: 20,
+        height: 12,
+        pixels: (0..20 * 12 * 3).map(|i| (i * 7 % 256) as u8).collect(),
+    };
+    let params = GenerationParameters {
+        prompt: "un phare — «ü»".into(),
+        ..typical()
+    };
+    for format in [ImageFormat::Jpeg, ImageFormat::Webp, ImageFormat::Png] {
+        let bytes = image.encode(format, Some(&params)).unwrap();
+        let text = diffuse::pipelines::images::image_parameters(&bytes).unwrap();
+        assert_eq!(text, Some(params.to_parameters_string()), "{format:?}");
+        let decoded = RgbImage::decode(&bytes, "image").unwrap();
+        assert_eq!((decoded.width, decoded.height), (20, 12), "{format:?}");
+        if format != ImageFormat::Jpeg {
+            assert_eq!(decoded, image, "{format:?} is lossless");
+        }
+        let plain = image.encode(format, None).unwrap();
+        assert_eq!(
+            diffuse::pipelines::images::image_parameters(&plain).unwrap(),
+            None
+        );
+    }
+    let e = ImageFormat::of_path(std::path::Path::new("x.bmp"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(".bmp") && e.contains(".webp"), "{e}");
+}

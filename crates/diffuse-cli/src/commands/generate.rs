@@ -9,8 +9,10 @@ use diffuse::loaders::hash::model_hash;
 use diffuse::loaders::hub::{resolve_config, resolve_model};
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::metadata::{GenerationParameters, RngSource};
-use diffuse::pipelines::images::read_png_parameters;
-use diffuse::pipelines::{GenerationRequest, InitImage, Provenance, RgbImage, StableDiffusion};
+use diffuse::pipelines::images::read_image_parameters;
+use diffuse::pipelines::{
+    GenerationRequest, ImageFormat, InitImage, Provenance, RgbImage, StableDiffusion,
+};
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
 
@@ -90,7 +92,8 @@ pub struct GenerateArgs {
     /// Inpainting mask: white is repainted, black is kept; the size of --image.
     #[arg(long, requires = "image")]
     mask: Option<PathBuf>,
-    /// Output PNG; with several images, STEM-1.png … STEM-N.png.
+    /// Output image: .png, .jpg or .webp by extension, with the generation parameters where A1111 puts them;
+    /// with several images, STEM-1.png … STEM-N.png.
     #[arg(long, short, default_value = "output.png")]
     output: PathBuf,
     /// Also write the final latents (before VAE decoding) as safetensors with one tensor `latents`.
@@ -118,8 +121,8 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
-    /// Regenerate the image whose PNG `parameters` this file holds (prompt, sampler, steps, CFG, seed, size);
-    /// settings given with it (a prompt, --seed, --steps, …) replace the PNG's.
+    /// Regenerate the image whose generation parameters this PNG, JPEG or WebP holds (prompt, sampler, steps,
+    /// CFG, seed, size); settings given with it (a prompt, --seed, --steps, …) replace the image's.
     #[arg(long)]
     replay: Option<PathBuf>,
 }
@@ -268,15 +271,15 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
             args.output.clone()
         };
         image
-            .save_png(&path, Some(params))
+            .save(&path, Some(params))
             .with_context(|| format!("cannot write the image to {}", path.display()))?;
         println!("wrote {} (seed {seed})", path.display());
     }
     Ok(())
 }
 
-/// Checks before any work that the outputs can be written: their folders exist, and the image is a PNG (the
-/// format that carries the generation parameters here).
+/// Checks before any work that the outputs can be written: their folders exist, and the image format (by
+/// extension) is one that carries the generation parameters: PNG, JPEG or WebP.
 fn check_outputs(args: &GenerateArgs) -> Result<()> {
     let folder_of = |path: &Path| {
         path.parent()
@@ -298,18 +301,17 @@ fn check_outputs(args: &GenerateArgs) -> Result<()> {
             );
         }
     }
-    let extension = args
-        .output
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    if let Some(extension) = extension.filter(|e| e != "png") {
-        bail!(
-            "--output {}: diffuse writes PNG images (with their generation parameters), not .{extension}; \
-             give a .png name",
-            args.output.display()
-        );
-    }
+    ImageFormat::of_path(&args.output)
+        .map_err(|e| anyhow::anyhow!("--output {}", strip_name(e)))?;
     Ok(())
+}
+
+/// A library argument error's message without its field name (the CLI names its flag instead).
+fn strip_name(e: diffuse::Error) -> String {
+    match e {
+        diffuse::Error::InvalidArgument { message, .. } => message,
+        other => other.to_string(),
+    }
 }
 
 /// Refuses a request that cannot fit in the host's memory, before any work, naming the estimate.
@@ -402,11 +404,11 @@ fn sampler_label(
 /// Fills the generation settings from a PNG's `parameters` text. Settings in `given` (chosen on the command
 /// line) win over the PNG's, as A1111's "send to txt2img" lets a user change fields; each is announced.
 fn apply_replay(args: &mut GenerateArgs, png: &Path, given: &[String]) -> Result<Replay> {
-    let text = read_png_parameters(png)
+    let text = read_image_parameters(png)
         .with_context(|| format!("--replay {}", png.display()))?
         .with_context(|| {
             format!(
-                "--replay {}: the PNG has no `parameters` text",
+                "--replay {}: the image holds no generation parameters",
                 png.display()
             )
         })?;

@@ -9,24 +9,27 @@ use clap::Args;
 use diffuse::loaders::hub::resolve_config;
 use diffuse::loaders::summary::PipelineSummary;
 use diffuse::loaders::PipelineFolder;
-use diffuse::pipelines::images::read_png_parameters;
+use diffuse::pipelines::images::read_image_parameters;
 
 /// Arguments of `diffuse info`.
 #[derive(Args)]
 pub struct InfoArgs {
-    /// A diffusers pipeline folder, a single-file checkpoint (.safetensors), or a PNG written by diffuse or
-    /// AUTOMATIC1111.
+    /// A diffusers pipeline folder, a single-file checkpoint (.safetensors), or a PNG, JPEG or WebP image
+    /// written by diffuse or AUTOMATIC1111.
     path: PathBuf,
     /// For a single-file checkpoint: the diffusers folder or Hub id whose configs describe it (default: built in).
     #[arg(long)]
     config: Option<String>,
 }
 
-/// Prints the folder's or checkpoint's summary, or the PNG's `parameters` text.
+/// Prints the folder's or checkpoint's summary, or the image's generation parameters.
 pub fn run(args: InfoArgs) -> Result<()> {
-    if is_png(&args.path) {
-        let text = read_png_parameters(&args.path)?.with_context(|| {
-            format!("{}: no `parameters` text in this PNG", args.path.display())
+    if is_image(&args.path) {
+        let text = read_image_parameters(&args.path)?.with_context(|| {
+            format!(
+                "{}: no generation parameters in this image",
+                args.path.display()
+            )
         })?;
         println!("{text}");
         return Ok(());
@@ -37,10 +40,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether `path` is a file starting with the PNG signature.
-fn is_png(path: &Path) -> bool {
-    let mut signature = [0u8; 8];
+/// Whether `path` is a file starting with a PNG, JPEG or WebP signature.
+fn is_image(path: &Path) -> bool {
+    let mut signature = [0u8; 12];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut signature))
-        .is_ok_and(|_| signature == *b"\x89PNG\r\n\x1a\n")
+        .is_ok_and(|_| {
+            signature.starts_with(b"\x89PNG\r\n\x1a\n")
+                || signature.starts_with(&[0xFF, 0xD8])
+                || (signature.starts_with(b"RIFF") && &signature[8..] == b"WEBP")
+        })
 }

@@ -1,6 +1,7 @@
 //! Pipelines: text-to-image, image-to-image and inpainting, as diffusers runs them.
 
 mod divergence;
+mod exif;
 pub mod guidance;
 pub mod images;
 mod latents;
@@ -10,7 +11,7 @@ pub mod prompt;
 pub mod request;
 pub mod stable_diffusion;
 
-pub use images::RgbImage;
+pub use images::{ImageFormat, RgbImage};
 pub use parameters::Provenance;
 pub use request::{GenerationRequest, InitImage};
 pub use stable_diffusion::{Generated, Progress, StableDiffusion, Stop};

@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use base64::Engine as _;
 use diffuse::metadata::GenerationParameters;
-use diffuse::pipelines::images::png_parameters;
+use diffuse::pipelines::images::image_parameters;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -172,7 +172,7 @@ struct PngInfoBody {
 pub async fn png_info(body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
     let body: PngInfoBody = parse_json(&body)?;
     let bytes = base64_bytes(&body.image, "image")?;
-    let text = png_parameters(&bytes)
+    let text = image_parameters(&bytes)
         .map_err(|e| ApiError::bad_field("image", e.to_string()))?
         .unwrap_or_default();
     let parameters = GenerationParameters::parse(&text)
