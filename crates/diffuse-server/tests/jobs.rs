@@ -332,3 +332,41 @@ async fn a1111_interrupt_ends_the_running_job_with_its_image() {
     assert_eq!(body["images"].as_array().unwrap().len(), 1);
     t.stop().await;
 }
+
+/// Decoding a large upload never stalls the async runtime: on a one-thread runtime, `/health` keeps answering
+/// while the server decodes a 4096×4096 PNG (decoded on the runtime, it went silent for the whole decode). The
+/// bound is relative to the decode time measured here, half of it.
+#[tokio::test(flavor = "current_thread")]
+async fn uploads_decode_off_the_async_runtime() {
+    let png = test_png(4096, 4096, None);
+    let limits = diffuse_server::Limits::default();
+    let started = std::time::Instant::now();
+    diffuse_server::api::uploads::decode(&png, "image", &limits).unwrap();
+    let decode = started.elapsed();
+    assert!(
+        decode >= std::time::Duration::from_millis(40),
+        "the decode ({decode:?}) is too quick to show a stall"
+    );
+    let t = start().await;
+    let body = json!({"prompt": "x", "steps": 2, "width": 64, "height": 64, "image": b64(&png)});
+    let (client, url) = (t.client.clone(), t.url("/v1/jobs"));
+    let upload = tokio::spawn(async move {
+        let response = client.post(url).json(&body).send().await.unwrap();
+        response.status().as_u16()
+    });
+    let mut longest = std::time::Duration::ZERO;
+    let mut last = std::time::Instant::now();
+    while !upload.is_finished() {
+        let (status, _) = t.get("/health").await;
+        assert_eq!(status, 200);
+        longest = longest.max(last.elapsed());
+        last = std::time::Instant::now();
+    }
+    assert_eq!(upload.await.unwrap(), 202);
+    eprintln!("decode {decode:?}, longest /health gap {longest:?}");
+    assert!(
+        longest < decode / 2,
+        "/health went silent for {longest:?} during a {decode:?} decode"
+    );
+    t.stop().await;
+}
