@@ -165,3 +165,20 @@ fn every_image_of_a_served_batch_replays_to_itself() {
     }
     std::fs::remove_dir_all(&scratch).ok();
 }
+
+#[test]
+fn serve_help_says_what_model_takes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "a diffusers folder",
+        "a Hub id",
+        "single `.safetensors` checkpoint",
+        "--openai-model-alias",
+    ] {
+        assert!(help.contains(part), "`{part}` missing from:\n{help}");
+    }
+}
