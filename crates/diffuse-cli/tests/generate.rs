@@ -315,22 +315,39 @@ fn saved_latents_equal_diffusers_and_feed_back_in() {
 }
 
 #[test]
-fn long_prompts_are_truncated_with_a_warning() {
+fn long_prompts_are_chunked_or_truncated_as_the_syntax_says() {
     let dir = scratch("long");
     let prompt = "a very ".repeat(60) + "red circle";
-    let run = diffuse(&[
-        "generate",
-        &prompt,
-        "--model",
-        &sd1(),
-        "--steps",
-        "1",
-        "-o",
-        dir.join("l.png").to_str().unwrap(),
-    ]);
-    assert!(run.status.success(), "{}", stderr(&run));
+    let out = dir.join("l.png");
+    let model = sd1();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            prompt.as_str(),
+            "--model",
+            &model,
+            "--steps",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+        diffuse(&args)
+    };
+    // A1111's syntax (the default) reads every token, in 75-token chunks.
+    let chunked = run(&[]);
+    assert!(chunked.status.success(), "{}", stderr(&chunked));
     assert!(
-        stderr(&run).contains("truncated because CLIP can only handle sequences up to 77 tokens")
+        !stderr(&chunked).contains("truncated"),
+        "{}",
+        stderr(&chunked)
+    );
+    // Plain text is truncated as diffusers truncates it, with its warning.
+    let plain = run(&["--prompt-syntax", "plain"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(
+        stderr(&plain).contains("truncated because CLIP can only handle sequences up to 77 tokens"),
+        "{}",
+        stderr(&plain)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -77,6 +77,8 @@ fn request(case: &Value, pipe: &StableDiffusion) -> diffuse::Result<GenerationRe
             mask: s("mask").map(input),
         }),
         latents: None,
+        // The default, A1111's syntax: prompts without syntax in one chunk give diffusers' result.
+        prompt_syntax: Default::default(),
     })
 }
 

@@ -11,7 +11,7 @@ use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::metadata::{GenerationParameters, RngSource};
 use diffuse::pipelines::images::read_image_parameters;
 use diffuse::pipelines::{
-    GenerationRequest, ImageFormat, InitImage, Provenance, RgbImage, StableDiffusion,
+    GenerationRequest, ImageFormat, InitImage, PromptSyntax, Provenance, RgbImage, StableDiffusion,
 };
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
@@ -26,6 +26,16 @@ pub enum RngKind {
     Torch,
     /// torch's CUDA Philox generator, reproduced on any device (A1111's "NV").
     Philox,
+}
+
+/// How prompts are read (see [`PromptSyntax`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyntaxKind {
+    /// AUTOMATIC1111's prompt syntax.
+    #[value(name = "a1111")]
+    A1111,
+    /// Plain text, as diffusers reads it.
+    Plain,
 }
 
 /// Arguments of `diffuse generate`.
@@ -118,6 +128,10 @@ pub struct GenerateArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// How prompts are read: `a1111` (`(word:1.3)`, `[word]`, `BREAK`, any length in 75-token chunks) or
+    /// `plain` (as diffusers: truncated at 77 tokens).
+    #[arg(long, value_enum, default_value_t = SyntaxKind::A1111)]
+    prompt_syntax: SyntaxKind,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -228,6 +242,10 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         scheduler,
         init,
         latents,
+        prompt_syntax: match args.prompt_syntax {
+            SyntaxKind::A1111 => PromptSyntax::A1111,
+            SyntaxKind::Plain => PromptSyntax::Plain,
+        },
     };
     pipe.check(&request)?;
     check_memory(&pipe, &request)?;

@@ -8,10 +8,12 @@ mod latents;
 pub mod parameters;
 pub mod preview;
 pub mod prompt;
+pub mod prompt_syntax;
 pub mod request;
 pub mod stable_diffusion;
+mod weighted_prompt;
 
 pub use images::{ImageFormat, RgbImage};
 pub use parameters::Provenance;
-pub use request::{GenerationRequest, InitImage};
+pub use request::{GenerationRequest, InitImage, PromptSyntax};
 pub use stable_diffusion::{Generated, Progress, StableDiffusion, Stop};

@@ -5,6 +5,8 @@
 
 use candle_core::Tensor;
 
+use super::prompt_syntax::{ParsedPrompt, Piece};
+use super::request::PromptSyntax;
 use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
 use crate::models::clip::tokenizer::ClipTokenizer;
@@ -82,6 +84,53 @@ impl TextEncoders {
                 .unwrap_or(0)
                 .saturating_sub(1),
         }
+    }
+
+    /// Encodes the prompts as `syntax` reads them (see [`PromptSyntax`]): a prompt and a negative prompt
+    /// without A1111 syntax that fit in one chunk take diffusers' own path.
+    pub fn encode_with_syntax(
+        &self,
+        prompt: &str,
+        negative_prompt: &str,
+        syntax: PromptSyntax,
+        images: usize,
+        guidance: bool,
+        clip_skip: Option<usize>,
+    ) -> Result<Conditioning> {
+        if syntax == PromptSyntax::Plain {
+            return self.encode(prompt, negative_prompt, images, guidance, clip_skip);
+        }
+        let parsed = parse_without_loras(prompt, "prompt")?;
+        let negative = parse_without_loras(negative_prompt, "negative_prompt")?;
+        if self.is_plain(&parsed, prompt)? && self.is_plain(&negative, negative_prompt)? {
+            return self.encode(prompt, negative_prompt, images, guidance, clip_skip);
+        }
+        self.encode_weighted(
+            &parsed,
+            &negative,
+            negative_prompt.is_empty(),
+            images,
+            guidance,
+            clip_skip,
+        )
+    }
+
+    /// Whether `parsed` is `text` unchanged, of weight 1, and fits in one chunk of every tokenizer.
+    fn is_plain(&self, parsed: &ParsedPrompt, text: &str) -> Result<bool> {
+        if parsed.pieces != [Piece::Text(text.to_string(), 1.0)] {
+            return Ok(false);
+        }
+        let tokenizers = self
+            .first
+            .iter()
+            .map(|f| &f.tokenizer)
+            .chain(self.second.iter().map(|s| &s.tokenizer));
+        for tokenizer in tokenizers {
+            if tokenizer.tokens_of(text)?.len() > tokenizer.max_length() - 2 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Encodes `prompt` (and `negative_prompt` when `guidance`) for `images` images.
@@ -164,8 +213,23 @@ impl TextEncoders {
     }
 }
 
+/// Parses `text` with A1111's syntax; `<lora:…>` tags are refused until diffuse applies LoRAs.
+pub(crate) fn parse_without_loras(text: &str, field: &str) -> Result<ParsedPrompt> {
+    let parsed = ParsedPrompt::parse(text)?;
+    if let Some(tag) = parsed.loras.first() {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "<lora:{}:…>: diffuse does not apply LoRAs yet; remove the tag (or read the prompt as plain text)",
+                tag.name
+            ),
+        ));
+    }
+    Ok(parsed)
+}
+
 /// Repeats each row `images` times in place: `[a; b]` → `[a, a, …; b, b, …]`, as diffusers' `repeat` + `view`.
-fn repeat_rows(x: &Tensor, images: usize) -> Result<Tensor> {
+pub(super) fn repeat_rows(x: &Tensor, images: usize) -> Result<Tensor> {
     if images == 1 {
         return Ok(x.clone());
     }
@@ -220,13 +284,13 @@ fn hidden_state(out: &ClipTextOutput, from_end: usize) -> Result<&Tensor> {
 }
 
 /// SDXL's choice: the hidden state `clip_skip + 2` from the end (the penultimate layer by default), no final norm.
-fn penultimate(out: &ClipTextOutput, clip_skip: Option<usize>) -> Result<Tensor> {
+pub(super) fn penultimate(out: &ClipTextOutput, clip_skip: Option<usize>) -> Result<Tensor> {
     Ok(hidden_state(out, clip_skip.unwrap_or(0) + 2)?.clone())
 }
 
 /// SD's choice from `out`: the final output, or with `clip_skip = k` the hidden state `k + 1` from the end
 /// passed through the final layer norm (A1111's "Clip skip: 2" is `k = 1`).
-fn single_embedding(
+pub(super) fn single_embedding(
     encoder: &ClipTextModel,
     out: &ClipTextOutput,
     clip_skip: Option<usize>,

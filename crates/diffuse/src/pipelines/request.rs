@@ -50,6 +50,20 @@ pub struct GenerationRequest {
     pub init: Option<InitImage>,
     /// Initial latents `[num_images, C, h, w]` instead of drawing them (text-to-image only).
     pub latents: Option<Tensor>,
+    /// How the prompts are read: A1111's syntax (weights, `BREAK`, chunks beyond 75 tokens), or as plain text
+    /// truncated at the tokenizer's limit, as diffusers reads them.
+    pub prompt_syntax: PromptSyntax,
+}
+
+/// How prompts are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PromptSyntax {
+    /// AUTOMATIC1111's: `(word:1.3)`, `[word]`, `BREAK`, prompts of any length in 75-token chunks. A prompt
+    /// without syntax that fits in 75 tokens gives exactly diffusers' result.
+    #[default]
+    A1111,
+    /// Plain text, truncated at the tokenizer's limit with a warning, as diffusers reads it.
+    Plain,
 }
 
 impl Default for GenerationRequest {
@@ -68,6 +82,7 @@ impl Default for GenerationRequest {
             scheduler: None,
             init: None,
             latents: None,
+            prompt_syntax: PromptSyntax::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::guidance::{combine, guidance_scale_embedding};
 use super::images::RgbImage;
 use super::latents::{prepare_latents, Mode, Plan};
 use super::prompt::TextEncoders;
-use super::request::GenerationRequest;
+use super::request::{GenerationRequest, PromptSyntax};
 use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
@@ -206,6 +206,10 @@ impl StableDiffusion {
     /// more steps than the scheduler's training timesteps, and a `clip_skip` beyond the text encoders' layers.
     pub fn check(&self, req: &GenerationRequest) -> Result<()> {
         req.validate()?;
+        if req.prompt_syntax == PromptSyntax::A1111 {
+            super::prompt::parse_without_loras(&req.prompt, "prompt")?;
+            super::prompt::parse_without_loras(&req.negative_prompt, "negative_prompt")?;
+        }
         let scheduler = req.scheduler.as_ref().unwrap_or(&self.scheduler);
         let trained = scheduler.train_timesteps()?;
         if req.steps > trained {
@@ -251,9 +255,10 @@ impl StableDiffusion {
         let time_cond_dim = self.unet.config().time_cond_proj_dim;
         let guidance = req.guidance_scale > 1.0 && time_cond_dim.is_none();
 
-        let conditioning = self.text.encode(
+        let conditioning = self.text.encode_with_syntax(
             &req.prompt,
             &req.negative_prompt,
+            req.prompt_syntax,
             n,
             guidance,
             req.clip_skip,

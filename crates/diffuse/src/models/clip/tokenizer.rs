@@ -210,6 +210,16 @@ impl ClipTokenizer {
         Ok(Tokens { ids, truncated })
     }
 
+    /// The tokens of `text` alone: no BOS or EOS, no truncation, no padding.
+    pub fn tokens_of(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .untruncated
+            .encode(text, false)
+            .map_err(|e| Error::invalid("prompt", e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
     /// Tokenizes every text of `texts` (see [`ClipTokenizer::encode`]).
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Tokens>> {
         texts.iter().map(|t| self.encode(t.as_ref())).collect()
