@@ -375,4 +375,27 @@ mod tests {
             assert!(e.contains(&bad[1..bad.len() - 1]), "{bad}: {e}");
         }
     }
+
+    #[test]
+    fn odd_prompts_never_panic() {
+        let alphabet = [
+            '(', ')', '[', ']', ':', '\\', '<', '>', '1', '.', '-', 'é', ' ', 'a', 'B',
+        ];
+        let mut state = 7u64;
+        for _ in 0..2000 {
+            let len = (state % 24) as usize;
+            let text: String = (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    alphabet[(state >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            if let Ok(parsed) = ParsedPrompt::parse(&text) {
+                assert!(!parsed.pieces.is_empty(), "{text:?}");
+            }
+            let _ = ParsedPrompt::parse(&format!("{text} BREAK {text} <lora:{text}:1>"));
+        }
+    }
 }
