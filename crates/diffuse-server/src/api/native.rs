@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use diffuse::pipelines::{GenerationRequest, InitImage};
+use diffuse::pipelines::{GenerationRequest, InitImage, PromptSyntax};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -36,6 +36,16 @@ const FIELDS: FieldNames = FieldNames {
     mask: "mask",
 };
 
+/// How a job's prompts are read.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SyntaxName {
+    /// AUTOMATIC1111's syntax.
+    A1111,
+    /// Plain text, as diffusers reads it.
+    Plain,
+}
+
 /// The body of `POST /v1/jobs`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +63,8 @@ struct JobBody {
     seed: Option<Seed>,
     scheduler: Option<String>,
     n: Option<usize>,
+    /// `"a1111"` (the default: weights, BREAK, long prompts in chunks) or `"plain"` (as diffusers).
+    prompt_syntax: Option<SyntaxName>,
     /// Base64 or a data URL: image-to-image, or inpainting with `mask`.
     image: Option<String>,
     /// Base64 or a data URL; white (or opaque, for an image with transparency) is repainted.
@@ -123,6 +135,10 @@ pub async fn create(
             height: body.height,
             eta: body.eta.unwrap_or(0.0),
             init,
+            prompt_syntax: match body.prompt_syntax {
+                Some(SyntaxName::Plain) => PromptSyntax::Plain,
+                Some(SyntaxName::A1111) | None => PromptSyntax::A1111,
+            },
             ..defaults
         },
         images: body.n.unwrap_or(1),
