@@ -172,7 +172,9 @@ impl StableDiffusion {
         let (pixels, latent_pixels) =
             ((width * height) as u64, ((width / f) * (height / f)) as u64);
         let images = req.num_images as u64;
-        let rows = images * if req.guidance_scale > 1.0 { 2 } else { 1 };
+        // Classifier-free guidance doubles the rows, except where the UNet takes the scale as an embedding.
+        let guided = req.guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none();
+        let rows = images * if guided { 2 } else { 1 };
         let first = |channels: &[usize]| channels.first().copied().unwrap_or(0) as u64;
         let unet = 2
             * rows
