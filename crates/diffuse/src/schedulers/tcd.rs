@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig, TimestepRequest};
 use super::lcm::distilled_timesteps;
-use super::ops::{self, alpha_at, div, lincomb, scale, vp_add_noise};
+use super::ops::{self, alpha_at, div, lincomb, predict_x0, scale, vp_add_noise};
 use super::schedule::{self, LCM_DEFAULTS};
 use super::step_index::{Missing, StepIndex};
 use super::{Scheduler, SchedulerOutput};
@@ -98,22 +98,19 @@ impl Scheduler for Tcd {
         let a_prev = alpha_at(&self.alphas_cumprod, prev_t)?;
         let a_s = alpha_at(&self.alphas_cumprod, s)?;
         let (b_t, b_s) = (1.0 - a_t, 1.0 - a_s);
-        let (x0, eps) = match self.prediction {
-            PredictionType::Epsilon => (
-                div(&(&sample - scale(&model_output, b_t.sqrt())?)?, a_t.sqrt())?,
-                model_output.clone(),
-            ),
-            PredictionType::Sample => {
-                let eps = div(
-                    &(&sample - scale(&model_output, a_t.powf(0.5))?)?,
-                    b_t.powf(0.5),
-                )?;
-                (model_output.clone(), eps)
+        let x0 = predict_x0(
+            self.prediction,
+            &model_output,
+            &sample,
+            a_t.sqrt(),
+            b_t.sqrt(),
+        )?;
+        let eps = match self.prediction {
+            PredictionType::Epsilon => model_output.clone(),
+            PredictionType::Sample => div(&(&sample - scale(&x0, a_t.sqrt())?)?, b_t.sqrt())?,
+            PredictionType::VPrediction => {
+                lincomb(&[(a_t.sqrt(), &model_output), (b_t.sqrt(), &sample)])?
             }
-            PredictionType::VPrediction => (
-                lincomb(&[(a_t.powf(0.5), &sample), (-b_t.powf(0.5), &model_output)])?,
-                lincomb(&[(a_t.powf(0.5), &model_output), (b_t.powf(0.5), &sample)])?,
-            ),
         };
         let noised = lincomb(&[(a_s.sqrt(), &x0), (b_s.sqrt(), &eps)])?;
         let prev = if self.gamma > 0.0 && i + 1 != self.num_inference_steps {
