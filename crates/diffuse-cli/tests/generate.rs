@@ -777,3 +777,110 @@ fn jpeg_and_webp_outputs_carry_their_parameters() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn loras_apply_from_files_and_tags_and_replay() {
+    let dir = scratch("loras");
+    let files = fixtures("loras").join("files");
+    let file = |stem: &str| {
+        files
+            .join(format!("{stem}.safetensors"))
+            .display()
+            .to_string()
+    };
+    let latents = dir.join("latents.safetensors");
+    let image = dir.join("two.png");
+    // The fixture case sd1_two_negative: two LoRAs, one with a negative weight.
+    let (kohya, locon) = (
+        format!("{}:0.7", file("kohya_attn")),
+        format!("{}:-0.5", file("locon_conv")),
+    );
+    let run = diffuse(&[
+        "generate",
+        "a red circle",
+        "--negative-prompt",
+        "blurry",
+        "--model",
+        &sd1(),
+        "--steps",
+        "5",
+        "--seed",
+        "21",
+        "--lora",
+        &kohya,
+        "--lora",
+        &locon,
+        "-o",
+        image.to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let ours = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap();
+    let reference = candle_core::safetensors::load(
+        fixtures("loras").join("sd1_two_negative.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let diff = (&ours["latents"] - &reference["latents"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-4, "latents differ from diffusers by {diff}");
+    // The parameters name the LoRAs as A1111's tags; a replay with the LoRA folder draws the same image.
+    let params = diffuse::pipelines::images::read_image_parameters(&image)
+        .unwrap()
+        .unwrap();
+    assert!(
+        params.contains("<lora:kohya_attn:0.7> <lora:locon_conv:-0.5>"),
+        "{params}"
+    );
+    let replayed = dir.join("replayed.png");
+    let run = diffuse(&[
+        "generate",
+        "--replay",
+        image.to_str().unwrap(),
+        "--model",
+        &sd1(),
+        "--lora-dir",
+        files.to_str().unwrap(),
+        "-o",
+        replayed.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let open = |p: &Path| diffuse::pipelines::RgbImage::open(p, "image").unwrap();
+    assert_eq!(open(&image), open(&replayed));
+
+    let out = dir.join("x.png");
+    let out = out.to_str().unwrap();
+    let base = ["generate", "--model", &sd1(), "--steps", "1", "-o", out];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    for (extra, expected) in [
+        (
+            vec!["a cat <lora:kohya_attn:1>"],
+            vec!["--lora-dir", "kohya_attn"],
+        ),
+        (
+            vec!["a cat", "--lora", "nowhere.safetensors:0.5"],
+            vec!["--lora", "nowhere.safetensors"],
+        ),
+        (vec!["a cat", "--lora", "style.pt"], vec!["pickle"]),
+        (
+            vec!["a cat <lora:nope:1>", "--lora-dir", files.to_str().unwrap()],
+            vec!["nope", "kohya_attn"],
+        ),
+    ] {
+        let args = with(&extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, &expected.iter().map(|s| &**s).collect::<Vec<_>>());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

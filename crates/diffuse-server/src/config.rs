@@ -114,6 +114,9 @@ pub struct ServerConfig {
     /// OpenAI model names (e.g. "dall-e-3") answered by a served model, as `(alias, model)`; the alias `*`
     /// stands for every name no model or other alias has.
     pub openai_aliases: Vec<(String, String)>,
+    /// The folder LoRAs are named from (prompt tags and the `loras` field), as `NAME.safetensors`; requests
+    /// give names only, never paths.
+    pub lora_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -130,6 +133,7 @@ impl ServerConfig {
             limits: Limits::default(),
             load: LoadOptions::default(),
             openai_aliases: Vec::new(),
+            lora_dir: None,
         }
     }
 

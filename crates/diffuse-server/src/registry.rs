@@ -53,7 +53,11 @@ pub struct Registry {
 
 impl Registry {
     /// Loads every model (slow: call off the async runtime).
-    pub fn load(specs: &[ModelSpec], opts: &LoadOptions) -> Result<Self, ServerError> {
+    pub fn load(
+        specs: &[ModelSpec],
+        opts: &LoadOptions,
+        lora_dir: Option<&std::path::Path>,
+    ) -> Result<Self, ServerError> {
         let loaded_at = crate::clock::unix_seconds() as u64;
         let models = specs
             .iter()
@@ -62,10 +66,12 @@ impl Registry {
                     // Whatever `diffuse generate --model` takes: a folder, a Hub id or a single file.
                     let path = resolve_model(&spec.path.to_string_lossy(), Variant::Default)?;
                     let folder = PipelineFolder::open_path(&path, None)?;
-                    Ok((
-                        StableDiffusion::load(&folder, opts)?,
-                        model_hash(&folder).ok(),
-                    ))
+                    let pipeline = StableDiffusion::load(&folder, opts)?;
+                    let pipeline = match lora_dir {
+                        Some(dir) => pipeline.with_lora_dir(dir),
+                        None => pipeline,
+                    };
+                    Ok((pipeline, model_hash(&folder).ok()))
                 };
                 let (pipeline, hash) = load().map_err(|source| ServerError::Load {
                     name: spec.name.clone(),

@@ -29,9 +29,11 @@ impl Server {
         config.validate()?;
         let specs = config.models.clone();
         let load = config.load.clone();
-        let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &load))
-            .await
-            .map_err(|e| ServerError::Config(format!("loading the models failed: {e}")))??;
+        let lora_dir = config.lora_dir.clone();
+        let registry =
+            tokio::task::spawn_blocking(move || Registry::load(&specs, &load, lora_dir.as_deref()))
+                .await
+                .map_err(|e| ServerError::Config(format!("loading the models failed: {e}")))??;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| ServerError::Io {
@@ -61,6 +63,7 @@ impl Server {
             api_key: config.api_key.clone(),
             a1111: Default::default(),
             openai_aliases: config.openai_aliases.clone(),
+            lora_dir: config.lora_dir.clone(),
         });
         let (stop, mut stopped) = watch::channel(false);
         let app = router(state);

@@ -56,6 +56,7 @@ fn request(case: &Value, pipe: &StableDiffusion) -> GenerationRequest {
         } else {
             PromptSyntax::default()
         },
+        loras: Vec::new(),
     }
 }
 

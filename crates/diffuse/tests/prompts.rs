@@ -82,20 +82,3 @@ fn a1111_syntax_matches_the_reference() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
-
-#[test]
-fn lora_tags_are_refused_until_loras_apply() {
-    let pipe = load("sd1");
-    let request = GenerationRequest {
-        prompt: "a cat <lora:film:0.8>".into(),
-        steps: 1,
-        ..Default::default()
-    };
-    let e = pipe.check(&request).unwrap_err().to_string();
-    assert!(e.contains("<lora:film") && e.contains("LoRA"), "{e}");
-    let plain = GenerationRequest {
-        prompt_syntax: PromptSyntax::Plain,
-        ..request
-    };
-    pipe.check(&plain).unwrap();
-}

@@ -11,7 +11,8 @@ use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::metadata::{GenerationParameters, RngSource};
 use diffuse::pipelines::images::read_image_parameters;
 use diffuse::pipelines::{
-    GenerationRequest, ImageFormat, InitImage, PromptSyntax, Provenance, RgbImage, StableDiffusion,
+    GenerationRequest, ImageFormat, InitImage, LoraChoice, PromptSyntax, Provenance, RgbImage,
+    StableDiffusion,
 };
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
@@ -132,6 +133,13 @@ pub struct GenerateArgs {
     /// `plain` (as diffusers: truncated at 77 tokens).
     #[arg(long, value_enum, default_value_t = SyntaxKind::A1111)]
     prompt_syntax: SyntaxKind,
+    /// A LoRA (kohya/A1111, LoCon, LyCORIS LoHa/LoKr or diffusers/PEFT `.safetensors`) to apply, as FILE or
+    /// FILE:WEIGHT (default 1; negative weights subtract it). Repeatable.
+    #[arg(long = "lora", value_name = "FILE[:WEIGHT]")]
+    loras: Vec<String>,
+    /// The folder the prompt's `<lora:NAME:W>` tags are looked up in, as NAME.safetensors (subfolders included).
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -187,7 +195,30 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         device: diffuse::device::device_from_name(&args.device)?,
         variant,
     };
+    let loras = args
+        .loras
+        .iter()
+        .map(|spec| parse_lora(spec))
+        .collect::<Result<Vec<_>>>()?;
+    if args.lora_dir.is_none() && args.prompt_syntax == SyntaxKind::A1111 {
+        if let Some(tag) = diffuse::pipelines::prompt_syntax::ParsedPrompt::parse(&prompt)?
+            .loras
+            .first()
+        {
+            bail!(
+                "the prompt's <lora:{}:…> tag needs --lora-dir DIR, the folder holding {}.safetensors",
+                tag.name,
+                tag.name
+            );
+        }
+    }
     let mut pipe = StableDiffusion::load(&folder, &opts)?;
+    if let Some(dir) = &args.lora_dir {
+        if !dir.is_dir() {
+            bail!("invalid --lora-dir: {} is not a folder", dir.display());
+        }
+        pipe = pipe.with_lora_dir(dir);
+    }
     if args.vae_tiling {
         pipe.vae.enable_tiling();
     }
@@ -246,6 +277,7 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
             SyntaxKind::A1111 => PromptSyntax::A1111,
             SyntaxKind::Plain => PromptSyntax::Plain,
         },
+        loras,
     };
     pipe.check(&request)?;
     check_memory(&pipe, &request)?;
@@ -294,6 +326,27 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         println!("wrote {} (seed {seed})", path.display());
     }
     Ok(())
+}
+
+/// A `--lora FILE[:WEIGHT]` value; the weight is whatever follows the last `:`, if that is a number.
+fn parse_lora(spec: &str) -> Result<LoraChoice> {
+    let (file, weight) = match spec.rsplit_once(':') {
+        Some((file, weight)) if !file.is_empty() && weight.trim().parse::<f64>().is_ok() => {
+            (file, weight.trim().parse::<f64>().unwrap_or(1.0))
+        }
+        _ => (spec, 1.0),
+    };
+    if !weight.is_finite() {
+        bail!("invalid --lora {spec}: the weight {weight} is not a finite number");
+    }
+    let path = Path::new(file);
+    if diffuse::loaders::single_file::is_pickle_path(path) {
+        return Err(diffuse::loaders::single_file::pickle_refusal(path).into());
+    }
+    if !path.is_file() {
+        bail!("invalid --lora {spec}: no such file {}", path.display());
+    }
+    Ok(LoraChoice::file(path, weight))
 }
 
 /// Checks before any work that the outputs can be written: their folders exist, and the image format (by

@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// every unknown name); repeatable. Without it, unknown model names are refused.
     #[arg(long = "openai-model-alias", value_name = "ALIAS=NAME")]
     openai_aliases: Vec<String>,
+    /// The folder LoRAs are named from: `<lora:NAME:W>` prompt tags and the native API's `loras` field
+    /// resolve NAME to NAME.safetensors there (subfolders included); requests never give paths.
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Option<std::path::PathBuf>,
     /// Address to listen on; anything but loopback needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -85,6 +89,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("--openai-model-alias {pair:?}: expected ALIAS=NAME"))
         })
         .collect::<Result<_>>()?;
+    if let Some(dir) = &args.lora_dir {
+        if !dir.is_dir() {
+            anyhow::bail!("invalid --lora-dir: {} is not a folder", dir.display());
+        }
+    }
+    config.lora_dir = args.lora_dir;
     config.limits = Limits {
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
         max_images: args.max_images,

@@ -37,6 +37,8 @@ pub struct AppState {
     pub openai_aliases: Vec<(String, String)>,
     /// A1111's server-wide settings (`/sdapi/v1/options`).
     pub a1111: std::sync::RwLock<a1111::settings::Settings>,
+    /// The folder LoRAs are named from, if the server has one.
+    pub lora_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -87,7 +89,7 @@ pub fn router(state: SharedState) -> Router {
             get(a1111::listings::empty_list),
         )
         .route("/sdapi/v1/prompt-styles", get(a1111::listings::empty_list))
-        .route("/sdapi/v1/loras", get(a1111::listings::empty_list))
+        .route("/sdapi/v1/loras", get(a1111::listings::loras))
         .route("/sdapi/v1/embeddings", get(a1111::listings::embeddings))
         .route("/sdapi/v1/memory", get(a1111::listings::memory))
         .route("/sdapi/v1/cmd-flags", get(a1111::listings::cmd_flags))

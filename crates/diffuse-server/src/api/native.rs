@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use diffuse::pipelines::{GenerationRequest, InitImage, PromptSyntax};
+use diffuse::pipelines::{GenerationRequest, InitImage, LoraChoice, LoraSource, PromptSyntax};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -70,6 +70,41 @@ struct JobBody {
     /// Base64 or a data URL; white (or opaque, for an image with transparency) is repainted.
     mask: Option<String>,
     strength: Option<f64>,
+    /// LoRAs from the server's LoRA folder, by name (besides the prompt's `<lora:NAME:W>` tags).
+    loras: Option<Vec<LoraField>>,
+}
+
+/// One entry of `loras`: a name in the server's LoRA folder (never a path) and its weight (default 1), or
+/// separate text encoder and UNet weights.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraField {
+    name: String,
+    weight: Option<f64>,
+    text_encoder_weight: Option<f64>,
+    unet_weight: Option<f64>,
+}
+
+impl LoraField {
+    fn choice(self) -> Result<LoraChoice, ApiError> {
+        let name = self.name.trim();
+        if name.is_empty()
+            || name.contains(['/', '\\'])
+            || name.contains("..")
+            || name.contains(':')
+        {
+            return Err(ApiError::bad_field(
+                "loras",
+                format!("{:?}: a LoRA is named by its file stem in the server's LoRA folder, never by a path", self.name),
+            ));
+        }
+        let weight = self.weight.unwrap_or(1.0);
+        Ok(LoraChoice {
+            source: LoraSource::Name(name.to_string()),
+            text_encoder_weight: self.text_encoder_weight.unwrap_or(weight),
+            unet_weight: self.unet_weight.unwrap_or(weight),
+        })
+    }
 }
 
 /// `POST /v1/jobs`: queues a generation and answers 202 with its id.
@@ -121,6 +156,12 @@ pub async fn create(
         }
         None => None,
     };
+    let loras = body
+        .loras
+        .unwrap_or_default()
+        .into_iter()
+        .map(LoraField::choice)
+        .collect::<Result<Vec<_>, _>>()?;
     let defaults = GenerationRequest::default();
     let draft = Draft {
         model,
@@ -139,6 +180,7 @@ pub async fn create(
                 Some(SyntaxName::Plain) => PromptSyntax::Plain,
                 Some(SyntaxName::A1111) | None => PromptSyntax::A1111,
             },
+            loras,
             ..defaults
         },
         images: body.n.unwrap_or(1),

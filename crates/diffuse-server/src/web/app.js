@@ -45,8 +45,31 @@ async function loadServerInfo() {
     applyModelDefaults();
     const schedulers = (await (await api("/v1/schedulers")).json()).data;
     for (const name of schedulers) $("scheduler").add(new Option(name, name));
+    await loadNetworks();
   } catch (e) {
     setStatus("Could not reach the server: " + e.message, true);
+  }
+}
+
+// The server's LoRAs and embeddings; a click adds a LoRA's <lora:NAME:1> tag, or an embedding's trigger word,
+// to the prompt.
+async function loadNetworks() {
+  const loras = await (await api("/sdapi/v1/loras")).json();
+  const embeddings = Object.keys((await (await api("/sdapi/v1/embeddings")).json()).loaded || {});
+  const chip = (label, text) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.addEventListener("click", () => {
+      const prompt = $("prompt");
+      prompt.value = prompt.value ? prompt.value.trimEnd() + " " + text : text;
+    });
+    return button;
+  };
+  $("lora-list").replaceChildren(...loras.map((l) => chip("LoRA: " + l.name, "<lora:" + l.name + ":1>")));
+  $("embedding-list").replaceChildren(...embeddings.map((name) => chip("Embedding: " + name, name)));
+  if (!loras.length && !embeddings.length) {
+    $("lora-list").textContent = "None on this server (see diffuse serve --lora-dir).";
   }
 }
 

@@ -13,7 +13,7 @@ use super::key_maps::legacy_vae_attention_keys;
 use super::model_index::ModelIndex;
 use super::single_file::builtin::{self, BuiltinConfig};
 use super::single_file::SingleFile;
-use super::weights::{find_weight_files, Variant, WeightFiles};
+use super::weights::{find_weight_files, TensorRecord, Variant, WeightFiles};
 use crate::models::clip::config::ClipTextConfig;
 use crate::models::clip::text_model::ClipTextModel;
 use crate::models::clip::tokenizer::ClipTokenizer;
@@ -319,11 +319,18 @@ impl PipelineFolder {
 
     /// Loads the UNet.
     pub fn load_unet(&self, opts: &LoadOptions) -> Result<UNet2DConditionModel> {
+        self.load_unet_recorded(opts, &TensorRecord::default())
+    }
+
+    /// Loads the UNet, recording the tensors it is built from in `record`.
+    pub(crate) fn load_unet_recorded(
+        &self,
+        opts: &LoadOptions,
+        record: &TensorRecord,
+    ) -> Result<UNet2DConditionModel> {
         let cfg = self.unet_config()?;
-        let vb = self
-            .weight_files("unet", opts.variant)?
-            .var_builder(opts.dtype, &opts.device);
-        UNet2DConditionModel::new(vb, &cfg)
+        let files = self.weight_files("unet", opts.variant)?;
+        UNet2DConditionModel::new(record.var_builder(files, opts.dtype, &opts.device), &cfg)
     }
 
     /// Loads the VAE (old diffusers checkpoints' `query`/`key`/`value`/`proj_attn` names are mapped).
@@ -343,6 +350,16 @@ impl PipelineFolder {
     /// Loads text encoder `name`, with its projection when `model_index.json` names
     /// `CLIPTextModelWithProjection`.
     pub fn load_text_encoder(&self, name: &str, opts: &LoadOptions) -> Result<ClipTextModel> {
+        self.load_text_encoder_recorded(name, opts, &TensorRecord::default())
+    }
+
+    /// Loads text encoder `name`, recording the tensors it is built from in `record`.
+    pub(crate) fn load_text_encoder_recorded(
+        &self,
+        name: &str,
+        opts: &LoadOptions,
+        record: &TensorRecord,
+    ) -> Result<ClipTextModel> {
         let cfg = self.text_encoder_config(name)?;
         let class = self.index.class_of(name).unwrap_or_default();
         let with_projection = match class {
@@ -357,10 +374,12 @@ impl PipelineFolder {
                 ))
             }
         };
-        let vb = self
-            .weight_files(name, opts.variant)?
-            .var_builder(opts.dtype, &opts.device);
-        ClipTextModel::new(vb, &cfg, with_projection)
+        let files = self.weight_files(name, opts.variant)?;
+        ClipTextModel::new(
+            record.var_builder(files, opts.dtype, &opts.device),
+            &cfg,
+            with_projection,
+        )
     }
 
     /// Loads tokenizer `name` (`tokenizer` or `tokenizer_2`).

@@ -5,6 +5,7 @@ pub mod hash;
 pub mod hub;
 pub mod json;
 pub mod key_maps;
+pub mod lora;
 pub mod model_index;
 pub(crate) mod python_json;
 pub mod single_file;

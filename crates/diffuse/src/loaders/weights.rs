@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -272,6 +272,129 @@ impl SimpleBackend for WeightFiles {
     fn contains_tensor(&self, name: &str) -> bool {
         self.lookup(name)
             .is_some_and(|stored| self.tensors.get(&stored.name).is_ok())
+    }
+}
+
+/// Every tensor a model took from its weights while it was built, under the name it asked for. The tensors
+/// are the model's own (the same storage, no copy), so a variant of the model that replaces a few of them
+/// ([`Overlay`]) shares the rest.
+#[derive(Clone, Default)]
+pub(crate) struct TensorRecord(Arc<Mutex<HashMap<String, Tensor>>>);
+
+impl TensorRecord {
+    /// A [`VarBuilder`] reading `files` as [`WeightFiles::var_builder`] does, recording what it hands out.
+    pub(crate) fn var_builder(
+        &self,
+        files: WeightFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        let backend = Recording {
+            files,
+            record: self.clone(),
+        };
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+    }
+
+    /// The recorded tensors.
+    pub(crate) fn tensors(&self) -> HashMap<String, Tensor> {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn insert(&self, name: &str, tensor: &Tensor) {
+        if let Ok(mut tensors) = self.0.lock() {
+            tensors.insert(name.to_string(), tensor.clone());
+        }
+    }
+}
+
+/// [`WeightFiles`] that record every tensor they hand out.
+struct Recording {
+    files: WeightFiles,
+    record: TensorRecord,
+}
+
+impl SimpleBackend for Recording {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.files.get(shape, name, init, dtype, dev)?;
+        self.record.insert(name, &tensor);
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let tensor = self.files.get_unchecked(name, dtype, dev)?;
+        self.record.insert(name, &tensor);
+        Ok(tensor)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.files.contains_tensor(name)
+    }
+}
+
+/// A model's recorded tensors with some of them replaced: the weights of a variant of an already loaded model
+/// (with LoRAs merged), read without touching its files.
+pub(crate) struct Overlay {
+    /// The tensors the model was built from.
+    pub(crate) base: Arc<HashMap<String, Tensor>>,
+    /// Replacements, by the same names.
+    pub(crate) replaced: HashMap<String, Tensor>,
+}
+
+impl Overlay {
+    fn tensor(&self, name: &str) -> candle_core::Result<&Tensor> {
+        self.replaced
+            .get(name)
+            .or_else(|| self.base.get(name))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("tensor `{name}` was not part of the loaded model"))
+            })
+    }
+
+    /// A [`VarBuilder`] over these tensors.
+    pub(crate) fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for Overlay {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.tensor(name)?;
+        if tensor.shape() != &shape {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor `{name}`: expected shape {:?}, found {:?}",
+                shape.dims(),
+                tensor.dims()
+            )));
+        }
+        tensor.to_dtype(dtype)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.tensor(name)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.replaced.contains_key(name) || self.base.contains_key(name)
     }
 }
 

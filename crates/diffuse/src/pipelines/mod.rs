@@ -5,6 +5,7 @@ mod exif;
 pub mod guidance;
 pub mod images;
 mod latents;
+pub mod loras;
 pub mod parameters;
 pub mod preview;
 pub mod prompt;
@@ -14,6 +15,7 @@ pub mod stable_diffusion;
 mod weighted_prompt;
 
 pub use images::{ImageFormat, RgbImage};
+pub use loras::{LoraChoice, LoraSource};
 pub use parameters::Provenance;
 pub use request::{GenerationRequest, InitImage, PromptSyntax};
 pub use stable_diffusion::{Generated, Progress, StableDiffusion, Stop};

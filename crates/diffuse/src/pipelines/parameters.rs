@@ -1,5 +1,6 @@
 //! The A1111 parameters text of each generated image, built here once for the CLI, the server and the bindings.
 
+use super::loras::LoraSource;
 use super::request::GenerationRequest;
 use super::stable_diffusion::{Generated, StableDiffusion};
 use crate::metadata::{GenerationParameters, RngSource};
@@ -46,7 +47,7 @@ impl StableDiffusion {
             .iter()
             .enumerate()
             .map(|(i, image)| GenerationParameters {
-                prompt: request.prompt.clone(),
+                prompt: prompt_with_lora_tags(request),
                 negative_prompt: request.negative_prompt.clone(),
                 steps: request.steps as u32,
                 sampler: sampler.clone(),
@@ -72,4 +73,30 @@ impl StableDiffusion {
             })
             .collect()
     }
+}
+
+/// The prompt as A1111 would show it: the request's own LoRAs (those not already named by the prompt's tags)
+/// appended as `<lora:NAME:W>` tags, NAME being the file's stem, so a replay with the same LoRA folder applies
+/// them again.
+fn prompt_with_lora_tags(request: &GenerationRequest) -> String {
+    let mut prompt = request.prompt.clone();
+    for lora in &request.loras {
+        let name = match &lora.source {
+            LoraSource::Name(name) => name.clone(),
+            LoraSource::File(path) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let weights = if lora.text_encoder_weight == lora.unet_weight {
+            format!("{}", lora.unet_weight)
+        } else {
+            format!("{}:{}", lora.text_encoder_weight, lora.unet_weight)
+        };
+        if !prompt.is_empty() {
+            prompt.push(' ');
+        }
+        prompt.push_str(&format!("<lora:{name}:{weights}>"));
+    }
+    prompt
 }

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 
 use super::prompt_syntax::{ParsedPrompt, Piece};
 use super::request::PromptSyntax;
+use crate::loaders::weights::TensorRecord;
 use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
 use crate::models::clip::tokenizer::ClipTokenizer;
@@ -50,12 +51,22 @@ pub struct Conditioning {
 impl TextEncoders {
     /// Loads the tokenizer(s) and text encoder(s) the folder's `model_index.json` lists.
     pub fn load(folder: &PipelineFolder, opts: &LoadOptions) -> Result<Self> {
+        let unused = TensorRecord::default();
+        Self::load_recorded(folder, opts, [&unused, &unused])
+    }
+
+    /// Loads them as [`TextEncoders::load`] does, recording each encoder's tensors in `records`.
+    pub(crate) fn load_recorded(
+        folder: &PipelineFolder,
+        opts: &LoadOptions,
+        records: [&TensorRecord; 2],
+    ) -> Result<Self> {
         let index = folder.index();
         let second = match index.class_of("text_encoder_2") {
             None => None,
             Some(_) => Some(Box::new(SecondEncoder {
                 tokenizer: folder.load_tokenizer("tokenizer_2")?,
-                encoder: folder.load_text_encoder("text_encoder_2", opts)?,
+                encoder: folder.load_text_encoder_recorded("text_encoder_2", opts, records[1])?,
                 force_zeros_for_empty_prompt: index.flag("force_zeros_for_empty_prompt", true),
             })),
         };
@@ -64,7 +75,7 @@ impl TextEncoders {
             (None, Some(_)) => None,
             _ => Some(TextEncoder {
                 tokenizer: folder.load_tokenizer("tokenizer")?,
-                encoder: folder.load_text_encoder("text_encoder", opts)?,
+                encoder: folder.load_text_encoder_recorded("text_encoder", opts, records[0])?,
             }),
         };
         Ok(Self { first, second })
@@ -100,8 +111,8 @@ impl TextEncoders {
         if syntax == PromptSyntax::Plain {
             return self.encode(prompt, negative_prompt, images, guidance, clip_skip);
         }
-        let parsed = parse_without_loras(prompt, "prompt")?;
-        let negative = parse_without_loras(negative_prompt, "negative_prompt")?;
+        let parsed = parse_prompt(prompt)?;
+        let negative = parse_negative_prompt(negative_prompt)?;
         if self.is_plain(&parsed, prompt)? && self.is_plain(&negative, negative_prompt)? {
             return self.encode(prompt, negative_prompt, images, guidance, clip_skip);
         }
@@ -213,14 +224,20 @@ impl TextEncoders {
     }
 }
 
-/// Parses `text` with A1111's syntax; `<lora:…>` tags are refused until diffuse applies LoRAs.
-pub(crate) fn parse_without_loras(text: &str, field: &str) -> Result<ParsedPrompt> {
+/// Parses the prompt with A1111's syntax; its `<lora:…>` tags are taken out (the pipeline applies them).
+pub(crate) fn parse_prompt(text: &str) -> Result<ParsedPrompt> {
+    ParsedPrompt::parse(text)
+}
+
+/// Parses the negative prompt with A1111's syntax, refusing `<lora:…>` tags there: LoRAs change the whole
+/// generation, so they belong in the prompt.
+pub(crate) fn parse_negative_prompt(text: &str) -> Result<ParsedPrompt> {
     let parsed = ParsedPrompt::parse(text)?;
     if let Some(tag) = parsed.loras.first() {
         return Err(Error::invalid(
-            field,
+            "negative_prompt",
             format!(
-                "<lora:{}:…>: diffuse does not apply LoRAs yet; remove the tag (or read the prompt as plain text)",
+                "<lora:{}:…>: LoRA tags apply to the whole generation; put them in the prompt",
                 tag.name
             ),
         ));

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::images::RgbImage;
+use super::loras::LoraChoice;
 use crate::schedulers::SchedulerConfig;
 use crate::{Error, Result};
 
@@ -53,6 +54,8 @@ pub struct GenerationRequest {
     /// How the prompts are read: A1111's syntax (weights, `BREAK`, chunks beyond 75 tokens), or as plain text
     /// truncated at the tokenizer's limit, as diffusers reads them.
     pub prompt_syntax: PromptSyntax,
+    /// LoRAs to apply, besides those the prompt's `<lora:…>` tags name (A1111 syntax).
+    pub loras: Vec<LoraChoice>,
 }
 
 /// How prompts are read.
@@ -83,6 +86,7 @@ impl Default for GenerationRequest {
             init: None,
             latents: None,
             prompt_syntax: PromptSyntax::default(),
+            loras: Vec::new(),
         }
     }
 }

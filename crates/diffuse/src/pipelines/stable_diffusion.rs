@@ -2,6 +2,8 @@
 //! text-to-image, image-to-image and inpainting, step for step as diffusers' pipelines run them.
 
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -9,8 +11,12 @@ use super::divergence::ensure_finite;
 use super::guidance::{combine, guidance_scale_embedding};
 use super::images::RgbImage;
 use super::latents::{prepare_latents, Mode, Plan};
+use super::loras::{
+    Adapted, Base, BaseTensors, LoraChoice, LoraSource, PreparedSets, ResolvedLora,
+};
 use super::prompt::TextEncoders;
 use super::request::{GenerationRequest, PromptSyntax};
+use crate::loaders::weights::TensorRecord;
 use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
@@ -45,6 +51,9 @@ pub struct StableDiffusion {
     requires_aesthetics_score: bool,
     dtype: DType,
     device: Device,
+    base_tensors: BaseTensors,
+    lora_dir: Option<PathBuf>,
+    prepared_loras: PreparedSets,
 }
 
 /// Where a generation stands after a step, passed to the progress callback.
@@ -136,14 +145,74 @@ impl StableDiffusion {
         } else {
             opts.clone()
         };
+        let records = [(); 3].map(|()| TensorRecord::default());
+        let text = TextEncoders::load_recorded(folder, opts, [&records[1], &records[2]])?;
+        let unet = folder.load_unet_recorded(opts, &records[0])?;
+        let [unet_tensors, te_tensors, te2_tensors] = records.map(|r| Arc::new(r.tensors()));
         Ok(Self {
-            text: TextEncoders::load(folder, opts)?,
-            unet: folder.load_unet(opts)?,
+            text,
+            unet,
             vae: folder.load_vae(&vae_opts)?,
             scheduler: as_the_pipeline_sets_it(class, folder.scheduler_config()?),
             requires_aesthetics_score: folder.index().flag("requires_aesthetics_score", false),
             dtype: opts.dtype,
             device: opts.device.clone(),
+            base_tensors: BaseTensors {
+                unet: unet_tensors,
+                text_encoder: te_tensors,
+                text_encoder_2: te2_tensors,
+            },
+            lora_dir: None,
+            prepared_loras: PreparedSets::default(),
+        })
+    }
+
+    /// Looks up LoRAs named by `<lora:NAME:…>` tags and [`LoraSource::Name`] as `NAME.safetensors` under `dir`
+    /// (subfolders included), as AUTOMATIC1111 does in its `models/Lora` folder.
+    pub fn with_lora_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.lora_dir = Some(dir.into());
+        self
+    }
+
+    /// The folder LoRA names are looked up in.
+    pub fn lora_dir(&self) -> Option<&Path> {
+        self.lora_dir.as_deref()
+    }
+
+    /// The LoRAs `req` asks for: its `loras`, then (with A1111's syntax) its prompt's `<lora:…>` tags.
+    fn lora_choices(&self, req: &GenerationRequest) -> Result<Vec<LoraChoice>> {
+        let mut choices = req.loras.clone();
+        if req.prompt_syntax == PromptSyntax::A1111 {
+            let tags = super::prompt::parse_prompt(&req.prompt)?.loras;
+            choices.extend(tags.into_iter().map(|tag| LoraChoice {
+                source: LoraSource::Name(tag.name),
+                text_encoder_weight: tag.text_encoder_weight,
+                unet_weight: tag.unet_weight,
+            }));
+        }
+        Ok(choices)
+    }
+
+    /// Prepares the UNet and text encoders with `loras` merged in (or finds them prepared) without generating:
+    /// the work the first generation with these LoRAs would otherwise do.
+    pub fn prepare_loras(&self, loras: &[LoraChoice]) -> Result<()> {
+        let resolved = super::loras::resolve(loras, self.lora_dir.as_deref())?;
+        if !resolved.is_empty() {
+            self.adapted(&resolved)?;
+        }
+        Ok(())
+    }
+
+    fn adapted(&self, loras: &[ResolvedLora]) -> Result<Arc<Adapted>> {
+        self.prepared_loras.get_or_prepare(loras, |loras| {
+            let base = Base {
+                tensors: &self.base_tensors,
+                text: &self.text,
+                unet: &self.unet,
+                dtype: self.dtype,
+                device: &self.device,
+            };
+            super::loras::prepare(&base, loras)
         })
     }
 
@@ -209,9 +278,10 @@ impl StableDiffusion {
     pub fn check(&self, req: &GenerationRequest) -> Result<()> {
         req.validate()?;
         if req.prompt_syntax == PromptSyntax::A1111 {
-            super::prompt::parse_without_loras(&req.prompt, "prompt")?;
-            super::prompt::parse_without_loras(&req.negative_prompt, "negative_prompt")?;
+            super::prompt::parse_prompt(&req.prompt)?;
+            super::prompt::parse_negative_prompt(&req.negative_prompt)?;
         }
+        super::loras::resolve(&self.lora_choices(req)?, self.lora_dir.as_deref())?;
         let scheduler = req.scheduler.as_ref().unwrap_or(&self.scheduler);
         let trained = scheduler.train_timesteps()?;
         if req.steps > trained {
@@ -247,6 +317,16 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(&Progress) -> ControlFlow<Stop>,
     ) -> Result<Generated> {
         self.check(req)?;
+        let loras = super::loras::resolve(&self.lora_choices(req)?, self.lora_dir.as_deref())?;
+        let adapted = if loras.is_empty() {
+            None
+        } else {
+            Some(self.adapted(&loras)?)
+        };
+        let (text, unet) = match &adapted {
+            Some(a) => (&a.text, a.unet.as_ref().unwrap_or(&self.unet)),
+            None => (&self.text, &self.unet),
+        };
         let mode = Mode::of(
             req,
             self.unet.config().in_channels,
@@ -257,7 +337,7 @@ impl StableDiffusion {
         let time_cond_dim = self.unet.config().time_cond_proj_dim;
         let guidance = req.guidance_scale > 1.0 && time_cond_dim.is_none();
 
-        let conditioning = self.text.encode_with_syntax(
+        let conditioning = text.encode_with_syntax(
             &req.prompt,
             &req.negative_prompt,
             req.prompt_syntax,
@@ -331,8 +411,7 @@ impl StableDiffusion {
             };
             let timestep = Tensor::new(&[t as f32], &self.device)?;
             let prediction =
-                self.unet
-                    .forward(&input.to_dtype(self.dtype)?, &timestep, &context, &extra)?;
+                unet.forward(&input.to_dtype(self.dtype)?, &timestep, &context, &extra)?;
             let prediction = if guidance {
                 combine(&prediction, req.guidance_scale, rescale)?
             } else {

@@ -6,12 +6,40 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::api::SharedState;
+use diffuse::loaders::lora::{LoraDirectory, LoraFile};
 
-/// `GET /sdapi/v1/sd-vae`, `/upscalers`, `/face-restorers`, `/realesrgan-models`, `/prompt-styles` and
-/// `/loras`: none are served.
+use crate::api::SharedState;
+use crate::error::ApiError;
+
+/// `GET /sdapi/v1/sd-vae`, `/upscalers`, `/face-restorers`, `/realesrgan-models` and `/prompt-styles`: none
+/// are served.
 pub async fn empty_list() -> Json<Value> {
     Json(json!([]))
+}
+
+/// `GET /sdapi/v1/loras`: the LoRAs in the server's LoRA folder, as A1111 lists them (`name` is what a
+/// `<lora:NAME:W>` tag names; `metadata` is the file's safetensors metadata). The folder is read on each call,
+/// so files added since start are listed (and usable) without a refresh.
+pub async fn loras(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let Some(dir) = state.lora_dir.clone() else {
+        return Ok(Json(json!([])));
+    };
+    let listed = crate::api::uploads::off_runtime(move || {
+        let listing = LoraDirectory::scan(&dir).map_err(ApiError::from)?;
+        Ok(listing
+            .entries()
+            .map(|(name, path)| {
+                let metadata = LoraFile::open(path)
+                    .map(|f| json!(f.metadata()))
+                    .unwrap_or_else(|e| json!({"error": e.to_string()}));
+                // The path inside the LoRA folder: the server's own paths are not shown.
+                let path = path.strip_prefix(listing.root()).unwrap_or(path);
+                json!({"name": name, "alias": name, "path": path, "metadata": metadata})
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(Json(Value::Array(listed)))
 }
 
 /// `GET /sdapi/v1/embeddings`: none are loaded.

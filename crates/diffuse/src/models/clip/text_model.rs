@@ -169,6 +169,11 @@ impl ClipTextModel {
         &self.config
     }
 
+    /// Whether the model has its `text_projection` (CLIPTextModelWithProjection).
+    pub(crate) fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.token_embedding.embeddings().device()
