@@ -20,7 +20,9 @@ let browser;
 let page;
 
 async function startServer() {
-  server = spawn(binary, ["serve", "--model", `sd1=${model}`, "--port", "0"], {
+  server = spawn(binary, ["serve", "--model", `sd1=${model}`, "--port", "0",
+    "--lora-dir", path.join(root, "tests/fixtures/loras/files"),
+    "--embeddings-dir", path.join(root, "tests/fixtures/embeddings/files")], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   let output = "";
@@ -90,6 +92,18 @@ test("type a prompt, generate, see the image", { timeout: 120_000 }, async () =>
   assert.deepEqual(icon, ["/favicon.svg", 200]);
   assert.equal(await page.getAttribute("#progress", "value"), "1");
   await shot("generated");
+});
+
+test("the LoRAs and embeddings are listed, and a click adds one to the prompt", async () => {
+  await page.fill("#prompt", "a knight");
+  await page.click("#networks summary");
+  await page.click("#lora-list button:has-text('kohya_attn')");
+  assert.equal(await page.inputValue("#prompt"), "a knight <lora:kohya_attn:1>");
+  await page.click("#embedding-list button:has-text('fixtri')");
+  assert.equal(await page.inputValue("#prompt"), "a knight <lora:kohya_attn:1> fixtri");
+  const embeddings = await page.locator("#embedding-list button").allTextContents();
+  assert.ok(!embeddings.includes("Embedding: wide"), "an embedding that does not fit the model is not offered");
+  await page.fill("#prompt", "a lighthouse at dusk");
 });
 
 test("reuse these settings", async () => {

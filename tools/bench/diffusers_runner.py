@@ -1,6 +1,7 @@
 """The diffusers side of tools/bench/bench.py: the same tasks as `diffuse bench`, the same JSON lines.
 
     python diffusers_runner.py MODEL --task components|generate --dtype f32|bf16 --reps N --steps N [--save PNG]
+    python diffusers_runner.py MODEL --task loras --steps N --lora A --lora B ...
 
 Thread count: torch.set_num_threads(--threads), as users of diffusers set it.
 """
@@ -40,7 +41,7 @@ def sync():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--task", choices=["components", "generate", "vae-tiled"], default="components")
+    p.add_argument("--task", choices=["components", "generate", "vae-tiled", "loras"], default="components")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--dtype", choices=list(DTYPES), default="f32")
     p.add_argument("--reps", type=int, default=3)
@@ -48,6 +49,7 @@ def main():
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--save")
+    p.add_argument("--lora", action="append", default=[])
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +70,8 @@ def main():
             side = args.size // pipe.vae_scale_factor
             z = torch.randn(1, 4, side, side).to(args.device, pipe.vae.dtype)
             emit("vae_tiled_decode", [timed(lambda: pipe.vae.decode(z))])
+        elif args.task == "loras":
+            loras(pipe, args, DPMSolverMultistepScheduler)
         else:
             generate(pipe, args, DPMSolverMultistepScheduler)
 
@@ -111,6 +115,41 @@ def generate(pipe, args, scheduler_class):
     print(json.dumps({"name": "first_step_unix", "times": first}), flush=True)
     if args.save:
         out[0].images[0].save(args.save)
+
+
+def step_times(pipe, args):
+    """Seconds between consecutive step ends of one 512² generation (the first step is left out)."""
+    ends = []
+
+    def at_step_end(_pipe, _i, _t, kwargs):
+        ends.append((time.perf_counter(), time.process_time()))
+        return kwargs
+
+    pipe(PROMPT, num_inference_steps=args.steps, width=512, height=512, output_type="latent",
+         generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=at_step_end)
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:])]
+
+
+def loras(pipe, args, scheduler_class):
+    """Steps without LoRAs, with the first (diffusers' default: PEFT layers, unfused; then fused with
+    fuse_lora), and with all of them; and the time to load and fuse each set."""
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    step_times(pipe, argparse.Namespace(steps=3))  # warm-up, as diffuse's side does
+    emit("step_plain", step_times(pipe, args))
+    names = [f"l{i}" for i in range(len(args.lora))]
+    loaded = 0
+    for label, count in (("one", 1), ("all", len(names))):
+        def load():
+            nonlocal loaded
+            for i in range(loaded, count):
+                pipe.load_lora_weights(args.lora[i], adapter_name=names[i])
+            loaded = count
+            pipe.set_adapters(names[:count], adapter_weights=[0.8] * count)
+        emit(f"prepare_{label}", [timed(load)])
+        emit(f"step_{label}", step_times(pipe, args))
+        emit(f"fuse_{label}", [timed(lambda: pipe.fuse_lora(adapter_names=names[:count]))])
+        emit(f"step_{label}_fused", step_times(pipe, args))
+        pipe.unfuse_lora()
 
 
 if __name__ == "__main__":

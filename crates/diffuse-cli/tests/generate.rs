@@ -874,6 +874,14 @@ fn loras_apply_from_files_and_tags_and_replay() {
         ),
         (vec!["a cat", "--lora", "style.pt"], vec!["pickle"]),
         (
+            vec!["a cat", "--embedding", "easynegative.pt"],
+            vec!["pickle"],
+        ),
+        (
+            vec!["a cat", "--embedding", "nowhere.safetensors:tok"],
+            vec!["--embedding", "nowhere.safetensors"],
+        ),
+        (
             vec!["a cat <lora:nope:1>", "--lora-dir", files.to_str().unwrap()],
             vec!["nope", "kohya_attn"],
         ),
@@ -882,5 +890,35 @@ fn loras_apply_from_files_and_tags_and_replay() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         fails_with(&args, &expected.iter().map(|s| &**s).collect::<Vec<_>>());
     }
+    // An embedding from a folder by its stem, and one given as FILE:TOKEN, draw the same image.
+    let embeddings = fixtures("embeddings").join("files");
+    let by_folder = dir.join("folder.png");
+    let by_file = dir.join("file.png");
+    let fixtri = format!("{}:fixtri", embeddings.join("fixtri.safetensors").display());
+    let model = sd1();
+    for (extra, path) in [
+        (
+            vec!["--embeddings-dir", embeddings.to_str().unwrap()],
+            &by_folder,
+        ),
+        (vec!["--embedding", fixtri.as_str()], &by_file),
+    ] {
+        let mut args = vec![
+            "generate",
+            "a photo of fixtri",
+            "--model",
+            &model,
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "-o",
+            path.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let run = diffuse(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    assert_eq!(open(&by_folder), open(&by_file));
     let _ = std::fs::remove_dir_all(&dir);
 }

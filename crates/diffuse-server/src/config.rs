@@ -117,6 +117,8 @@ pub struct ServerConfig {
     /// The folder LoRAs are named from (prompt tags and the `loras` field), as `NAME.safetensors`; requests
     /// give names only, never paths.
     pub lora_dir: Option<PathBuf>,
+    /// The folder of textual-inversion embeddings, each used where a prompt names its file's stem.
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -134,6 +136,7 @@ impl ServerConfig {
             load: LoadOptions::default(),
             openai_aliases: Vec::new(),
             lora_dir: None,
+            embeddings_dir: None,
         }
     }
 

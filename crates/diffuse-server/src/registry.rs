@@ -1,5 +1,6 @@
 //! The models the server was started with, loaded once; requests can name only these.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use diffuse::loaders::hash::model_hash;
@@ -56,7 +57,7 @@ impl Registry {
     pub fn load(
         specs: &[ModelSpec],
         opts: &LoadOptions,
-        lora_dir: Option<&std::path::Path>,
+        (lora_dir, embeddings_dir): &(Option<PathBuf>, Option<PathBuf>),
     ) -> Result<Self, ServerError> {
         let loaded_at = crate::clock::unix_seconds() as u64;
         let models = specs
@@ -69,6 +70,10 @@ impl Registry {
                     let pipeline = StableDiffusion::load(&folder, opts)?;
                     let pipeline = match lora_dir {
                         Some(dir) => pipeline.with_lora_dir(dir),
+                        None => pipeline,
+                    };
+                    let pipeline = match embeddings_dir {
+                        Some(dir) => pipeline.with_embeddings_dir(dir),
                         None => pipeline,
                     };
                     Ok((pipeline, model_hash(&folder).ok()))

@@ -29,11 +29,10 @@ impl Server {
         config.validate()?;
         let specs = config.models.clone();
         let load = config.load.clone();
-        let lora_dir = config.lora_dir.clone();
-        let registry =
-            tokio::task::spawn_blocking(move || Registry::load(&specs, &load, lora_dir.as_deref()))
-                .await
-                .map_err(|e| ServerError::Config(format!("loading the models failed: {e}")))??;
+        let folders = (config.lora_dir.clone(), config.embeddings_dir.clone());
+        let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &load, &folders))
+            .await
+            .map_err(|e| ServerError::Config(format!("loading the models failed: {e}")))??;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| ServerError::Io {
@@ -64,6 +63,7 @@ impl Server {
             a1111: Default::default(),
             openai_aliases: config.openai_aliases.clone(),
             lora_dir: config.lora_dir.clone(),
+            embeddings_dir: config.embeddings_dir.clone(),
         });
         let (stop, mut stopped) = watch::channel(false);
         let app = router(state);

@@ -371,14 +371,14 @@ async fn uploads_decode_off_the_async_runtime() {
     t.stop().await;
 }
 
-/// Jobs read prompts with A1111's syntax unless `prompt_syntax` is "plain"; a `<lora:…>` tag is refused by name
-/// until LoRAs apply, rather than silently ignored.
+/// Jobs read prompts with A1111's syntax unless `prompt_syntax` is "plain"; a `<lora:…>` tag on a server without
+/// a LoRA folder is refused by name, rather than silently ignored.
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_choose_the_prompt_syntax() {
     let t = start().await;
     let tagged = json!({"prompt": "a boat <lora:film:0.8>", "steps": 1});
     let (status, body) = t.post("/v1/jobs", &tagged).await;
-    assert_error(status, &body, 400, Some("prompt"));
+    assert_error(status, &body, 400, Some("loras"));
     assert!(
         body["error"]["message"]
             .as_str()

@@ -1,5 +1,6 @@
-//! LoRAs through the server: A1111's `/sdapi/v1/loras` lists the LoRA folder, prompt tags and the native
-//! `loras` field apply them by name (never by path), and a LoRA moves the image.
+//! LoRAs and embeddings through the server: A1111's `/sdapi/v1/loras` and `/sdapi/v1/embeddings` list the
+//! folders, prompt tags and the native `loras` field apply LoRAs by name (never by path), an embedding's trigger
+//! word applies it, and each moves the image.
 
 mod common;
 
@@ -17,6 +18,7 @@ fn lora_dir() -> std::path::PathBuf {
 async fn loras_are_listed_and_applied_by_name() {
     let mut cfg = config();
     cfg.lora_dir = Some(lora_dir());
+    cfg.embeddings_dir = Some(lora_dir().join("../../embeddings/files"));
     let t = start_with(cfg).await;
 
     let (status, listed) = t.get("/sdapi/v1/loras").await;
@@ -35,6 +37,15 @@ async fn loras_are_listed_and_applied_by_name() {
     assert_eq!(first["alias"], first["name"]);
     // Paths inside the LoRA folder only: the server's own paths are not shown.
     assert!(!first["path"].as_str().unwrap().starts_with('/'), "{first}");
+
+    // Embeddings: those that fit the model are loaded, the others skipped with the reason.
+    let (status, embeddings) = t.get("/sdapi/v1/embeddings").await;
+    assert_eq!(status, 200);
+    assert_eq!(embeddings["loaded"]["fixtri"]["vectors"], 2, "{embeddings}");
+    assert_eq!(embeddings["loaded"]["fixtri"]["shape"], 32, "{embeddings}");
+    let skipped_wide = embeddings["skipped"]["wide"]["error"].as_str().unwrap();
+    assert!(skipped_wide.contains("width 64"), "{embeddings}");
+    assert!(embeddings["skipped"]["xltri"].is_object(), "{embeddings}");
 
     let txt2img =
         |prompt: &str| json!({"prompt": prompt, "steps": 2, "seed": 5, "width": 64, "height": 64});
@@ -91,6 +102,15 @@ async fn loras_are_listed_and_applied_by_name() {
     assert!(
         by_field.pixels != without.pixels,
         "the LoRA must move the image"
+    );
+    // An embedding's trigger word, from the embeddings folder, moves the image too.
+    let embedded = job_image(job("a photo of fixtri", json!([]))).await;
+    let spelled = job_image(job("a photo of fixtri", json!([]))).await;
+    assert!(embedded.pixels == spelled.pixels);
+    let as_text = job_image(job("a photo of fix tri", json!([]))).await;
+    assert!(
+        embedded.pixels != as_text.pixels,
+        "the embedding must move the image"
     );
 
     // Names only, never paths; unknown names are refused with the folder's names.

@@ -57,6 +57,7 @@ fn request(case: &Value, pipe: &StableDiffusion) -> GenerationRequest {
             PromptSyntax::default()
         },
         loras: Vec::new(),
+        embeddings: Vec::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use diffuse::loaders::{LoadOptions, PipelineFolder};
 use diffuse::models::unet::ExtraConditioning;
-use diffuse::pipelines::{GenerationRequest, StableDiffusion};
+use diffuse::pipelines::{GenerationRequest, LoraChoice, StableDiffusion};
 use diffuse::rng::TorchCpuRng;
 use diffuse::schedulers::scheduler_config_for;
 
@@ -26,6 +26,9 @@ enum Task {
     Generate,
     /// One tiled VAE decode of random latents for a `--size`² image (peak memory of large images).
     VaeTiled,
+    /// Denoising steps at 512² (DPM++ 2M, CFG, `--steps` of them, each timed from one step's end to the next)
+    /// without LoRAs, with the first `--lora`, and with all of them; and the time to prepare each set.
+    Loras,
 }
 
 /// The compute dtype.
@@ -62,6 +65,9 @@ pub struct BenchArgs {
     /// Where `--task generate` writes its image (a PNG), e.g. to compare dtypes.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// The LoRA files of `--task loras` (repeat; tools/bench/make_sd15_loras.py writes three).
+    #[arg(long = "lora")]
+    loras: Vec<PathBuf>,
 }
 
 fn now_unix() -> f64 {
@@ -151,6 +157,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.task {
         Task::Components => components(&pipe, args.reps, dtype, &device),
         Task::Generate => generate(&pipe, args.steps, args.save.as_deref()),
+        Task::Loras => loras(&pipe, args.steps, &args.loras),
         Task::VaeTiled => {
             pipe.vae.enable_tiling();
             let side = args.size / pipe.vae_scale_factor();
@@ -221,6 +228,49 @@ fn generate(pipe: &StableDiffusion, steps: usize, save: Option<&std::path::Path>
     let image = generated.as_ref().and_then(|g| g.images.first());
     if let (Some(path), Some(image)) = (save, image) {
         std::fs::write(path, image.to_png(None)?)?;
+    }
+    Ok(())
+}
+
+/// The seconds between consecutive step ends of one 512² generation with `loras` (the first step, which
+/// follows text encoding, is left out).
+fn step_times(
+    pipe: &StableDiffusion,
+    steps: usize,
+    loras: &[LoraChoice],
+) -> Result<Vec<(f64, f64)>> {
+    let request = GenerationRequest {
+        prompt: PROMPT.to_string(),
+        steps,
+        width: Some(512),
+        height: Some(512),
+        scheduler: Some(scheduler_config_for("DPM++ 2M", &pipe.scheduler)?),
+        loras: loras.to_vec(),
+        ..GenerationRequest::default()
+    };
+    let mut ends = Vec::new();
+    pipe.generate(&request, &mut TorchCpuRng::new(0), &mut |_| {
+        ends.push((Instant::now(), cpu_seconds()));
+        ControlFlow::Continue(())
+    })?;
+    Ok(ends
+        .windows(2)
+        .map(|w| ((w[1].0 - w[0].0).as_secs_f64(), w[1].1 - w[0].1))
+        .collect())
+}
+
+fn loras(pipe: &StableDiffusion, steps: usize, files: &[PathBuf]) -> Result<()> {
+    if files.is_empty() || steps < 3 {
+        bail!("--task loras needs at least one --lora and --steps of 3 or more");
+    }
+    // A warm-up generation first: the first one also pays for first-touch allocations.
+    step_times(pipe, 3, &[])?;
+    emit("step_plain", &step_times(pipe, steps, &[])?);
+    let all: Vec<LoraChoice> = files.iter().map(|f| LoraChoice::file(f, 0.8)).collect();
+    for (name, set) in [("one", &all[..1]), ("all", &all[..])] {
+        let prepare = timed(|| Ok(pipe.prepare_loras(set)?))?;
+        emit(&format!("prepare_{name}"), &[prepare]);
+        emit(&format!("step_{name}"), &step_times(pipe, steps, set)?);
     }
     Ok(())
 }

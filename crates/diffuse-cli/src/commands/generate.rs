@@ -11,8 +11,8 @@ use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::metadata::{GenerationParameters, RngSource};
 use diffuse::pipelines::images::read_image_parameters;
 use diffuse::pipelines::{
-    GenerationRequest, ImageFormat, InitImage, LoraChoice, PromptSyntax, Provenance, RgbImage,
-    StableDiffusion,
+    EmbeddingChoice, GenerationRequest, ImageFormat, InitImage, LoraChoice, PromptSyntax,
+    Provenance, RgbImage, StableDiffusion,
 };
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use diffuse::schedulers::{a1111_sampler_of, scheduler_config_for};
@@ -140,6 +140,14 @@ pub struct GenerateArgs {
     /// The folder the prompt's `<lora:NAME:W>` tags are looked up in, as NAME.safetensors (subfolders included).
     #[arg(long, value_name = "DIR")]
     lora_dir: Option<PathBuf>,
+    /// A textual-inversion embedding (`.safetensors`: A1111's, diffusers' learned_embeds, SDXL's
+    /// clip_l/clip_g) as FILE or FILE:TOKEN; its trigger word is TOKEN, else the token stored in it, else the
+    /// file's stem. Repeatable.
+    #[arg(long = "embedding", value_name = "FILE[:TOKEN]")]
+    embeddings: Vec<String>,
+    /// A folder of embeddings, each used where a prompt names its file's stem (subfolders included).
+    #[arg(long, value_name = "DIR")]
+    embeddings_dir: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -212,7 +220,21 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
             );
         }
     }
+    let embeddings = args
+        .embeddings
+        .iter()
+        .map(|spec| parse_embedding(spec))
+        .collect::<Result<Vec<_>>>()?;
     let mut pipe = StableDiffusion::load(&folder, &opts)?;
+    if let Some(dir) = &args.embeddings_dir {
+        if !dir.is_dir() {
+            bail!(
+                "invalid --embeddings-dir: {} is not a folder",
+                dir.display()
+            );
+        }
+        pipe = pipe.with_embeddings_dir(dir);
+    }
     if let Some(dir) = &args.lora_dir {
         if !dir.is_dir() {
             bail!("invalid --lora-dir: {} is not a folder", dir.display());
@@ -278,6 +300,7 @@ pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
             SyntaxKind::Plain => PromptSyntax::Plain,
         },
         loras,
+        embeddings,
     };
     pipe.check(&request)?;
     check_memory(&pipe, &request)?;
@@ -347,6 +370,32 @@ fn parse_lora(spec: &str) -> Result<LoraChoice> {
         bail!("invalid --lora {spec}: no such file {}", path.display());
     }
     Ok(LoraChoice::file(path, weight))
+}
+
+/// An `--embedding FILE[:TOKEN]` value: a `:` followed by a word that is not a path is the token.
+fn parse_embedding(spec: &str) -> Result<EmbeddingChoice> {
+    let (file, token) = match spec.rsplit_once(':') {
+        Some((file, token))
+            if !file.is_empty() && !token.is_empty() && !token.contains(['/', '\\']) =>
+        {
+            (file, Some(token.to_string()))
+        }
+        _ => (spec, None),
+    };
+    let path = Path::new(file);
+    if diffuse::loaders::single_file::is_pickle_path(path) {
+        return Err(diffuse::loaders::single_file::pickle_refusal(path).into());
+    }
+    if !path.is_file() {
+        bail!(
+            "invalid --embedding {spec}: no such file {}",
+            path.display()
+        );
+    }
+    Ok(EmbeddingChoice {
+        path: path.to_path_buf(),
+        token,
+    })
 }
 
 /// Checks before any work that the outputs can be written: their folders exist, and the image format (by

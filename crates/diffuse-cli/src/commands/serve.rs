@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// resolve NAME to NAME.safetensors there (subfolders included); requests never give paths.
     #[arg(long, value_name = "DIR")]
     lora_dir: Option<std::path::PathBuf>,
+    /// The folder of textual-inversion embeddings (`.safetensors`), each used where a prompt names its file's
+    /// stem, on every API.
+    #[arg(long, value_name = "DIR")]
+    embeddings_dir: Option<std::path::PathBuf>,
     /// Address to listen on; anything but loopback needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -95,6 +99,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
     }
     config.lora_dir = args.lora_dir;
+    if let Some(dir) = &args.embeddings_dir {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "invalid --embeddings-dir: {} is not a folder",
+                dir.display()
+            );
+        }
+    }
+    config.embeddings_dir = args.embeddings_dir;
     config.limits = Limits {
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
         max_images: args.max_images,

@@ -39,6 +39,8 @@ pub struct AppState {
     pub a1111: std::sync::RwLock<a1111::settings::Settings>,
     /// The folder LoRAs are named from, if the server has one.
     pub lora_dir: Option<std::path::PathBuf>,
+    /// The folder embeddings are named from, if the server has one.
+    pub embeddings_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {

@@ -7,6 +7,7 @@ pub mod config_values;
 pub mod conv;
 pub mod embeddings;
 pub mod layer_norm;
+pub(crate) mod lora_delta;
 pub mod resnet;
 pub mod sampling;
 pub mod transformer_2d;

@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 
 use super::prompt::{SecondEncoder, TextEncoder, TextEncoders};
-use crate::loaders::lora::delta::delta;
 use crate::loaders::lora::targets::Targets;
-use crate::loaders::lora::{Component, LoraDirectory, LoraFile};
+use crate::loaders::lora::{Component, LoraFile};
+use crate::loaders::named_files::NamedFiles;
 use crate::loaders::single_file::{is_pickle_path, pickle_refusal};
 use crate::loaders::weights::Overlay;
 use crate::models::clip::text_model::ClipTextModel;
 use crate::models::config_values::PerBlock;
+use crate::models::lora_delta::delta;
 use crate::models::unet::UNet2DConditionModel;
 use crate::{Error, Result};
 
@@ -99,7 +100,7 @@ pub(crate) struct ResolvedLora {
 
 /// Resolves `choices` (names through `dir`), dropping those whose weights are both 0.
 pub(crate) fn resolve(choices: &[LoraChoice], dir: Option<&Path>) -> Result<Vec<ResolvedLora>> {
-    let mut listing: Option<LoraDirectory> = None;
+    let mut listing: Option<NamedFiles> = None;
     let mut out = Vec::new();
     for choice in choices {
         choice.validate()?;
@@ -118,7 +119,7 @@ pub(crate) fn resolve(choices: &[LoraChoice], dir: Option<&Path>) -> Result<Vec<
                     ));
                 };
                 if listing.is_none() {
-                    listing = Some(LoraDirectory::scan(dir)?);
+                    listing = Some(NamedFiles::scan(dir)?);
                 }
                 listing
                     .as_ref()
@@ -274,7 +275,13 @@ pub(crate) fn prepare(base: &Base, loras: &[ResolvedLora]) -> Result<Adapted> {
                 let Some(original) = tensors.get(&weight_name) else {
                     continue;
                 };
-                let change = delta(file, module, original.dims(), original.device())?;
+                let device = original.device();
+                let change = delta(
+                    &file.path().display().to_string(),
+                    module,
+                    original.dims(),
+                    &|name| file.tensor(name, device),
+                )?;
                 add(&mut sums, weight_name, (change.weight * weight)?)?;
                 if let Some(bias) = change.bias {
                     let bias_name = format!("{layer}.bias");

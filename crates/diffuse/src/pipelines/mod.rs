@@ -1,6 +1,7 @@
 //! Pipelines: text-to-image, image-to-image and inpainting, as diffusers runs them.
 
 mod divergence;
+pub mod embeddings;
 mod exif;
 pub mod guidance;
 pub mod images;
@@ -14,6 +15,7 @@ pub mod request;
 pub mod stable_diffusion;
 mod weighted_prompt;
 
+pub use embeddings::EmbeddingChoice;
 pub use images::{ImageFormat, RgbImage};
 pub use loras::{LoraChoice, LoraSource};
 pub use parameters::Provenance;

@@ -5,8 +5,10 @@
 
 use candle_core::Tensor;
 
+use super::embeddings::{AddedTokens, Encoder};
 use super::prompt_syntax::{ParsedPrompt, Piece};
 use super::request::PromptSyntax;
+use crate::loaders::embeddings::Embedding;
 use crate::loaders::weights::TensorRecord;
 use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
@@ -38,6 +40,18 @@ pub struct SecondEncoder {
     pub encoder: ClipTextModel,
     /// With no negative prompt, the unconditional embeddings are zeros (SDXL base's pipeline option).
     pub force_zeros_for_empty_prompt: bool,
+}
+
+/// The rows of a conditioning: images per prompt, whether the negative prompt is encoded for guidance, and
+/// diffusers' `clip_skip`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    /// Images per prompt.
+    pub images: usize,
+    /// Classifier-free guidance: `[negative; positive]`.
+    pub guidance: bool,
+    /// Layers to skip from the end of the text encoder.
+    pub clip_skip: Option<usize>,
 }
 
 /// What the UNet is conditioned on, batched as `[negative; positive]` when guidance is on.
@@ -104,31 +118,125 @@ impl TextEncoders {
         prompt: &str,
         negative_prompt: &str,
         syntax: PromptSyntax,
-        images: usize,
-        guidance: bool,
-        clip_skip: Option<usize>,
+        rows: Rows,
+        embeddings: &[Embedding],
     ) -> Result<Conditioning> {
-        if syntax == PromptSyntax::Plain {
-            return self.encode(prompt, negative_prompt, images, guidance, clip_skip);
-        }
-        let parsed = parse_prompt(prompt)?;
-        let negative = parse_negative_prompt(negative_prompt)?;
-        if self.is_plain(&parsed, prompt)? && self.is_plain(&negative, negative_prompt)? {
-            return self.encode(prompt, negative_prompt, images, guidance, clip_skip);
-        }
-        self.encode_weighted(
-            &parsed,
-            &negative,
-            negative_prompt.is_empty(),
+        let Rows {
             images,
             guidance,
             clip_skip,
-        )
+        } = rows;
+        let added = self.added_tokens(embeddings)?;
+        let (parsed, negative) = match syntax {
+            PromptSyntax::Plain => (
+                ParsedPrompt::plain(prompt),
+                ParsedPrompt::plain(negative_prompt),
+            ),
+            PromptSyntax::A1111 => (
+                parse_prompt(prompt)?,
+                parse_negative_prompt(negative_prompt)?,
+            ),
+        };
+        let plain = |parsed: &ParsedPrompt, text: &str| -> Result<bool> {
+            Ok(
+                syntax == PromptSyntax::Plain && !self.has_triggers(text, &added)?
+                    || self.is_plain(parsed, text, &added)?,
+            )
+        };
+        if plain(&parsed, prompt)? && plain(&negative, negative_prompt)? {
+            return self.encode(prompt, negative_prompt, images, guidance, clip_skip);
+        }
+        if syntax == PromptSyntax::Plain {
+            self.check_one_chunk(&[prompt, negative_prompt], &added)?;
+        }
+        self.encode_weighted(&parsed, &negative, negative_prompt.is_empty(), rows, &added)
+    }
+
+    /// Whether `embedding` has vectors of the right width for every encoder.
+    pub(crate) fn check_embedding(&self, embedding: &Embedding) -> Result<()> {
+        self.added_tokens(std::slice::from_ref(embedding))
+            .map(|_| ())
+    }
+
+    /// Each encoder's added tokens for `embeddings` (SD's one, or SDXL's two).
+    fn added_tokens(&self, embeddings: &[Embedding]) -> Result<[AddedTokens; 2]> {
+        if embeddings.is_empty() {
+            return Ok(Default::default());
+        }
+        if self.second.is_none() {
+            // An SDXL embedding on SD 1.x/2.x: A1111 skips it (its two widths add up to neither).
+            if let Some(xl) = embeddings.iter().find(|e| e.second.is_some()) {
+                return Err(Error::Weights {
+                    file: xl.path.display().to_string(),
+                    tensor: "clip_g".into(),
+                    message:
+                        "an SDXL embedding (clip_l + clip_g), but this model has one text encoder"
+                            .into(),
+                });
+            }
+        }
+        let first = match &self.first {
+            Some(f) => AddedTokens::new(embeddings, &f.tokenizer, &f.encoder, Encoder::First)?,
+            None => AddedTokens::default(),
+        };
+        let second = match &self.second {
+            Some(s) => AddedTokens::new(embeddings, &s.tokenizer, &s.encoder, Encoder::Second)?,
+            None => AddedTokens::default(),
+        };
+        Ok([first, second])
+    }
+
+    fn tokenizers_with<'a>(
+        &'a self,
+        added: &'a [AddedTokens; 2],
+    ) -> impl Iterator<Item = (&'a ClipTokenizer, &'a AddedTokens)> {
+        self.first
+            .iter()
+            .map(|f| (&f.tokenizer, &added[0]))
+            .chain(self.second.iter().map(|s| (&s.tokenizer, &added[1])))
+    }
+
+    /// Whether `text` holds an embedding's trigger word.
+    fn has_triggers(&self, text: &str, added: &[AddedTokens; 2]) -> Result<bool> {
+        for (tokenizer, added) in self.tokenizers_with(added) {
+            if added.occur_in(&tokenizer.tokens_of(text)?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Read as plain text, prompts with embeddings must fit in one chunk: diffusers would truncate them, and
+    /// A1111's chunks are another reading.
+    fn check_one_chunk(&self, texts: &[&str], added: &[AddedTokens; 2]) -> Result<()> {
+        for (tokenizer, added) in self.tokenizers_with(added) {
+            for text in texts {
+                let count = added.replace(tokenizer.tokens_of(text)?).len();
+                if count > tokenizer.max_length() - 2 {
+                    return Err(Error::invalid(
+                        "prompt",
+                        format!(
+                            "{count} tokens with its embeddings, more than the {} a plain prompt with \
+                             embeddings may have; read it with A1111's syntax, which encodes it in chunks",
+                            tokenizer.max_length() - 2
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether `parsed` is `text` unchanged, of weight 1, and fits in one chunk of every tokenizer.
-    fn is_plain(&self, parsed: &ParsedPrompt, text: &str) -> Result<bool> {
-        if parsed.pieces != [Piece::Text(text.to_string(), 1.0)] {
+    fn is_plain(
+        &self,
+        parsed: &ParsedPrompt,
+        text: &str,
+        added: &[AddedTokens; 2],
+    ) -> Result<bool> {
+        if parsed.pieces != [Piece::Text(text.to_string(), 1.0)]
+            || self.has_triggers(text, added)?
+        {
             return Ok(false);
         }
         let tokenizers = self

@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::embeddings::EmbeddingChoice;
 use super::images::RgbImage;
 use super::loras::LoraChoice;
 use crate::schedulers::SchedulerConfig;
@@ -56,6 +57,8 @@ pub struct GenerationRequest {
     pub prompt_syntax: PromptSyntax,
     /// LoRAs to apply, besides those the prompt's `<lora:…>` tags name (A1111 syntax).
     pub loras: Vec<LoraChoice>,
+    /// Textual-inversion embeddings to use, besides those of the pipeline's embeddings folder.
+    pub embeddings: Vec<EmbeddingChoice>,
 }
 
 /// How prompts are read.
@@ -87,6 +90,7 @@ impl Default for GenerationRequest {
             latents: None,
             prompt_syntax: PromptSyntax::default(),
             loras: Vec::new(),
+            embeddings: Vec::new(),
         }
     }
 }

@@ -14,8 +14,9 @@ use super::latents::{prepare_latents, Mode, Plan};
 use super::loras::{
     Adapted, Base, BaseTensors, LoraChoice, LoraSource, PreparedSets, ResolvedLora,
 };
-use super::prompt::TextEncoders;
+use super::prompt::{Rows, TextEncoders};
 use super::request::{GenerationRequest, PromptSyntax};
+use crate::loaders::embeddings::Embedding;
 use crate::loaders::weights::TensorRecord;
 use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
@@ -53,6 +54,7 @@ pub struct StableDiffusion {
     device: Device,
     base_tensors: BaseTensors,
     lora_dir: Option<PathBuf>,
+    embeddings_dir: Option<PathBuf>,
     prepared_loras: PreparedSets,
 }
 
@@ -163,6 +165,7 @@ impl StableDiffusion {
                 text_encoder_2: te2_tensors,
             },
             lora_dir: None,
+            embeddings_dir: None,
             prepared_loras: PreparedSets::default(),
         })
     }
@@ -177,6 +180,32 @@ impl StableDiffusion {
     /// The folder LoRA names are looked up in.
     pub fn lora_dir(&self) -> Option<&Path> {
         self.lora_dir.as_deref()
+    }
+
+    /// Makes every `.safetensors` embedding under `dir` (subfolders included) usable in prompts by its file's
+    /// stem, as AUTOMATIC1111's `embeddings` folder.
+    pub fn with_embeddings_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.embeddings_dir = Some(dir.into());
+        self
+    }
+
+    /// The folder embeddings are named from.
+    pub fn embeddings_dir(&self) -> Option<&Path> {
+        self.embeddings_dir.as_deref()
+    }
+
+    /// Whether `embedding` fits this pipeline's text encoders (vectors for each, of their widths).
+    pub fn check_embedding(&self, embedding: &Embedding) -> Result<()> {
+        self.text.check_embedding(embedding)
+    }
+
+    /// The embeddings `req` may use: its own, and those of the embeddings folder its prompts name.
+    fn embeddings_of(&self, req: &GenerationRequest) -> Result<Vec<Embedding>> {
+        super::embeddings::gather(
+            &req.embeddings,
+            self.embeddings_dir.as_deref(),
+            &[&req.prompt, &req.negative_prompt],
+        )
     }
 
     /// The LoRAs `req` asks for: its `loras`, then (with A1111's syntax) its prompt's `<lora:…>` tags.
@@ -282,6 +311,7 @@ impl StableDiffusion {
             super::prompt::parse_negative_prompt(&req.negative_prompt)?;
         }
         super::loras::resolve(&self.lora_choices(req)?, self.lora_dir.as_deref())?;
+        self.embeddings_of(req)?;
         let scheduler = req.scheduler.as_ref().unwrap_or(&self.scheduler);
         let trained = scheduler.train_timesteps()?;
         if req.steps > trained {
@@ -341,9 +371,12 @@ impl StableDiffusion {
             &req.prompt,
             &req.negative_prompt,
             req.prompt_syntax,
-            n,
-            guidance,
-            req.clip_skip,
+            Rows {
+                images: n,
+                guidance,
+                clip_skip: req.clip_skip,
+            },
+            &self.embeddings_of(req)?,
         )?;
         let context = conditioning.context.to_dtype(self.dtype)?;
 

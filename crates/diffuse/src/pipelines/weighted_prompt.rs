@@ -8,7 +8,8 @@
 
 use candle_core::{DType, Tensor};
 
-use super::prompt::{penultimate, repeat_rows, single_embedding, Conditioning, TextEncoders};
+use super::embeddings::AddedTokens;
+use super::prompt::{penultimate, repeat_rows, single_embedding, Conditioning, Rows, TextEncoders};
 use super::prompt_syntax::{ParsedPrompt, Piece};
 use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
 use crate::models::clip::tokenizer::ClipTokenizer;
@@ -25,7 +26,7 @@ struct Chunk {
 }
 
 /// The pieces' tokens in chunks for `tokenizer`.
-fn chunks(tokenizer: &ClipTokenizer, pieces: &[Piece]) -> Result<Vec<Chunk>> {
+fn chunks(tokenizer: &ClipTokenizer, pieces: &[Piece], added: &AddedTokens) -> Result<Vec<Chunk>> {
     let size = tokenizer.max_length() - 2;
     let comma = tokenizer.tokens_of(",")?.first().copied();
     let close = |tokens: &mut Vec<(u32, f32)>, out: &mut Vec<Chunk>| {
@@ -54,7 +55,7 @@ fn chunks(tokenizer: &ClipTokenizer, pieces: &[Piece]) -> Result<Vec<Chunk>> {
             }
             Piece::Text(text, weight) => (text, *weight as f32),
         };
-        for id in tokenizer.tokens_of(text)? {
+        for id in added.replace(tokenizer.tokens_of(text)?) {
             if Some(id) == comma {
                 last_comma = Some(current.len());
             } else if let Some(at) = last_comma
@@ -79,13 +80,17 @@ fn chunks(tokenizer: &ClipTokenizer, pieces: &[Piece]) -> Result<Vec<Chunk>> {
 }
 
 /// Runs `encoder` over chunks as one batch.
-fn run(encoder: &ClipTextModel, chunks: &[&Chunk], length: usize) -> Result<ClipTextOutput> {
+fn run(
+    encoder: &ClipTextModel,
+    chunks: &[&Chunk],
+    length: usize,
+    added: &AddedTokens,
+) -> Result<ClipTextOutput> {
     let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
-    encoder.forward(&Tensor::from_vec(
-        ids,
-        (chunks.len(), length),
-        encoder.device(),
-    )?)
+    encoder.forward_with_extra(
+        &Tensor::from_vec(ids, (chunks.len(), length), encoder.device())?,
+        added.rows(),
+    )
 }
 
 /// `z * weights` with `z`'s mean restored (A1111's "original" emphasis); `z` when every weight is 1.
@@ -123,13 +128,14 @@ fn encode_texts(
     tokenizer: &ClipTokenizer,
     encoder: &ClipTextModel,
     texts: &[(&[Piece], States)],
+    added: &AddedTokens,
 ) -> Result<Vec<Encoded>> {
     let per_text = texts
         .iter()
-        .map(|(pieces, _)| chunks(tokenizer, pieces))
+        .map(|(pieces, _)| chunks(tokenizer, pieces, added))
         .collect::<Result<Vec<_>>>()?;
     let all: Vec<&Chunk> = per_text.iter().flatten().collect();
-    let out = run(encoder, &all, tokenizer.max_length())?;
+    let out = run(encoder, &all, tokenizer.max_length(), added)?;
     let mut row = 0;
     let mut encoded = Vec::with_capacity(texts.len());
     for ((_, states), chunks) in texts.iter().zip(&per_text) {
@@ -173,10 +179,14 @@ impl TextEncoders {
         prompt: &ParsedPrompt,
         negative: &ParsedPrompt,
         negative_is_empty: bool,
-        images: usize,
-        guidance: bool,
-        clip_skip: Option<usize>,
+        rows: Rows,
+        added: &[AddedTokens; 2],
     ) -> Result<Conditioning> {
+        let Rows {
+            images,
+            guidance,
+            clip_skip,
+        } = rows;
         let empty = ParsedPrompt::plain("");
         match (&self.first, &self.second) {
             (None, None) => Err(Error::invalid(
@@ -189,7 +199,7 @@ impl TextEncoders {
                     texts.push((negative.pieces.as_slice(), States::Single(None)));
                     texts.push((empty.pieces.as_slice(), States::Single(None)));
                 }
-                let encoded = encode_texts(&first.tokenizer, &first.encoder, &texts)?;
+                let encoded = encode_texts(&first.tokenizer, &first.encoder, &texts, &added[0])?;
                 let context = if guidance {
                     let count = encoded[0].states.len().max(encoded[1].states.len());
                     let blank = &encoded[2].states[0];
@@ -214,9 +224,14 @@ impl TextEncoders {
                 }
                 let mut per_encoder = Vec::with_capacity(2);
                 if let Some(first) = first {
-                    per_encoder.push(encode_texts(&first.tokenizer, &first.encoder, &texts)?);
+                    per_encoder.push(encode_texts(
+                        &first.tokenizer,
+                        &first.encoder,
+                        &texts,
+                        &added[0],
+                    )?);
                 }
-                let second = encode_texts(&xl.tokenizer, &xl.encoder, &texts)?;
+                let second = encode_texts(&xl.tokenizer, &xl.encoder, &texts, &added[1])?;
                 let pooled_of = |text: usize| {
                     second[text]
                         .pooled

@@ -1,12 +1,14 @@
 //! A1111's listing and housekeeping endpoints that clients call on start-up, answered with what is true here:
-//! no separate VAEs, upscalers, face restorers, styles, embeddings or LoRAs are served, and refreshing has
-//! nothing to reload (the models are loaded once, at start).
+//! the LoRA and embeddings folders (read per request, so refreshing has nothing to reload), and no separate
+//! VAEs, upscalers, face restorers or styles (the models are loaded once, at start).
 
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use diffuse::loaders::lora::{LoraDirectory, LoraFile};
+use diffuse::loaders::embeddings::Embedding;
+use diffuse::loaders::lora::LoraFile;
+use diffuse::loaders::named_files::NamedFiles;
 
 use crate::api::SharedState;
 use crate::error::ApiError;
@@ -25,7 +27,7 @@ pub async fn loras(State(state): State<SharedState>) -> Result<Json<Value>, ApiE
         return Ok(Json(json!([])));
     };
     let listed = crate::api::uploads::off_runtime(move || {
-        let listing = LoraDirectory::scan(&dir).map_err(ApiError::from)?;
+        let listing = NamedFiles::scan(&dir).map_err(ApiError::from)?;
         Ok(listing
             .entries()
             .map(|(name, path)| {
@@ -42,9 +44,43 @@ pub async fn loras(State(state): State<SharedState>) -> Result<Json<Value>, ApiE
     Ok(Json(Value::Array(listed)))
 }
 
-/// `GET /sdapi/v1/embeddings`: none are loaded.
-pub async fn embeddings() -> Json<Value> {
-    Json(json!({"loaded": {}, "skipped": {}}))
+/// `GET /sdapi/v1/embeddings`: the embeddings folder as A1111 lists it: `loaded` (those that fit the default
+/// model's text encoders, with their width and vector count) and `skipped` (the others, with the reason).
+pub async fn embeddings(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let (Some(dir), Some(model)) = (
+        state.embeddings_dir.clone(),
+        state.registry.all().first().cloned(),
+    ) else {
+        return Ok(Json(json!({"loaded": {}, "skipped": {}})));
+    };
+    crate::api::uploads::off_runtime(move || {
+        let listing = NamedFiles::scan(&dir).map_err(ApiError::from)?;
+        let (mut loaded, mut skipped) = (serde_json::Map::new(), serde_json::Map::new());
+        for (name, path) in listing.entries() {
+            let opened = Embedding::open(path, Some(name));
+            match opened.and_then(|e| model.pipeline.check_embedding(&e).map(|()| e)) {
+                Ok(e) => {
+                    let width = e
+                        .first
+                        .as_ref()
+                        .or(e.second.as_ref())
+                        .and_then(|t| t.dims().get(1).copied());
+                    loaded.insert(
+                        name.to_string(),
+                        json!({"step": null, "sd_checkpoint": null, "sd_checkpoint_name": null,
+                               "shape": width, "vectors": e.vectors()}),
+                    );
+                }
+                Err(e) => {
+                    // The reason, without the server's own paths.
+                    let reason = e.to_string().replace(&dir.display().to_string(), "");
+                    skipped.insert(name.to_string(), json!({"error": reason}));
+                }
+            }
+        }
+        Ok(Json(json!({"loaded": loaded, "skipped": skipped})))
+    })
+    .await
 }
 
 /// `POST /sdapi/v1/refresh-checkpoints`, `/refresh-vae`, `/refresh-embeddings`, `/refresh-loras`: nothing to

@@ -1,11 +1,9 @@
-//! LoRA files as model sites publish them, read into weight deltas for a loaded pipeline's UNet and text
-//! encoders: kohya/A1111 (`lora_unet_*`, `lora_te_*`, `lora_te1_*`/`lora_te2_*`, with `.alpha`; LoCon's
+//! LoRA files as model sites publish them, parsed into the modules they change and the tensors of each change
+//! (the math is `models::lora_delta`'s): kohya/A1111 (`lora_unet_*`, `lora_te_*`, `lora_te1_*`/`lora_te2_*`, with `.alpha`; LoCon's
 //! convolution layers; module names in diffusers' or SGM's spelling), LyCORIS LoHa and LoKr, and
 //! diffusers/PEFT (`unet.*`/`text_encoder.*` with `lora_A`/`lora_B`, alpha from diffusers' adapter metadata,
 //! from `.alpha` tensors, or none). Only `.safetensors` files are read; pickles are refused.
 
-pub(crate) mod delta;
-pub mod directory;
 pub(crate) mod keys;
 pub(crate) mod targets;
 
@@ -15,7 +13,6 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-pub use directory::LoraDirectory;
 pub(crate) use keys::{Component, Module};
 
 use crate::loaders::single_file::{is_pickle_path, pickle_refusal};

@@ -186,6 +186,16 @@ impl ClipTextModel {
 
     /// Runs the encoder over `input_ids` (`[batch, tokens]`, u32) with a causal mask.
     pub fn forward(&self, input_ids: &Tensor) -> Result<ClipTextOutput> {
+        self.forward_with_extra(input_ids, None)
+    }
+
+    /// [`ClipTextModel::forward`] where ids from `vocab_size` on stand for the rows of `extra`
+    /// (`[rows, hidden_size]`): textual-inversion vectors, as diffusers' added tokens are.
+    pub fn forward_with_extra(
+        &self,
+        input_ids: &Tensor,
+        extra: Option<&Tensor>,
+    ) -> Result<ClipTextOutput> {
         let (batch, tokens) = input_ids.dims2()?;
         if tokens > self.config.max_position_embeddings {
             return Err(Error::invalid(
@@ -199,8 +209,7 @@ impl ClipTextModel {
         let device = self.device();
         let positions = Tensor::arange(0u32, tokens as u32, device)?;
         let x = self
-            .token_embedding
-            .forward(input_ids)?
+            .embed_tokens(input_ids, extra)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(tokens, device)?.to_dtype(self.dtype())?;
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
@@ -223,6 +232,51 @@ impl ClipTextModel {
             pooled,
             text_embeds,
         })
+    }
+
+    /// The token embeddings of `input_ids`, ids beyond the vocabulary taken from `extra`.
+    fn embed_tokens(&self, input_ids: &Tensor, extra: Option<&Tensor>) -> Result<Tensor> {
+        let vocab = self.config.vocab_size as u32;
+        let Some(extra) = extra else {
+            return Ok(self.token_embedding.forward(input_ids)?);
+        };
+        let (rows, width) = extra.dims2()?;
+        if width != self.config.hidden_size {
+            return Err(Error::invalid(
+                "embedding",
+                format!(
+                    "vectors of width {width}, but this text encoder's tokens have width {}",
+                    self.config.hidden_size
+                ),
+            ));
+        }
+        let shape = input_ids.dims().to_vec();
+        let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
+        if let Some(&bad) = ids.iter().find(|&&id| id >= vocab + rows as u32) {
+            return Err(Error::invalid(
+                "input_ids",
+                format!("id {bad} is beyond the vocabulary and the {rows} added vectors"),
+            ));
+        }
+        let device = self.device();
+        let base_ids: Vec<u32> = ids
+            .iter()
+            .map(|&id| if id < vocab { id } else { 0 })
+            .collect();
+        let extra_ids: Vec<u32> = ids.iter().map(|&id| id.saturating_sub(vocab)).collect();
+        let is_extra: Vec<u8> = ids.iter().map(|&id| u8::from(id >= vocab)).collect();
+        let n = ids.len();
+        let base = self
+            .token_embedding
+            .forward(&Tensor::from_vec(base_ids, n, device)?)?;
+        let added = extra
+            .to_dtype(base.dtype())?
+            .to_device(device)?
+            .index_select(&Tensor::from_vec(extra_ids, n, device)?, 0)?;
+        let mask = Tensor::from_vec(is_extra, (n, 1), device)?.broadcast_as(base.shape())?;
+        let mut out_shape = shape;
+        out_shape.push(self.config.hidden_size);
+        Ok(mask.where_cond(&added, &base)?.reshape(out_shape)?)
     }
 
     /// Applies `final_layer_norm` (diffusers applies it to the hidden state picked by `clip_skip`).

@@ -3,10 +3,9 @@
 //! (`(w1a · w1b) ⊙ (w2a · w2b)`) and LoKr (`w1 ⊗ w2`), and full differences — the formulas LyCORIS documents
 //! and AUTOMATIC1111 applies.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use super::keys::{Factor, Kind, Module, Scale};
-use super::LoraFile;
+use crate::loaders::lora::keys::{Factor, Kind, Module, Scale};
 use crate::{Error, Result};
 
 /// A module's change to its layer.
@@ -17,16 +16,16 @@ pub(crate) struct Delta {
     pub bias: Option<Tensor>,
 }
 
-/// The delta `module` of `file` makes to a layer whose weight has shape `target`, on `device`.
+/// The delta `module` makes to a layer whose weight has shape `target`, its tensors read by `get` (in f32);
+/// `file` names the LoRA file in errors.
 pub(crate) fn delta(
-    file: &LoraFile,
+    file: &str,
     module: &Module,
     target: &[usize],
-    device: &Device,
+    get: &dyn Fn(&str) -> Result<Tensor>,
 ) -> Result<Delta> {
-    let get = |name: &str| file.tensor(name, device);
     let shape_error = |found: &[usize]| Error::Weights {
-        file: file.path().display().to_string(),
+        file: file.to_string(),
         tensor: module.key.clone(),
         message: format!(
             "its delta has shape {found:?} ({} values) but the layer it names has shape {target:?}",
@@ -34,7 +33,7 @@ pub(crate) fn delta(
         ),
     };
     let fail = |e: candle_core::Error| Error::Weights {
-        file: file.path().display().to_string(),
+        file: file.to_string(),
         tensor: module.key.clone(),
         message: format!("its tensors do not combine: {e}"),
     };
@@ -119,7 +118,7 @@ pub(crate) fn delta(
         Some(b) => {
             if b.elem_count() != target.first().copied().unwrap_or(0) {
                 return Err(Error::Weights {
-                    file: file.path().display().to_string(),
+                    file: file.to_string(),
                     tensor: module.key.clone(),
                     message: format!(
                         "its bias delta has shape {:?} but the layer has {} outputs",
@@ -170,6 +169,7 @@ fn kron(w1: &Tensor, w2: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn kron_matches_its_definition() {

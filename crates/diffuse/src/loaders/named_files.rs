@@ -8,12 +8,12 @@ use crate::{Error, Result};
 
 /// The `.safetensors` files under a folder (subfolders included), by file stem.
 #[derive(Debug, Clone, Default)]
-pub struct LoraDirectory {
+pub struct NamedFiles {
     root: PathBuf,
     files: BTreeMap<String, PathBuf>,
 }
 
-impl LoraDirectory {
+impl NamedFiles {
     /// Lists the `.safetensors` files under `root`. Where two files share a stem, the first in path order wins.
     pub fn scan(root: &Path) -> Result<Self> {
         let mut paths = Vec::new();
@@ -54,7 +54,7 @@ impl LoraDirectory {
         };
         Err(Error::invalid(
             field,
-            format!("no `{name}.safetensors` in the LoRA folder ({listed})"),
+            format!("no `{name}.safetensors` in its folder ({listed})"),
         ))
     }
 }
