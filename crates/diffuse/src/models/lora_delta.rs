@@ -16,12 +16,14 @@ pub(crate) struct Delta {
     pub bias: Option<Tensor>,
 }
 
-/// The delta `module` makes to a layer whose weight has shape `target`, its tensors read by `get` (in f32);
-/// `file` names the LoRA file in errors.
+/// The delta `module` makes to a layer whose weight has shape `target`, times `multiplier` (the user's weight),
+/// its tensors read by `get` (in f32); `file` names the LoRA file in errors. The scales multiply the smallest
+/// tensor of each product, so that a delta the size of the layer is made once.
 pub(crate) fn delta(
     file: &str,
     module: &Module,
     target: &[usize],
+    multiplier: f64,
     get: &dyn Fn(&str) -> Result<Tensor>,
 ) -> Result<Delta> {
     let shape_error = |found: &[usize]| Error::Weights {
@@ -37,7 +39,19 @@ pub(crate) fn delta(
         tensor: module.key.clone(),
         message: format!("its tensors do not combine: {e}"),
     };
-    let (raw, rank, bias) = match &module.kind {
+    // The module's own scale: `alpha / rank` (kohya, LyCORIS), or PEFT's, known already.
+    let scale = |rank: Option<usize>| -> f64 {
+        let own = match module.scale {
+            Scale::Fixed(s) => s,
+            Scale::Alpha(Some(alpha)) => match rank {
+                Some(r) if r > 0 => alpha / r as f64,
+                _ => 1.0,
+            },
+            Scale::Alpha(None) => 1.0,
+        };
+        own * multiplier
+    };
+    let (raw, bias) = match &module.kind {
         Kind::LowRank {
             down,
             up,
@@ -45,19 +59,19 @@ pub(crate) fn delta(
             bias,
         } => {
             let (down, up) = (get(down)?, get(up)?);
-            let rank = down.dims().first().copied();
-            let up2 = up.flatten_from(1).map_err(fail)?;
+            let factor = scale(down.dims().first().copied());
+            let up2 = (up.flatten_from(1).map_err(fail)? * factor).map_err(fail)?;
+            let down2 = down.flatten_from(1).map_err(fail)?;
             let weight = match mid {
-                Some(mid) => tucker(
-                    &get(mid)?,
-                    &up2.t().map_err(fail)?,
-                    &down.flatten_from(1).map_err(fail)?,
-                ),
-                None => up2.matmul(&down.flatten_from(1).map_err(fail)?),
+                Some(mid) => tucker(&get(mid)?, &up2.t().map_err(fail)?, &down2),
+                None => up2.matmul(&down2),
             }
             .map_err(fail)?;
-            let bias = bias.as_deref().map(get).transpose()?;
-            (weight, rank, bias)
+            let bias = match bias {
+                Some(b) => Some((get(b)? * factor).map_err(fail)?),
+                None => None,
+            };
+            (weight, bias)
         }
         Kind::LoHa {
             w1a,
@@ -68,7 +82,8 @@ pub(crate) fn delta(
             t2,
         } => {
             let (w1a, w1b, w2a, w2b) = (get(w1a)?, get(w1b)?, get(w2a)?, get(w2b)?);
-            let rank = w1b.dims().first().copied();
+            let factor = scale(w1b.dims().first().copied());
+            let w1a = (w1a * factor).map_err(fail)?;
             let product = |a: &Tensor, b: &Tensor, t: &Option<String>| -> Result<Tensor> {
                 match t {
                     Some(t) => tucker(&get(t)?, a, b).map_err(fail),
@@ -79,56 +94,59 @@ pub(crate) fn delta(
             if w1.dims() != w2.dims() {
                 return Err(shape_error(w2.dims()));
             }
-            ((w1 * w2).map_err(fail)?, rank, None)
+            ((w1 * w2).map_err(fail)?, None)
         }
         Kind::LoKr { w1, w2, t2 } => {
-            let mut rank = None;
-            let mut factor = |f: &Factor, t: &Option<String>| -> Result<Tensor> {
+            let load = |f: &Factor| -> Result<(Tensor, Option<Tensor>)> {
                 match f {
-                    Factor::Whole(w) => get(w),
-                    Factor::Product(a, b) => {
-                        let (a, b) = (get(a)?, get(b)?);
-                        rank = rank.or(b.dims().first().copied());
-                        match t {
-                            Some(t) => tucker(&get(t)?, &a, &b).map_err(fail),
-                            None => a.matmul(&b.flatten_from(1).map_err(fail)?).map_err(fail),
-                        }
-                    }
+                    Factor::Whole(w) => Ok((get(w)?, None)),
+                    Factor::Product(a, b) => Ok((get(a)?, Some(get(b)?))),
                 }
             };
-            let w1 = factor(w1, &None)?;
-            let w2 = factor(w2, t2)?;
-            (kron(&w1, &w2).map_err(fail)?, rank, None)
+            let ((w1a, w1b), (w2a, w2b)) = (load(w1)?, load(w2)?);
+            // The rank is the decomposed factor's (w1's when both are).
+            let rank = w1b
+                .as_ref()
+                .or(w2b.as_ref())
+                .and_then(|b| b.dims().first().copied());
+            let w1a = (w1a * scale(rank)).map_err(fail)?;
+            let w1 = match &w1b {
+                Some(b) => w1a.matmul(&b.flatten_from(1).map_err(fail)?).map_err(fail)?,
+                None => w1a,
+            };
+            let w2 = match (&w2b, t2) {
+                (None, _) => w2a,
+                (Some(b), Some(t)) => tucker(&get(t)?, &w2a, b).map_err(fail)?,
+                (Some(b), None) => w2a.matmul(&b.flatten_from(1).map_err(fail)?).map_err(fail)?,
+            };
+            (kron(&w1, &w2).map_err(fail)?, None)
         }
-        Kind::Full { diff, bias } => (get(diff)?, None, bias.as_deref().map(get).transpose()?),
-    };
-    let scale = match module.scale {
-        Scale::Fixed(s) => s,
-        Scale::Alpha(Some(alpha)) => match rank {
-            Some(r) if r > 0 => alpha / r as f64,
-            _ => 1.0,
-        },
-        Scale::Alpha(None) => 1.0,
+        Kind::Full { diff, bias } => {
+            let factor = scale(None);
+            let bias = match bias {
+                Some(b) => Some((get(b)? * factor).map_err(fail)?),
+                None => None,
+            };
+            ((get(diff)? * factor).map_err(fail)?, bias)
+        }
     };
     if raw.elem_count() != target.iter().product::<usize>() {
         return Err(shape_error(raw.dims()));
     }
-    let weight = (raw.reshape(target).map_err(fail)? * scale).map_err(fail)?;
+    let weight = raw.reshape(target).map_err(fail)?;
+    let outputs = target.first().copied().unwrap_or(0);
     let bias = match bias {
-        Some(b) => {
-            if b.elem_count() != target.first().copied().unwrap_or(0) {
-                return Err(Error::Weights {
-                    file: file.to_string(),
-                    tensor: module.key.clone(),
-                    message: format!(
-                        "its bias delta has shape {:?} but the layer has {} outputs",
-                        b.dims(),
-                        target.first().copied().unwrap_or(0)
-                    ),
-                });
-            }
-            Some((b.flatten_all().map_err(fail)? * scale).map_err(fail)?)
+        Some(b) if b.elem_count() != outputs => {
+            return Err(Error::Weights {
+                file: file.to_string(),
+                tensor: module.key.clone(),
+                message: format!(
+                    "its bias delta has shape {:?} but the layer has {outputs} outputs",
+                    b.dims()
+                ),
+            })
         }
+        Some(b) => Some(b.flatten_all().map_err(fail)?),
         None => None,
     };
     Ok(Delta { weight, bias })

@@ -280,9 +280,10 @@ pub(crate) fn prepare(base: &Base, loras: &[ResolvedLora]) -> Result<Adapted> {
                     &file.path().display().to_string(),
                     module,
                     original.dims(),
+                    weight,
                     &|name| file.tensor(name, device),
                 )?;
-                add(&mut sums, weight_name, (change.weight * weight)?)?;
+                add(&mut sums, weight_name, change.weight)?;
                 if let Some(bias) = change.bias {
                     let bias_name = format!("{layer}.bias");
                     if !tensors.contains_key(&bias_name) {
@@ -290,7 +291,7 @@ pub(crate) fn prepare(base: &Base, loras: &[ResolvedLora]) -> Result<Adapted> {
                             "changes the bias of `{layer}`, which has none"
                         )));
                     }
-                    add(&mut sums, bias_name, (bias * weight)?)?;
+                    add(&mut sums, bias_name, bias)?;
                 }
             }
         }
