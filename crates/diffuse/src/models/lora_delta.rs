@@ -111,13 +111,17 @@ pub(crate) fn delta(
                 .and_then(|b| b.dims().first().copied());
             let w1a = (w1a * scale(rank)).map_err(fail)?;
             let w1 = match &w1b {
-                Some(b) => w1a.matmul(&b.flatten_from(1).map_err(fail)?).map_err(fail)?,
+                Some(b) => w1a
+                    .matmul(&b.flatten_from(1).map_err(fail)?)
+                    .map_err(fail)?,
                 None => w1a,
             };
             let w2 = match (&w2b, t2) {
                 (None, _) => w2a,
                 (Some(b), Some(t)) => tucker(&get(t)?, &w2a, b).map_err(fail)?,
-                (Some(b), None) => w2a.matmul(&b.flatten_from(1).map_err(fail)?).map_err(fail)?,
+                (Some(b), None) => w2a
+                    .matmul(&b.flatten_from(1).map_err(fail)?)
+                    .map_err(fail)?,
             };
             (kron(&w1, &w2).map_err(fail)?, None)
         }
