@@ -181,3 +181,45 @@ fn bad_embeddings_are_refused_with_the_reason() {
     let e = error(&sd1, with(not_one.to_str().unwrap()));
     assert!(e.contains("not a textual-inversion embedding"), "{e}");
 }
+
+/// A1111 also stores `string_to_param` (its `.pt` layout) in safetensors files: the same vectors under
+/// `string_to_param.*` give the same latents as under `emb_params`.
+#[test]
+fn string_to_param_files_read_as_emb_params() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c["name"] == "sd1_a1111_multi_vector")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("diffuse-embeddings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = candle_core::safetensors::load(
+        files().join("fixtri.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let renamed = std::collections::HashMap::from([(
+        "string_to_param.*".to_string(),
+        source["emb_params"].clone(),
+    )]);
+    candle_core::safetensors::save(&renamed, dir.join("fixtri.safetensors")).unwrap();
+    std::fs::copy(
+        files().join("badneg.safetensors"),
+        dir.join("badneg.safetensors"),
+    )
+    .unwrap();
+    let folder = PipelineFolder::open(&fixtures("models").join("sd1")).unwrap();
+    let pipe = StableDiffusion::load(&folder, &LoadOptions::default())
+        .unwrap()
+        .with_embeddings_dir(&dir);
+    let latents = generate(
+        &pipe,
+        &request(&case, Vec::new()),
+        case["seed"].as_u64().unwrap(),
+    )
+    .unwrap();
+    let reference =
+        load_reference(&fixtures("embeddings").join("sd1_a1111_multi_vector.safetensors"));
+    let error = relative_error(&latents, get(&reference, "latents"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(error < LATENT_TOLERANCE, "latents {error:.2e}");
+}

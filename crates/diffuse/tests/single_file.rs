@@ -476,7 +476,7 @@ fn builtin_configurations_are_the_hub_repos() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("--config")
+        err.contains("`config`")
             && err.contains("stable-diffusion-v1-5/stable-diffusion-inpainting"),
         "{err}"
     );
@@ -558,7 +558,7 @@ fn bad_input_is_refused_clearly() {
     let err = PipelineFolder::open_path(&sd1_dir, Some(ConfigSource::Folder(sd1_dir.clone())))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("--config"), "{err}");
+    assert!(err.contains("`config`"), "{err}");
     // A checkpoint without a text encoder says so.
     let unet_only: std::collections::HashMap<String, Tensor> = tensors
         .into_iter()

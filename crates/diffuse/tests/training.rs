@@ -155,7 +155,7 @@ fn zero_terminal_snr_trains_v_prediction_to_the_pure_noise_timestep() {
     config.denoiser.zero_terminal_snr = Some(true);
     let err = run(&config).unwrap_err().to_string();
     assert!(
-        err.contains("--zero-terminal-snr") && err.contains("v_prediction"),
+        err.contains("denoiser.zero_terminal_snr") && err.contains("v_prediction"),
         "{err}"
     );
     let mut config = small_config(&dir.path().join("v"), 2, 2);
@@ -479,18 +479,16 @@ fn timestep_bias_weights_and_sampling() {
 
     let message = |b: TimestepBias| b.validate().unwrap_err().to_string();
     assert!(message(bias(BiasStrategy::Earlier, 0.0, 0.5, 0, 1000))
-        .contains("--timestep-bias-multiplier"));
-    assert!(
-        message(bias(BiasStrategy::Later, 2.0, 1.5, 0, 1000)).contains("--timestep-bias-portion")
-    );
-    assert!(
-        message(bias(BiasStrategy::Range, 2.0, 0.5, 600, 400)).contains("--timestep-bias-begin")
-    );
+        .contains("denoiser.timestep_bias.multiplier"));
+    assert!(message(bias(BiasStrategy::Later, 2.0, 1.5, 0, 1000))
+        .contains("denoiser.timestep_bias.portion"));
+    assert!(message(bias(BiasStrategy::Range, 2.0, 0.5, 600, 400))
+        .contains("denoiser.timestep_bias.begin"));
     let too_far = bias(BiasStrategy::Range, 2.0, 0.5, 0, 1200).weights(1000);
     assert!(too_far
         .unwrap_err()
         .to_string()
-        .contains("--timestep-bias-end"));
+        .contains("denoiser.timestep_bias.end"));
 }
 
 /// Splitting each batch across worker threads (data parallelism) trains the same model: with 3 workers on
@@ -568,7 +566,10 @@ fn refinement_phase_draws_low_timesteps_with_its_own_learning_rate() {
     assert!((low - 0.5).abs() < 0.01, "share below 150: {low}");
     for limit in [0, 1001] {
         let message = TimestepSampler::below(limit, 1000).unwrap_err().to_string();
-        assert!(message.contains("--refine-max-timestep"), "{message}");
+        assert!(
+            message.contains("denoiser.refinement.max_timestep"),
+            "{message}"
+        );
     }
     config.denoiser.refinement = Some(Refinement {
         steps: 4,
@@ -577,7 +578,10 @@ fn refinement_phase_draws_low_timesteps_with_its_own_learning_rate() {
         batch_size: None,
     });
     let message = config.validate().unwrap_err().to_string();
-    assert!(message.contains("--refine-max-timestep"), "{message}");
+    assert!(
+        message.contains("denoiser.refinement.max_timestep"),
+        "{message}"
+    );
     config.denoiser.refinement = Some(Refinement {
         steps: 4,
         learning_rate: 2e-4,
@@ -585,7 +589,10 @@ fn refinement_phase_draws_low_timesteps_with_its_own_learning_rate() {
         batch_size: Some(0),
     });
     let message = config.validate().unwrap_err().to_string();
-    assert!(message.contains("--refine-batch-size"), "{message}");
+    assert!(
+        message.contains("denoiser.refinement.batch_size"),
+        "{message}"
+    );
     config.denoiser.refinement = Some(Refinement {
         steps: 4,
         learning_rate: 2e-4,
@@ -593,5 +600,8 @@ fn refinement_phase_draws_low_timesteps_with_its_own_learning_rate() {
         batch_size: None,
     });
     let message = run(&config).unwrap_err().to_string();
-    assert!(message.contains("--refine-max-timestep"), "{message}");
+    assert!(
+        message.contains("denoiser.refinement.max_timestep"),
+        "{message}"
+    );
 }

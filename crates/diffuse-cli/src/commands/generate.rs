@@ -157,8 +157,27 @@ pub struct GenerateArgs {
     replay: Option<PathBuf>,
 }
 
+/// The library's request settings that messages name in backticks, and their flags.
+const FLAGS: [(&str, &str); 3] = [
+    ("`config`", "`--config`"),
+    ("`strength`", "`--strength`"),
+    ("`steps`", "`--steps`"),
+];
+
+/// An error as the command line shows it: the library settings it names written as flags.
+fn with_flags(e: anyhow::Error) -> anyhow::Error {
+    let text = FLAGS.iter().fold(format!("{e:#}"), |text, (field, flag)| {
+        text.replace(field, flag)
+    });
+    anyhow::anyhow!(text)
+}
+
 /// Runs the command; `given` holds the ids of the arguments the user gave (the rest are defaults).
-pub fn run(mut args: GenerateArgs, given: &[String]) -> Result<()> {
+pub fn run(args: GenerateArgs, given: &[String]) -> Result<()> {
+    generate(args, given).map_err(with_flags)
+}
+
+fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
     if let Some(threads) = args.threads {
         if threads == 0 {
             bail!("invalid --threads: 0: at least one thread");

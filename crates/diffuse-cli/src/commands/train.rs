@@ -215,8 +215,71 @@ pub struct TrainArgs {
     save_dtype: SaveDtype,
 }
 
+/// The library's training settings and the flags that set them: errors name the setting, the command line
+/// shows the flag.
+const FLAGS: [(&str, &str); 27] = [
+    ("denoiser.refinement.batch_size", "--refine-batch-size"),
+    ("denoiser.refinement.learning_rate", "--refine-lr"),
+    ("denoiser.refinement.max_timestep", "--refine-max-timestep"),
+    ("denoiser.text_encoder_learning_rate", "--text-encoder-lr"),
+    (
+        "denoiser.timestep_bias.multiplier",
+        "--timestep-bias-multiplier",
+    ),
+    (
+        "denoiser.timestep_bias.strategy",
+        "--timestep-bias-strategy",
+    ),
+    ("denoiser.timestep_bias.portion", "--timestep-bias-portion"),
+    ("denoiser.timestep_bias.begin", "--timestep-bias-begin"),
+    ("denoiser.timestep_bias.end", "--timestep-bias-end"),
+    ("denoiser.zero_terminal_snr", "--zero-terminal-snr"),
+    ("denoiser.caption_dropout", "--caption-dropout"),
+    ("denoiser.learning_rate", "--lr"),
+    ("denoiser.min_snr_gamma", "--min-snr-gamma"),
+    ("denoiser.noise_offset", "--noise-offset"),
+    ("denoiser.prediction", "--prediction"),
+    ("denoiser.steps", "--steps"),
+    ("vae.learning_rate", "--vae-lr"),
+    ("vae.kl_weight", "--kl-weight"),
+    ("checkpoint_every", "--checkpoint-every"),
+    ("max_grad_norm", "--max-grad-norm"),
+    ("batch_size", "--batch-size"),
+    ("resolution", "--resolution"),
+    ("save_dtype", "--save-dtype"),
+    ("ema_decay", "--ema-decay"),
+    ("workers", "--workers"),
+    ("resume", "--resume"),
+    ("data", "--data"),
+];
+
+/// `text` with each backticked setting (`` `field` ``, `` `field = value` ``) written as its flag.
+fn as_flags(text: &str) -> String {
+    let mut out = text.to_string();
+    for (field, flag) in FLAGS {
+        out = out
+            .replace(&format!("`{field} = "), &format!("`{flag} "))
+            .replace(&format!("`{field}`"), &format!("`{flag}`"));
+    }
+    out
+}
+
+/// An error as the command line shows it: the library settings it names (`invalid FIELD:`, `` `FIELD` ``)
+/// written as their flags.
+fn with_flags(e: anyhow::Error) -> anyhow::Error {
+    let mut text = as_flags(&format!("{e:#}"));
+    for (field, flag) in FLAGS {
+        text = text.replace(&format!("invalid {field}: "), &format!("invalid {flag}: "));
+    }
+    anyhow::anyhow!(text)
+}
+
 /// Runs the training and prints progress on stderr.
 pub fn run(args: TrainArgs) -> Result<()> {
+    run_training(args).map_err(with_flags)
+}
+
+fn run_training(args: TrainArgs) -> Result<()> {
     let workers = match args.workers {
         Some(0) => bail!("invalid --workers: 0: at least one worker"),
         Some(workers) => workers,

@@ -112,7 +112,7 @@ impl PipelineFolder {
                     "config",
                     format!(
                         "{}: holds {}, whose configuration is not built in; give a diffusers folder or \
-                         Hub id with --config (diffusers uses {})",
+                         Hub id as `config` (diffusers uses {})",
                         file.display(),
                         checkpoint.kind(),
                         checkpoint.kind().default_config_repo()
@@ -152,7 +152,7 @@ impl PipelineFolder {
                 Some(_) => Err(Error::invalid(
                     "config",
                     format!(
-                        "{} is a diffusers folder, which has its own configuration; --config applies to \
+                        "{} is a diffusers folder, which has its own configuration; a `config` applies to \
                          single-file checkpoints",
                         path.display()
                     ),

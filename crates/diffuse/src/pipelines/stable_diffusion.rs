@@ -550,7 +550,7 @@ fn strength_cut(
         return Err(Error::invalid(
             "strength",
             format!(
-                "{strength} leaves none of the {steps} steps to run; raise --strength or --steps"
+                "{strength} leaves none of the {steps} steps to run; raise `strength` or `steps`"
             ),
         ));
     }

@@ -47,7 +47,7 @@ impl Architecture {
     pub fn tiny(resolution: usize, tokenizer: &ClipTokenizer) -> Result<Self> {
         if resolution == 0 || !resolution.is_multiple_of(16) {
             return Err(Error::invalid(
-                "--resolution",
+                "resolution",
                 format!("{resolution}: the tiny design needs a positive multiple of 16"),
             ));
         }

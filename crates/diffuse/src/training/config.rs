@@ -204,11 +204,11 @@ impl TrainConfig {
         self.vae_steps() + self.denoiser_steps()
     }
 
-    /// Rejects values out of range, naming the flag.
+    /// Rejects values out of range, naming the field.
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
             return Err(Error::invalid(
-                "--batch-size",
+                "batch_size",
                 "0: at least one image per step",
             ));
         }
@@ -218,21 +218,21 @@ impl TrainConfig {
             .is_some_and(|r| r.batch_size == Some(0))
         {
             return Err(Error::invalid(
-                "--refine-batch-size",
+                "denoiser.refinement.batch_size",
                 "0: at least one image per step",
             ));
         }
         let rates = [
-            ("--vae-lr", self.vae.learning_rate),
-            ("--lr", self.denoiser.learning_rate),
+            ("vae.learning_rate", self.vae.learning_rate),
+            ("denoiser.learning_rate", self.denoiser.learning_rate),
             (
-                "--text-encoder-lr",
+                "denoiser.text_encoder_learning_rate",
                 self.denoiser
                     .text_encoder_learning_rate
                     .unwrap_or(self.denoiser.learning_rate),
             ),
             (
-                "--refine-lr",
+                "denoiser.refinement.learning_rate",
                 self.denoiser
                     .refinement
                     .map_or(self.denoiser.learning_rate, |r| r.learning_rate),
@@ -248,14 +248,14 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.denoiser.caption_dropout) {
             return Err(Error::invalid(
-                "--caption-dropout",
+                "denoiser.caption_dropout",
                 format!("{}: must be in [0, 1]", self.denoiser.caption_dropout),
             ));
         }
         if let Some(decay) = self.ema_decay {
             if !(0.0..1.0).contains(&decay) {
                 return Err(Error::invalid(
-                    "--ema-decay",
+                    "ema_decay",
                     format!("{decay}: must be in [0, 1)"),
                 ));
             }
@@ -263,7 +263,7 @@ impl TrainConfig {
         if let Some(gamma) = self.denoiser.min_snr_gamma {
             if !gamma.is_finite() || gamma <= 0.0 {
                 return Err(Error::invalid(
-                    "--min-snr-gamma",
+                    "denoiser.min_snr_gamma",
                     format!("{gamma}: must be positive"),
                 ));
             }
@@ -275,45 +275,42 @@ impl TrainConfig {
             .is_some_and(|r| r.max_timestep == 0)
         {
             return Err(Error::invalid(
-                "--refine-max-timestep",
+                "denoiser.refinement.max_timestep",
                 "0: at least one timestep to draw from",
             ));
         }
         if self.workers == 0 {
-            return Err(Error::invalid("--workers", "0: at least one worker"));
+            return Err(Error::invalid("workers", "0: at least one worker"));
         }
         if self
             .max_grad_norm
             .is_some_and(|m| !m.is_finite() || m <= 0.0)
         {
-            return Err(Error::invalid("--max-grad-norm", "must be positive"));
+            return Err(Error::invalid("max_grad_norm", "must be positive"));
         }
         if !self.vae.kl_weight.is_finite() || self.vae.kl_weight < 0.0 {
-            return Err(Error::invalid("--kl-weight", "must be ≥ 0"));
+            return Err(Error::invalid("vae.kl_weight", "must be ≥ 0"));
         }
         if !self.denoiser.noise_offset.is_finite() || self.denoiser.noise_offset < 0.0 {
-            return Err(Error::invalid("--noise-offset", "must be ≥ 0"));
+            return Err(Error::invalid("denoiser.noise_offset", "must be ≥ 0"));
         }
         if self.checkpoint_every == Some(0) {
-            return Err(Error::invalid(
-                "--checkpoint-every",
-                "0: must be at least 1",
-            ));
+            return Err(Error::invalid("checkpoint_every", "0: must be at least 1"));
         }
         if !matches!(self.save_dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(Error::invalid(
-                "--save-dtype",
+                "save_dtype",
                 format!("{:?}: expected f32, f16 or bf16", self.save_dtype),
             ));
         }
         if self.total_steps() == 0 {
-            return Err(Error::invalid("--steps", "0: nothing to train"));
+            return Err(Error::invalid("denoiser.steps", "0: nothing to train"));
         }
         Ok(())
     }
 }
 
-/// The side of the training images when `--resolution` is not given: 32 from scratch, the pipeline's own
+/// The side of the training images when no resolution is given: 32 from scratch, the pipeline's own
 /// size (the UNet's `sample_size` times the VAE factor) when fine-tuning.
 pub fn default_resolution(source: &ModelSource) -> Result<usize> {
     match source {
@@ -326,7 +323,7 @@ pub fn default_resolution(source: &ModelSource) -> Result<usize> {
                     "unet/config.json",
                     "sample_size",
                     "null",
-                    "an integer (or pass --resolution)",
+                    "an integer (or pass `resolution`)",
                 )
             })?;
             Ok(h.min(w) * factor)

@@ -9,7 +9,7 @@ use super::shapes::ShapesDataset;
 use crate::pipelines::RgbImage;
 use crate::{Error, Result};
 
-/// How many procedural images `--data shapes` means.
+/// How many procedural images the data spec `shapes` means.
 pub const DEFAULT_SHAPES_COUNT: usize = 20_000;
 
 /// Where training images and captions come from.
@@ -22,7 +22,7 @@ pub enum TrainingData {
 }
 
 impl TrainingData {
-    /// Parses `--data`: `shapes` or `shapes:COUNT` for the procedural set (drawn from `seed`), otherwise a
+    /// Parses a data spec: `shapes` or `shapes:COUNT` for the procedural set (drawn from `seed`), otherwise a
     /// folder of captioned images; images are served at `resolution`×`resolution`.
     pub fn from_spec(spec: &str, resolution: usize, seed: u64) -> Result<Self> {
         let path = Path::new(spec);
@@ -32,7 +32,7 @@ impl TrainingData {
                     None if rest.is_empty() => DEFAULT_SHAPES_COUNT,
                     Some(n) => n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
                         Error::invalid(
-                            "--data",
+                            "data",
                             format!("{spec:?}: expected shapes:COUNT with a positive COUNT"),
                         )
                     })?,
@@ -46,7 +46,7 @@ impl TrainingData {
         }
         if !path.is_dir() {
             return Err(Error::invalid(
-                "--data",
+                "data",
                 format!(
                     "{spec}: not a folder (expected a folder of captioned images, or `shapes`)"
                 ),

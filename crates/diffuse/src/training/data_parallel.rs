@@ -51,7 +51,7 @@ fn pool(workers: usize) -> Result<Arc<ThreadPool>> {
         // candle's backward pass sorts the graph recursively; give workers the main thread's stack size.
         .stack_size(8 << 20)
         .build()
-        .map_err(|e| Error::invalid("--workers", format!("{workers} threads: {e}")))?;
+        .map_err(|e| Error::invalid("workers", format!("{workers} threads: {e}")))?;
     let pool = Arc::new(pool);
     pools.push((workers, pool.clone()));
     Ok(pool)

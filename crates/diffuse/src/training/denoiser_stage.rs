@@ -335,7 +335,7 @@ pub(crate) fn run(
         )?;
         if !value.is_finite() {
             return Err(Error::invalid(
-                "--lr",
+                "denoiser.learning_rate",
                 format!(
                     "the loss became {value} at step {}; lower the learning rate",
                     step + 1

@@ -121,14 +121,14 @@ fn write_component(
     }
 }
 
-/// The stored dtype named `f32`, `f16` or `bf16` (`--save-dtype`).
+/// The stored dtype named `f32`, `f16` or `bf16` (`save_dtype`).
 pub fn parse_save_dtype(name: &str) -> Result<DType> {
     match name {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
         other => Err(Error::invalid(
-            "--save-dtype",
+            "save_dtype",
             format!("{other:?}: expected f32, f16 or bf16"),
         )),
     }

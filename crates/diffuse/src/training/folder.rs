@@ -47,7 +47,7 @@ impl ImageFolder {
         };
         if items.is_empty() {
             return Err(Error::invalid(
-                "--data",
+                "data",
                 format!(
                     "{}: no images found (expected {} files each with a .txt caption, or a metadata.jsonl)",
                     root.display(),
@@ -112,7 +112,7 @@ fn read_pairs(root: &Path) -> Result<Vec<(PathBuf, String)>> {
             let caption_path = image.with_extension("txt");
             if !caption_path.is_file() {
                 return Err(Error::invalid(
-                    "--data",
+                    "data",
                     format!(
                         "{}: the image has no caption (expected {})",
                         image.display(),

@@ -50,13 +50,13 @@ impl Default for TimestepBias {
 }
 
 impl TimestepBias {
-    /// Rejects a multiplier or portion out of range, naming the flag.
+    /// Rejects a multiplier or portion out of range, naming the field.
     pub fn validate(&self) -> Result<()> {
         if !self.multiplier.is_finite() || self.multiplier <= 0.0 {
             return Err(Error::invalid(
-                "--timestep-bias-multiplier",
+                "denoiser.timestep_bias.multiplier",
                 format!(
-                    "{}: must be positive (use `--timestep-bias-strategy none` for no bias)",
+                    "{}: must be positive (use `denoiser.timestep_bias.strategy = none` for no bias)",
                     self.multiplier
                 ),
             ));
@@ -65,15 +65,15 @@ impl TimestepBias {
             && !(self.portion > 0.0 && self.portion <= 1.0)
         {
             return Err(Error::invalid(
-                "--timestep-bias-portion",
+                "denoiser.timestep_bias.portion",
                 format!("{}: must be in (0, 1]", self.portion),
             ));
         }
         if self.strategy == BiasStrategy::Range && self.begin >= self.end {
             return Err(Error::invalid(
-                "--timestep-bias-begin",
+                "denoiser.timestep_bias.begin",
                 format!(
-                    "{} is not below --timestep-bias-end {}",
+                    "{} is not below `denoiser.timestep_bias.end` {}",
                     self.begin, self.end
                 ),
             ));
@@ -98,7 +98,7 @@ impl TimestepBias {
             BiasStrategy::Range => {
                 if self.end > num_timesteps {
                     return Err(Error::invalid(
-                        "--timestep-bias-end",
+                        "denoiser.timestep_bias.end",
                         format!("{}: the schedule has {num_timesteps} timesteps", self.end),
                     ));
                 }
@@ -144,11 +144,11 @@ impl TimestepSampler {
     }
 
     /// A sampler drawing uniformly from the `max_timestep` least noisy of `num_timesteps` timesteps (the
-    /// refinement phase; `--refine-max-timestep` names the limit).
+    /// refinement phase; `denoiser.refinement.max_timestep` names the limit).
     pub fn below(max_timestep: usize, num_timesteps: usize) -> Result<Self> {
         if max_timestep == 0 || max_timestep > num_timesteps {
             return Err(Error::invalid(
-                "--refine-max-timestep",
+                "denoiser.refinement.max_timestep",
                 format!("{max_timestep}: must be in 1..={num_timesteps}, the schedule's timesteps"),
             ));
         }

@@ -159,7 +159,7 @@ impl Setup {
                 let factor = architecture.vae_config()?.scale_factor();
                 if !resolution.is_multiple_of(factor) {
                     return Err(Error::invalid(
-                        "--resolution",
+                        "resolution",
                         format!("{resolution}: must be a multiple of the VAE's factor {factor}"),
                     ));
                 }
@@ -223,8 +223,8 @@ fn set_zero_terminal_snr(
         .unwrap_or(false);
     if on && prediction == Prediction::Epsilon {
         return Err(Error::invalid(
-            "--zero-terminal-snr",
-            "needs --prediction v_prediction: at zero SNR the model's input is the noise itself",
+            "denoiser.zero_terminal_snr",
+            "needs `denoiser.prediction` v_prediction: at zero SNR the model's input is the noise itself",
         ));
     }
     Ok(())
@@ -300,7 +300,7 @@ fn load_resume(config: &TrainConfig, setup: &Setup) -> Result<Option<Checkpoint>
     let ckpt = checkpoint::load(&path, &config.device)?;
     if let Some(diff) = setup.architecture.difference(&ckpt.state.architecture()) {
         return Err(Error::invalid(
-            "--resume",
+            "resume",
             format!(
                 "{}: the checkpoint is for another architecture ({diff}: this run vs the checkpoint)",
                 path.display()
@@ -309,7 +309,7 @@ fn load_resume(config: &TrainConfig, setup: &Setup) -> Result<Option<Checkpoint>
     }
     if ckpt.state.step > config.total_steps() {
         return Err(Error::invalid(
-            "--resume",
+            "resume",
             format!(
                 "{}: the checkpoint is at step {}, past this run's {} steps",
                 path.display(),

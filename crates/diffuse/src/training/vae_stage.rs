@@ -134,7 +134,7 @@ pub(crate) fn run(
         )?;
         if !value.is_finite() {
             return Err(Error::invalid(
-                "--vae-lr",
+                "vae.learning_rate",
                 format!(
                     "the VAE loss became {value} at step {}; lower the learning rate",
                     step + 1
