@@ -106,3 +106,47 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    /// The library's messages name its own settings; the binaries translate them to flags. This reads every
+    /// source file of the library and refuses a string literal that names a command-line flag (`--word`);
+    /// comments and cargo's `--features` are allowed.
+    #[test]
+    fn no_message_names_a_command_line_flag() {
+        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        files(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut all,
+        );
+        let literal = regex::Regex::new(r#"(?s)"(?:[^"\\]|\\.)*""#).unwrap();
+        let flag = regex::Regex::new(r"(^|[\s`(])--[a-z]").unwrap();
+        let mut found = Vec::new();
+        for path in all {
+            let text = std::fs::read_to_string(&path).unwrap();
+            // The code without its comments (doc comments may quote flags of other programs).
+            let code: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect();
+            let code = code.join("\n");
+            for m in literal.find_iter(&code) {
+                let text = m.as_str();
+                if flag.is_match(text) && !text.contains("--features") {
+                    found.push(format!("{}: {text}", path.display()));
+                }
+            }
+        }
+        assert!(found.is_empty(), "{found:#?}");
+    }
+}
