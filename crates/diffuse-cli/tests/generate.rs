@@ -32,6 +32,22 @@ fn diffuse(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The largest absolute difference between the `latents` tensors of two safetensors files.
+fn latents_difference(ours: &Path, reference: &Path) -> f32 {
+    let load = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    let (ours, reference) = (load(ours), load(reference));
+    (&ours["latents"] - &reference["latents"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -263,19 +279,10 @@ fn saved_latents_equal_diffusers_and_feed_back_in() {
         latents.to_str().unwrap(),
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let ours = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap();
-    let reference = candle_core::safetensors::load(
-        fixtures("pipelines").join("t2i_pndm_batch2.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let diff = (&ours["latents"] - &reference["latents"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap();
-    let max = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+    let max = latents_difference(
+        &latents,
+        &fixtures("pipelines").join("t2i_pndm_batch2.safetensors"),
+    );
     assert!(max < 1e-4, "latents differ from diffusers by {max}");
 
     // Zero initial latents, passed in, give a deterministic run whatever the seed.
@@ -816,22 +823,10 @@ fn loras_apply_from_files_and_tags_and_replay() {
         latents.to_str().unwrap(),
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let ours = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap();
-    let reference = candle_core::safetensors::load(
-        fixtures("loras").join("sd1_two_negative.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let diff = (&ours["latents"] - &reference["latents"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = latents_difference(
+        &latents,
+        &fixtures("loras").join("sd1_two_negative.safetensors"),
+    );
     assert!(diff < 1e-4, "latents differ from diffusers by {diff}");
     // The parameters name the LoRAs as A1111's tags; a replay with the LoRA folder draws the same image.
     let params = diffuse::pipelines::images::read_image_parameters(&image)

@@ -24,12 +24,7 @@ fn files() -> PathBuf {
 }
 
 fn cases() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures("embeddings").join("cases.json")).unwrap();
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    common::cases("embeddings")
 }
 
 fn load(model: &str, with_folder: bool) -> StableDiffusion {

@@ -25,12 +25,7 @@ fn lora_files() -> PathBuf {
 }
 
 fn cases() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures("loras").join("cases.json")).unwrap();
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    common::cases("loras")
 }
 
 fn load(model: &str) -> StableDiffusion {

@@ -16,12 +16,7 @@ use serde_json::Value;
 const LATENT_TOLERANCE: f64 = 1e-4;
 
 fn cases() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures("prompts").join("cases.json")).unwrap();
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    common::cases("prompts")
 }
 
 fn load(model: &str) -> StableDiffusion {

@@ -200,15 +200,20 @@ fn components(pipe: &StableDiffusion, reps: usize, dtype: DType, device: &Device
     Ok(())
 }
 
-fn generate(pipe: &StableDiffusion, steps: usize, save: Option<&std::path::Path>) -> Result<()> {
-    let request = GenerationRequest {
+/// The benchmark's generation: `PROMPT` at 512², `steps` DPM++ 2M steps, CFG 7.5.
+fn request_512(pipe: &StableDiffusion, steps: usize) -> Result<GenerationRequest> {
+    Ok(GenerationRequest {
         prompt: PROMPT.to_string(),
         steps,
         width: Some(512),
         height: Some(512),
         scheduler: Some(scheduler_config_for("DPM++ 2M", &pipe.scheduler)?),
         ..GenerationRequest::default()
-    };
+    })
+}
+
+fn generate(pipe: &StableDiffusion, steps: usize, save: Option<&std::path::Path>) -> Result<()> {
+    let request = request_512(pipe, steps)?;
     let mut noise = TorchCpuRng::new(0);
     let mut first_step = None;
     let mut generated = None;
@@ -240,13 +245,8 @@ fn step_times(
     loras: &[LoraChoice],
 ) -> Result<Vec<(f64, f64)>> {
     let request = GenerationRequest {
-        prompt: PROMPT.to_string(),
-        steps,
-        width: Some(512),
-        height: Some(512),
-        scheduler: Some(scheduler_config_for("DPM++ 2M", &pipe.scheduler)?),
         loras: loras.to_vec(),
-        ..GenerationRequest::default()
+        ..request_512(pipe, steps)?
     };
     let mut ends = Vec::new();
     pipe.generate(&request, &mut TorchCpuRng::new(0), &mut |_| {

@@ -4,10 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use crate::loaders::single_file::{is_pickle_path, pickle_refusal};
+use crate::loaders::named_files::map_adapter;
 use crate::{Error, Result};
 
 /// An embedding's vectors for each text encoder it has them for.
@@ -27,23 +26,12 @@ impl Embedding {
     /// Reads `path`; the trigger word is `token`, else diffusers' stored token, else the file's stem (as
     /// A1111 names embeddings).
     pub fn open(path: &Path, token: Option<&str>) -> Result<Self> {
-        if is_pickle_path(path) {
-            return Err(pickle_refusal(path));
-        }
-        if !path.is_file() {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such embedding file"),
-            });
-        }
+        let tensors = map_adapter(path, "embedding")?;
         let bad = |tensor: &str, message: String| Error::Weights {
             file: path.display().to_string(),
             tensor: tensor.to_string(),
             message,
         };
-        // SAFETY: mapped read-only; diffuse never writes to a file it has mapped.
-        let tensors = unsafe { MmapedSafetensors::new(path) }
-            .map_err(|e| bad("(header)", format!("not a readable safetensors file: {e}")))?;
         let names: Vec<String> = tensors.tensors().into_iter().map(|(n, _)| n).collect();
         let load = |name: &str| -> Result<Tensor> {
             let t = tensors

@@ -4,7 +4,33 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::safetensors::MmapedSafetensors;
+
+use crate::loaders::single_file::{is_pickle_path, pickle_refusal};
 use crate::{Error, Result};
+
+/// Memory-maps the adapter file `path` (a LoRA or an embedding, `what` in the not-found message), refusing
+/// pickles without reading them and naming the file when it is missing or not safetensors.
+pub(crate) fn map_adapter(path: &Path, what: &str) -> Result<MmapedSafetensors> {
+    if is_pickle_path(path) {
+        return Err(pickle_refusal(path));
+    }
+    if !path.is_file() {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            cause: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no such {what} file"),
+            ),
+        });
+    }
+    // SAFETY: mapped read-only; diffuse never writes to a file it has mapped.
+    unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::Weights {
+        file: path.display().to_string(),
+        tensor: "(header)".into(),
+        message: format!("not a readable safetensors file: {e}"),
+    })
+}
 
 /// The `.safetensors` files under a folder (subfolders included), by file stem.
 #[derive(Debug, Clone, Default)]

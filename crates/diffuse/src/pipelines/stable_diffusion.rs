@@ -305,13 +305,17 @@ impl StableDiffusion {
     /// Rejects a request this pipeline cannot run, before any work: [`GenerationRequest::validate`]'s checks,
     /// more steps than the scheduler's training timesteps, and a `clip_skip` beyond the text encoders' layers.
     pub fn check(&self, req: &GenerationRequest) -> Result<()> {
+        self.checked(req).map(|_| ())
+    }
+
+    /// [`StableDiffusion::check`], keeping what it found: the request's LoRA files and embeddings.
+    fn checked(&self, req: &GenerationRequest) -> Result<(Vec<ResolvedLora>, Vec<Embedding>)> {
         req.validate()?;
         if req.prompt_syntax == PromptSyntax::A1111 {
-            super::prompt::parse_prompt(&req.prompt)?;
             super::prompt::parse_negative_prompt(&req.negative_prompt)?;
         }
-        super::loras::resolve(&self.lora_choices(req)?, self.lora_dir.as_deref())?;
-        self.embeddings_of(req)?;
+        let loras = super::loras::resolve(&self.lora_choices(req)?, self.lora_dir.as_deref())?;
+        let embeddings = self.embeddings_of(req)?;
         let scheduler = req.scheduler.as_ref().unwrap_or(&self.scheduler);
         let trained = scheduler.train_timesteps()?;
         if req.steps > trained {
@@ -334,7 +338,7 @@ impl StableDiffusion {
                 ));
             }
         }
-        Ok(())
+        Ok((loras, embeddings))
     }
 
     /// Runs one generation. `noise` supplies every random draw in diffusers' order (initial latents, VAE
@@ -346,8 +350,7 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(&Progress) -> ControlFlow<Stop>,
     ) -> Result<Generated> {
-        self.check(req)?;
-        let loras = super::loras::resolve(&self.lora_choices(req)?, self.lora_dir.as_deref())?;
+        let (loras, embeddings) = self.checked(req)?;
         let adapted = if loras.is_empty() {
             None
         } else {
@@ -376,7 +379,7 @@ impl StableDiffusion {
                 guidance,
                 clip_skip: req.clip_skip,
             },
-            &self.embeddings_of(req)?,
+            &embeddings,
         )?;
         let context = conditioning.context.to_dtype(self.dtype)?;
 

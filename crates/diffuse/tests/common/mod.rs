@@ -13,6 +13,15 @@ pub fn fixtures(area: &str) -> PathBuf {
         .join(area)
 }
 
+/// The cases of an area's `cases.json`, as the fixture script wrote them.
+pub fn cases(area: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixtures(area).join("cases.json")).unwrap();
+    match serde_json::from_str(&text).unwrap() {
+        serde_json::Value::Array(cases) => cases,
+        other => panic!("{area}/cases.json is not a list: {other}"),
+    }
+}
+
 /// Loads every tensor of a reference safetensors file onto the CPU.
 pub fn load_reference(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu)

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub(crate) use keys::{Component, Module};
 
-use crate::loaders::single_file::{is_pickle_path, pickle_refusal};
+use crate::loaders::named_files::map_adapter;
 use crate::{Error, Result};
 
 /// How a LoRA file names its modules.
@@ -41,24 +41,12 @@ impl LoraFile {
     /// Opens and parses `path`, refusing pickles (`.pt`, `.ckpt`, `.bin`) and files whose keys are not LoRA
     /// keys of a known format (naming the first such key).
     pub fn open(path: &Path) -> Result<Self> {
-        if is_pickle_path(path) {
-            return Err(pickle_refusal(path));
-        }
-        if !path.is_file() {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such LoRA file"),
-            });
-        }
+        let tensors = map_adapter(path, "LoRA")?;
         let weights_error = |tensor: &str, message: String| Error::Weights {
             file: path.display().to_string(),
             tensor: tensor.to_string(),
             message,
         };
-        // SAFETY: mapped read-only; diffuse never writes to a file it has mapped.
-        let tensors = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
-            weights_error("(header)", format!("not a readable safetensors file: {e}"))
-        })?;
         let metadata = read_metadata(path)?;
         let shapes: BTreeMap<String, Vec<usize>> = tensors
             .tensors()
