@@ -58,6 +58,7 @@ fn request(case: &Value, pipe: &StableDiffusion) -> GenerationRequest {
         },
         loras: Vec::new(),
         embeddings: Vec::new(),
+        output: Default::default(),
     }
 }
 

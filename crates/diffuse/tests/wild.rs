@@ -78,9 +78,7 @@ fn request(case: &Value, pipe: &StableDiffusion) -> diffuse::Result<GenerationRe
         }),
         latents: None,
         // The default, A1111's syntax: prompts without syntax in one chunk give diffusers' result.
-        prompt_syntax: Default::default(),
-        loras: Vec::new(),
-        embeddings: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -320,6 +320,7 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         },
         loras,
         embeddings,
+        ..Default::default()
     };
     pipe.check(&request)?;
     check_memory(&pipe, &request)?;

@@ -19,5 +19,5 @@ pub use embeddings::EmbeddingChoice;
 pub use images::{ImageFormat, RgbImage};
 pub use loras::{LoraChoice, LoraSource};
 pub use parameters::Provenance;
-pub use request::{GenerationRequest, InitImage, PromptSyntax};
+pub use request::{GenerationRequest, InitImage, Output, PromptSyntax};
 pub use stable_diffusion::{Generated, Progress, StableDiffusion, Stop};

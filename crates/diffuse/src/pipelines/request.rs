@@ -59,6 +59,18 @@ pub struct GenerationRequest {
     pub loras: Vec<LoraChoice>,
     /// Textual-inversion embeddings to use, besides those of the pipeline's embeddings folder.
     pub embeddings: Vec<EmbeddingChoice>,
+    /// What to return: decoded images, or only the final latents (the VAE is not run).
+    pub output: Output,
+}
+
+/// What a generation returns, as diffusers' `output_type` chooses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// The final latents and the decoded images.
+    #[default]
+    Images,
+    /// The final latents only (diffusers' `output_type="latent"`).
+    Latents,
 }
 
 /// How prompts are read.
@@ -91,6 +103,7 @@ impl Default for GenerationRequest {
             prompt_syntax: PromptSyntax::default(),
             loras: Vec::new(),
             embeddings: Vec::new(),
+            output: Output::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::loras::{
     Adapted, Base, BaseTensors, LoraChoice, LoraSource, PreparedSets, ResolvedLora,
 };
 use super::prompt::{Rows, TextEncoders};
-use super::request::{GenerationRequest, PromptSyntax};
+use super::request::{GenerationRequest, Output, PromptSyntax};
 use crate::loaders::embeddings::Embedding;
 use crate::loaders::weights::TensorRecord;
 use crate::loaders::{LoadOptions, PipelineFolder};
@@ -78,6 +78,8 @@ pub enum Stop {
     /// End it now with the image as it stands: the step's prediction of the clean latents (the latents
     /// themselves where the scheduler makes none) is decoded and returned, as A1111's interrupt does.
     Finish,
+    /// End it now and decode the latents as they are after this step, as diffusers' `interrupt` does.
+    Interrupt,
 }
 
 /// What a generation produced.
@@ -85,8 +87,10 @@ pub struct Generated {
     /// The final latents `[n, C, h, w]` before decoding, exactly as diffusers returns them with
     /// `output_type="latent"`.
     pub latents: Tensor,
-    /// The decoded images.
+    /// The decoded images (none when the request's [`Output`] is [`Output::Latents`]).
     pub images: Vec<RgbImage>,
+    /// The VAE's output `[n, 3, H, W]` in [-1, 1] before 8-bit rounding (none for [`Output::Latents`]).
+    pub decoded: Option<Tensor>,
 }
 
 /// The folder's scheduler configuration as the pipeline class's `__init__` leaves it: diffusers' SD 1.x/2.x
@@ -127,6 +131,24 @@ fn as_the_pipeline_sets_it(class: &str, mut config: SchedulerConfig) -> Schedule
 }
 
 impl StableDiffusion {
+    /// Loads a pipeline from `model`: a diffusers folder, a Hugging Face Hub id (`org/name`, optionally
+    /// `@revision`; downloaded into, or read from, the Hugging Face cache) or one `.safetensors` checkpoint in
+    /// the CompVis/AUTOMATIC1111 layout (its configs built in). `opts.variant` picks the stored weights.
+    pub fn from_pretrained(model: &str, opts: &LoadOptions) -> Result<Self> {
+        let path = crate::loaders::hub::resolve_model(model, opts.variant)?;
+        let folder = PipelineFolder::open_path(&path, None)?;
+        Self::load(&folder, opts)
+    }
+
+    /// `folder`'s scheduler configuration as its pipeline class leaves it (the generations' default scheduler),
+    /// read without loading any weights.
+    pub fn folder_scheduler(folder: &PipelineFolder) -> Result<SchedulerConfig> {
+        Ok(as_the_pipeline_sets_it(
+            &folder.index().class_name,
+            folder.scheduler_config()?,
+        ))
+    }
+
     /// Loads every component of `folder` (a diffusers folder, or a single-file checkpoint with its configs).
     pub fn load(folder: &PipelineFolder, opts: &LoadOptions) -> Result<Self> {
         let class = folder.index().class_name.as_str();
@@ -155,7 +177,7 @@ impl StableDiffusion {
             text,
             unet,
             vae: folder.load_vae(&vae_opts)?,
-            scheduler: as_the_pipeline_sets_it(class, folder.scheduler_config()?),
+            scheduler: Self::folder_scheduler(folder)?,
             requires_aesthetics_score: folder.index().flag("requires_aesthetics_score", false),
             dtype: opts.dtype,
             device: opts.device.clone(),
@@ -474,6 +496,7 @@ impl StableDiffusion {
             match progress(&info) {
                 ControlFlow::Continue(()) => {}
                 ControlFlow::Break(Stop::Cancel) => return Err(Error::Cancelled),
+                ControlFlow::Break(Stop::Interrupt) => break,
                 ControlFlow::Break(Stop::Finish) => {
                     // The step's prediction of the clean latents, where the scheduler makes one.
                     if let Some(x0) = stepped.pred_original_sample {
@@ -487,6 +510,13 @@ impl StableDiffusion {
             }
         }
 
+        if req.output == Output::Latents {
+            return Ok(Generated {
+                latents,
+                images: Vec::new(),
+                decoded: None,
+            });
+        }
         let decoded = self.vae.decode(
             &self
                 .vae
@@ -500,6 +530,7 @@ impl StableDiffusion {
         )?;
         Ok(Generated {
             images: RgbImage::from_decoded(&decoded)?,
+            decoded: Some(decoded),
             latents,
         })
     }

@@ -318,6 +318,19 @@ impl SchedulerConfig {
             .then(|| self.clip_sample_range.unwrap_or(1.0) as f32)
     }
 
+    /// The keys the file lacked that the pipeline set for its own scheduler (diffusers lists them in the
+    /// config's `_use_default_values`, and `from_config` drops them).
+    pub fn pipeline_filled_keys(&self) -> Vec<&'static str> {
+        let filled = self.filled_by_pipeline;
+        [
+            (filled.steps_offset, "steps_offset"),
+            (filled.clip_sample, "clip_sample"),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect()
+    }
+
     /// The configuration `from_config` hands to a new scheduler: keys the pipeline filled in go back to
     /// missing, so the new class's defaults apply.
     pub(crate) fn for_from_config(&self) -> Self {

@@ -52,6 +52,11 @@ pub use sampler_names::{
 use crate::rng::NoiseSource;
 use crate::Result;
 
+/// The diffusers scheduler classes diffuse implements, by their diffusers names.
+pub fn scheduler_classes() -> impl Iterator<Item = &'static str> {
+    names::class_names()
+}
+
 /// What one scheduler step returns.
 #[derive(Debug, Clone)]
 pub struct SchedulerOutput {
