@@ -1,21 +1,21 @@
 //! diffuse: a Stable Diffusion engine whose models, schedulers and pipelines equal diffusers'.
 //!
-//! The library knows nothing of the command line or the server: `diffuse-cli` is a thin layer on top.
+//! The library knows nothing of the command line or the server: `diffuse-cli` is a thin layer on top. A whole
+//! program is `examples/generate.rs` (`cargo run --release -p diffuse --example generate -- PROMPT`).
 //!
 //! ```
 //! use std::ops::ControlFlow;
 //!
-//! use diffuse::loaders::{LoadOptions, PipelineFolder};
+//! use diffuse::loaders::LoadOptions;
 //! use diffuse::metadata::RngSource;
 //! use diffuse::pipelines::{GenerationRequest, Provenance, StableDiffusion};
 //! use diffuse::rng::TorchCpuRng;
 //! use diffuse::schedulers::scheduler_config_for;
 //!
 //! # fn main() -> diffuse::Result<()> {
-//! // A diffusers folder (`loaders::hub::resolve_model` turns a Hub id or a single file into one).
+//! // A diffusers folder, a Hub id ("stable-diffusion-v1-5/stable-diffusion-v1-5") or one .safetensors file.
 //! # let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/diffuse-tiny");
-//! let folder = PipelineFolder::open(std::path::Path::new(model))?;
-//! let pipe = StableDiffusion::load(&folder, &LoadOptions::default())?;
+//! let pipe = StableDiffusion::from_pretrained(model, &LoadOptions::default())?;
 //! let request = GenerationRequest {
 //!     prompt: "a (red:1.2) circle on a blue background".into(),
 //!     negative_prompt: "blurry".into(),

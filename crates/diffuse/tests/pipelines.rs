@@ -101,9 +101,27 @@ fn pipelines_match_diffusers() {
         let req = request(case, pipe);
         let mut rng =
             TorchCpuRng::with_kernel(case["seed"].as_u64().unwrap(), BoxMullerKernel::Avx2);
+        let plan = pipe.plan(&req).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut steps = 0;
         let out = pipe
-            .generate(&req, &mut rng, &mut |_| ControlFlow::Continue(()))
+            .generate(&req, &mut rng, &mut |p| {
+                steps += 1;
+                assert_eq!(p.total, plan.steps(), "{name}: progress total");
+                ControlFlow::Continue(())
+            })
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The public plan is what the generation ran: its steps, size and latent shape.
+        assert_eq!(steps, plan.steps(), "{name}: steps run against the plan");
+        assert_eq!(
+            out.latents.dims(),
+            plan.latent_shape,
+            "{name}: latent shape"
+        );
+        assert_eq!(
+            (out.images[0].width, out.images[0].height),
+            (plan.width, plan.height),
+            "{name}: size"
+        );
         let reference = load_reference(&fixtures("pipelines").join(format!("{name}.safetensors")));
         let latent_error = relative_error(&out.latents, get(&reference, "latents"));
         let share = close_pixel_share(&out.images, get(&reference, "images"));

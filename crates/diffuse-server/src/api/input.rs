@@ -168,7 +168,11 @@ impl Draft {
                 ),
             ));
         }
-        let (width, height) = effective_size(&self.model, request);
+        let (width, height) = self
+            .model
+            .pipeline
+            .output_size(request)
+            .map_err(|e| rename_error(ApiError::from(e), fields))?;
         check_size(&self.model, width, height, limits, fields)?;
         request.width = Some(width);
         request.height = Some(height);
@@ -235,20 +239,6 @@ pub fn rename_error(mut error: ApiError, fields: &FieldNames) -> ApiError {
         error.param = Some(fields.rename(param));
     }
     error
-}
-
-/// The output size the pipeline will use: the request's, or diffusers' default (the input image's size for
-/// image-to-image, rounded down to the VAE factor; the model's size otherwise).
-fn effective_size(model: &LoadedModel, request: &GenerationRequest) -> (usize, usize) {
-    let f = model.pipeline.vae_scale_factor();
-    let (default_w, default_h) = match &request.init {
-        Some(init) if init.mask.is_none() => (init.image.width / f * f, init.image.height / f * f),
-        _ => model.default_size(),
-    };
-    (
-        request.width.unwrap_or(default_w),
-        request.height.unwrap_or(default_h),
-    )
 }
 
 fn check_size(

@@ -69,13 +69,15 @@ impl JobSpec {
         }
     }
 
-    /// Steps the whole job will run, as image-to-image's strength cuts the schedule (`int(N · strength)`).
+    /// Steps the whole job will run: the library's plan of one generation (after image-to-image's strength cut),
+    /// times the generations. A request the plan refuses fails when it runs; until then it counts its steps.
     pub fn expected_steps(&self) -> usize {
-        let steps = self.request.steps;
-        let per_generation = match &self.request.init {
-            Some(init) => ((steps as f64 * init.strength) as usize).min(steps),
-            None => steps,
-        };
+        let per_generation = self
+            .model
+            .pipeline
+            .plan(&self.request)
+            .map(|plan| plan.steps())
+            .unwrap_or(self.request.steps);
         per_generation * self.generations()
     }
 

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::divergence::ensure_finite;
 use super::guidance::{combine, guidance_scale_embedding};
 use super::images::RgbImage;
-use super::latents::{prepare_latents, Mode, Plan};
+use super::latents::{prepare_latents, Plan};
 use super::loras::{
     Adapted, Base, BaseTensors, LoraChoice, LoraSource, PreparedSets, ResolvedLora,
 };
@@ -23,7 +23,7 @@ use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::rng::NoiseSource;
 use crate::schedulers::names::{clip_sample_default, has_steps_offset};
-use crate::schedulers::{SchedulerConfig, TimestepRequest};
+use crate::schedulers::SchedulerConfig;
 use crate::{Error, Result};
 
 /// The pipeline classes whose folders [`StableDiffusion::load`] accepts. An LCM-distilled UNet
@@ -282,18 +282,13 @@ impl StableDiffusion {
     /// is tiled, the VAE decoder's last level (every image at full size) each need two such activations.
     /// Real peaks are higher; a request beyond this bound cannot run.
     pub fn activation_memory_lower_bound(&self, req: &GenerationRequest) -> Result<u64> {
-        let mode = Mode::of(
-            req,
-            self.unet.config().in_channels,
-            self.vae.config().latent_channels,
-        )?;
-        let (width, height) = self.output_size(req, &mode)?;
+        let (width, height) = self.plan(req).map(|p| (p.width, p.height))?;
         let f = self.vae_scale_factor();
         let (pixels, latent_pixels) =
             ((width * height) as u64, ((width / f) * (height / f)) as u64);
         let images = req.num_images as u64;
         // Classifier-free guidance doubles the rows, except where the UNet takes the scale as an embedding.
-        let guided = req.guidance_scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none();
+        let guided = self.guided(req);
         let rows = images * if guided { 2 } else { 1 };
         let first = |channels: &[usize]| channels.first().copied().unwrap_or(0) as u64;
         let unet = 2
@@ -382,15 +377,11 @@ impl StableDiffusion {
             Some(a) => (&a.text, a.unet.as_ref().unwrap_or(&self.unet)),
             None => (&self.text, &self.unet),
         };
-        let mode = Mode::of(
-            req,
-            self.unet.config().in_channels,
-            self.vae.config().latent_channels,
-        )?;
-        let (width, height) = self.output_size(req, &mode)?;
+        let mode = self.mode(req)?;
+        let (plan, mut scheduler) = self.plan_with_scheduler(req, &mode)?;
+        let (width, height, guidance) = (plan.width, plan.height, plan.guidance);
         let n = req.num_images;
         let time_cond_dim = self.unet.config().time_cond_proj_dim;
-        let guidance = req.guidance_scale > 1.0 && time_cond_dim.is_none();
 
         let conditioning = text.encode_with_syntax(
             &req.prompt,
@@ -405,26 +396,15 @@ impl StableDiffusion {
         )?;
         let context = conditioning.context.to_dtype(self.dtype)?;
 
-        let mut scheduler_config = req
-            .scheduler
-            .clone()
-            .unwrap_or_else(|| self.scheduler.clone());
-        scheduler_config.eta = Some(req.eta);
-        let mut scheduler = scheduler_config.build(&TimestepRequest::Steps(req.steps))?;
-        let timesteps = match mode.strength() {
-            Some(strength) => strength_cut(scheduler.as_mut(), req.steps, strength)?,
-            None => scheduler.timesteps().to_vec(),
-        };
-
-        let f = self.vae_scale_factor();
-        let plan = Plan {
+        let timesteps = &plan.timesteps;
+        let start = Plan {
             width,
             height,
-            shape: [n, self.vae.config().latent_channels, height / f, width / f],
+            shape: plan.latent_shape,
             first_timestep: timesteps.first().copied().unwrap_or(0.0),
             guidance,
         };
-        let prepared = prepare_latents(self, &mode, &plan, scheduler.as_mut(), noise)?;
+        let prepared = prepare_latents(self, &mode, &start, scheduler.as_mut(), noise)?;
         let mut latents = prepared.latents.clone();
 
         let extra = ExtraConditioning {
@@ -535,25 +515,6 @@ impl StableDiffusion {
         })
     }
 
-    fn output_size(&self, req: &GenerationRequest, mode: &Mode) -> Result<(usize, usize)> {
-        let f = self.vae_scale_factor();
-        let (default_w, default_h) = match mode {
-            // diffusers' image-to-image keeps the input image's size, rounded down to a multiple of the VAE
-            // factor; text-to-image and inpainting default to the UNet's sample size.
-            Mode::ImageToImage(init) => (init.image.width / f * f, init.image.height / f * f),
-            _ => self.default_size(),
-        };
-        let width = req.width.unwrap_or(default_w);
-        let height = req.height.unwrap_or(default_h);
-        if width == 0 || height == 0 || !width.is_multiple_of(f) || !height.is_multiple_of(f) {
-            return Err(Error::invalid(
-                "width/height",
-                format!("{width}×{height}: must be positive multiples of {f}"),
-            ));
-        }
-        Ok((width, height))
-    }
-
     /// SDXL's micro-conditioning rows: (original size, crop top-left, target size) — or, for refiners, the
     /// aesthetic score (6 positive, 2.5 negative) in place of the target size — for each row of the batch.
     fn time_ids(&self, width: usize, height: usize, guidance: bool, rows: usize) -> Result<Tensor> {
@@ -571,28 +532,4 @@ impl StableDiffusion {
         }
         Ok(Tensor::from_vec(values, (rows, per_row), &self.device)?)
     }
-}
-
-/// diffusers' `get_timesteps`: keep the last ⌊steps · strength⌋ steps, and tell the scheduler where it starts.
-fn strength_cut(
-    scheduler: &mut dyn crate::schedulers::Scheduler,
-    steps: usize,
-    strength: f64,
-) -> Result<Vec<f64>> {
-    let init_steps = ((steps as f64 * strength) as usize).min(steps);
-    if init_steps < 1 {
-        return Err(Error::invalid(
-            "strength",
-            format!(
-                "{strength} leaves none of the {steps} steps to run; raise `strength` or `steps`"
-            ),
-        ));
-    }
-    let skip = (steps - init_steps) * scheduler.order();
-    scheduler.set_begin_index(skip);
-    Ok(scheduler
-        .timesteps()
-        .get(skip..)
-        .map(<[f64]>::to_vec)
-        .unwrap_or_default())
 }
