@@ -590,14 +590,14 @@ fn diverged_generations_fail_naming_the_cause() {
     );
     fails_with(
         &with(&["--clip-skip", "1000"]),
-        &["clip_skip", "1000", "at most"],
+        &["--clip-skip", "1000", "at most"],
     );
-    // Steps beyond the schedule are named by the request's field, not the scheduler's.
+    // Steps beyond the schedule are named by the request's flag, not the scheduler's field.
     let err = stderr(&diffuse(&[
         "generate", "x", "--model", m, "-o", o, "--steps", "2000",
     ]));
     assert!(
-        err.contains("invalid steps: 2000: at most the 1000 timesteps"),
+        err.contains("invalid --steps: 2000: at most the 1000 timesteps"),
         "{err}"
     );
     assert!(!err.contains("num_inference_steps"), "{err}");

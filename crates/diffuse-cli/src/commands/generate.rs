@@ -157,24 +157,9 @@ pub struct GenerateArgs {
     replay: Option<PathBuf>,
 }
 
-/// The library's request settings that messages name in backticks, and their flags.
-const FLAGS: [(&str, &str); 3] = [
-    ("`config`", "`--config`"),
-    ("`strength`", "`--strength`"),
-    ("`steps`", "`--steps`"),
-];
-
-/// An error as the command line shows it: the library settings it names written as flags.
-fn with_flags(e: anyhow::Error) -> anyhow::Error {
-    let text = FLAGS.iter().fold(format!("{e:#}"), |text, (field, flag)| {
-        text.replace(field, flag)
-    });
-    anyhow::anyhow!(text)
-}
-
 /// Runs the command; `given` holds the ids of the arguments the user gave (the rest are defaults).
 pub fn run(args: GenerateArgs, given: &[String]) -> Result<()> {
-    generate(args, given).map_err(with_flags)
+    generate(args, given).map_err(super::flags::with_flags::<GenerateArgs>)
 }
 
 fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 pub mod bench;
+mod flags;
 pub mod generate;
 pub mod info;
 pub mod serve;

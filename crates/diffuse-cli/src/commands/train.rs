@@ -101,7 +101,7 @@ pub struct TrainArgs {
     #[arg(long)]
     resolution: Option<usize>,
     /// UNet (denoiser) optimizer steps.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, id = "denoiser.steps", default_value_t = 2000)]
     steps: usize,
     /// VAE optimizer steps (from scratch only).
     #[arg(long, default_value_t = 1000)]
@@ -113,10 +113,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 16)]
     vae_batch_size: usize,
     /// Peak learning rate of the UNet stage (default: 5e-4 from scratch, 1e-5 fine-tuning).
-    #[arg(long)]
+    #[arg(long, id = "denoiser.learning_rate")]
     lr: Option<f64>,
     /// Peak learning rate of the VAE stage.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, id = "vae.learning_rate", default_value_t = 1e-3)]
     vae_lr: f64,
     /// Linear warm-up steps of the UNet stage.
     #[arg(long, default_value_t = 200)]
@@ -125,18 +125,18 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     lr_schedule: Schedule,
     /// Prediction target (default: the pipeline's `prediction_type`; epsilon from scratch).
-    #[arg(long, value_enum)]
+    #[arg(long, id = "denoiser.prediction", value_enum)]
     prediction: Option<Target>,
     /// γ of min-SNR-γ loss weighting (0 turns the weighting off).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, id = "denoiser.min_snr_gamma", default_value_t = 5.0)]
     min_snr_gamma: f64,
     /// Rescale the noise schedule to zero terminal SNR and sample with trailing timesteps (needs
     /// `--prediction v_prediction`): the last timestep is pure noise, so the prompt alone sets the layout.
     /// Pair it with `--min-snr-gamma 0`: min-SNR weighting gives the pure-noise timesteps no weight.
-    #[arg(long)]
+    #[arg(long, id = "denoiser.zero_terminal_snr")]
     zero_terminal_snr: bool,
     /// Offset-noise scale.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, id = "denoiser.noise_offset", default_value_t = 0.05)]
     noise_offset: f64,
     /// Worker threads that each take a share of every batch (data parallelism) and run it with
     /// single-threaded ops, which on small networks beats sharing every op (default: all cores). With 1, the
@@ -150,41 +150,41 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = MixedPrecision::No)]
     mixed_precision: MixedPrecision,
     /// Draw some timesteps more often than others (as diffusers' SDXL training script does).
-    #[arg(long, value_enum, default_value_t = BiasStrategyArg::None)]
+    #[arg(long, id = "denoiser.timestep_bias.strategy", value_enum, default_value_t = BiasStrategyArg::None)]
     timestep_bias_strategy: BiasStrategyArg,
     /// The factor on the biased timesteps' sampling weight.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, id = "denoiser.timestep_bias.multiplier", default_value_t = 1.0)]
     timestep_bias_multiplier: f64,
     /// The biased fraction of the schedule for `earlier` and `later`.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, id = "denoiser.timestep_bias.portion", default_value_t = 0.25)]
     timestep_bias_portion: f64,
     /// The first biased timestep for `range`.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, id = "denoiser.timestep_bias.begin", default_value_t = 0)]
     timestep_bias_begin: usize,
     /// One past the last biased timestep for `range`.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, id = "denoiser.timestep_bias.end", default_value_t = 1000)]
     timestep_bias_end: usize,
     /// UNet steps of a refinement phase after `--steps`: timesteps drawn only below `--refine-max-timestep`
     /// (the least noisy ones, where a shape's corners are drawn), with their own warm-up and decay.
     #[arg(long, default_value_t = 0)]
     refine_steps: usize,
     /// Peak learning rate of the refinement phase (default: half the UNet stage's).
-    #[arg(long)]
+    #[arg(long, id = "denoiser.refinement.learning_rate")]
     refine_lr: Option<f64>,
     /// The refinement phase draws its timesteps from `0..` this.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, id = "denoiser.refinement.max_timestep", default_value_t = 500)]
     refine_max_timestep: usize,
     /// Images per step of the refinement phase (default: `--batch-size`).
-    #[arg(long)]
+    #[arg(long, id = "denoiser.refinement.batch_size")]
     refine_batch_size: Option<usize>,
     /// The VAE's reconstruction error.
     #[arg(long, value_enum, default_value_t = VaeLoss::L1)]
     vae_loss: VaeLoss,
     /// Weight of the VAE's KL term.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, id = "vae.kl_weight", default_value_t = 1e-4)]
     kl_weight: f64,
     /// Fraction of captions dropped (replaced by "") for classifier-free guidance.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, id = "denoiser.caption_dropout", default_value_t = 0.1)]
     caption_dropout: f64,
     /// Fine-tuning: train the text encoder too (from scratch it is trained unless frozen).
     #[arg(long, conflicts_with = "freeze_text_encoder")]
@@ -193,7 +193,7 @@ pub struct TrainArgs {
     #[arg(long)]
     freeze_text_encoder: bool,
     /// Peak learning rate of the text encoder when it is trained (default: --lr).
-    #[arg(long)]
+    #[arg(long, id = "denoiser.text_encoder_learning_rate")]
     text_encoder_lr: Option<f64>,
     /// EMA decay of the exported weights (0 exports the raw weights).
     #[arg(long, default_value_t = 0.999)]
@@ -215,68 +215,9 @@ pub struct TrainArgs {
     save_dtype: SaveDtype,
 }
 
-/// The library's training settings and the flags that set them: errors name the setting, the command line
-/// shows the flag.
-const FLAGS: [(&str, &str); 27] = [
-    ("denoiser.refinement.batch_size", "--refine-batch-size"),
-    ("denoiser.refinement.learning_rate", "--refine-lr"),
-    ("denoiser.refinement.max_timestep", "--refine-max-timestep"),
-    ("denoiser.text_encoder_learning_rate", "--text-encoder-lr"),
-    (
-        "denoiser.timestep_bias.multiplier",
-        "--timestep-bias-multiplier",
-    ),
-    (
-        "denoiser.timestep_bias.strategy",
-        "--timestep-bias-strategy",
-    ),
-    ("denoiser.timestep_bias.portion", "--timestep-bias-portion"),
-    ("denoiser.timestep_bias.begin", "--timestep-bias-begin"),
-    ("denoiser.timestep_bias.end", "--timestep-bias-end"),
-    ("denoiser.zero_terminal_snr", "--zero-terminal-snr"),
-    ("denoiser.caption_dropout", "--caption-dropout"),
-    ("denoiser.learning_rate", "--lr"),
-    ("denoiser.min_snr_gamma", "--min-snr-gamma"),
-    ("denoiser.noise_offset", "--noise-offset"),
-    ("denoiser.prediction", "--prediction"),
-    ("denoiser.steps", "--steps"),
-    ("vae.learning_rate", "--vae-lr"),
-    ("vae.kl_weight", "--kl-weight"),
-    ("checkpoint_every", "--checkpoint-every"),
-    ("max_grad_norm", "--max-grad-norm"),
-    ("batch_size", "--batch-size"),
-    ("resolution", "--resolution"),
-    ("save_dtype", "--save-dtype"),
-    ("ema_decay", "--ema-decay"),
-    ("workers", "--workers"),
-    ("resume", "--resume"),
-    ("data", "--data"),
-];
-
-/// `text` with each backticked setting (`` `field` ``, `` `field = value` ``) written as its flag.
-fn as_flags(text: &str) -> String {
-    let mut out = text.to_string();
-    for (field, flag) in FLAGS {
-        out = out
-            .replace(&format!("`{field} = "), &format!("`{flag} "))
-            .replace(&format!("`{field}`"), &format!("`{flag}`"));
-    }
-    out
-}
-
-/// An error as the command line shows it: the library settings it names (`invalid FIELD:`, `` `FIELD` ``)
-/// written as their flags.
-fn with_flags(e: anyhow::Error) -> anyhow::Error {
-    let mut text = as_flags(&format!("{e:#}"));
-    for (field, flag) in FLAGS {
-        text = text.replace(&format!("invalid {field}: "), &format!("invalid {flag}: "));
-    }
-    anyhow::anyhow!(text)
-}
-
 /// Runs the training and prints progress on stderr.
 pub fn run(args: TrainArgs) -> Result<()> {
-    run_training(args).map_err(with_flags)
+    run_training(args).map_err(super::flags::with_flags::<TrainArgs>)
 }
 
 fn run_training(args: TrainArgs) -> Result<()> {
