@@ -47,6 +47,5 @@ pub mod models;
 pub mod pipelines;
 pub mod rng;
 pub mod schedulers;
-pub mod training;
 
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Hub ids resolve to snapshots in a local Hugging Face cache laid out as `huggingface_hub` writes it
 //! (refs/main → snapshots/<commit>/… → symlinks into blobs/), offline.
 
+#[path = "library/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use diffuse::training::export::parse_save_dtype;
-use diffuse::training::objectives::{Prediction, Reconstruction};
-use diffuse::training::optimizer::LrShape;
-use diffuse::training::timestep_bias::{BiasStrategy, TimestepBias};
-use diffuse::training::trainer::Stage;
-use diffuse::training::{
+use diffuse_train::export::parse_save_dtype;
+use diffuse_train::objectives::{Prediction, Reconstruction};
+use diffuse_train::optimizer::LrShape;
+use diffuse_train::timestep_bias::{BiasStrategy, TimestepBias};
+use diffuse_train::trainer::Stage;
+use diffuse_train::{
     default_resolution, train, ModelSource, Refinement, StepReport, TrainConfig, TrainEvent,
     TrainingData,
 };

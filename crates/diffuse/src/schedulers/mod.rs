@@ -11,7 +11,7 @@
 //! exponential", ...) and class names onto a model's configuration.
 //!
 //! Scalars are computed in float32 where diffusers computes them on float32 tensors, and in float64 where
-//! it uses numpy, so trajectories match diffusers to 1e-5 (see `tests/schedulers.rs`).
+//! it uses numpy, so trajectories match diffusers to 1e-5 (see `crates/diffuse/tests/library/schedulers.rs`).
 //!
 //! Adding a scheduler means adding one file and one row in the class table of `names.rs`.
 

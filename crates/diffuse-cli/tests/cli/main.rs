@@ -1,0 +1,8 @@
+//! The `diffuse` command's tests in one binary (one module per subcommand or concern), so CI links it once.
+
+mod generate;
+mod info;
+mod serve;
+mod single_file;
+mod train;
+mod wild;

@@ -1,0 +1,21 @@
+//! The library's integration tests in one binary (one module per area), so CI links it once. `hub.rs` stays
+//! apart: it sets the Hugging Face environment variables of its process.
+
+mod common;
+
+mod embeddings;
+mod gradients;
+mod kernels;
+mod loading_errors;
+mod loras;
+mod metadata;
+mod models;
+mod pipelines;
+mod preview;
+mod prompts;
+mod rng;
+mod schedulers;
+mod single_file;
+mod tokenizer;
+mod vae_tiling;
+mod wild;
