@@ -112,7 +112,7 @@ pub struct TrainConfig {
     /// same seed and worker count give the same weights.
     pub workers: usize,
     /// Whether the products of convolutions and linear layers take bf16 operands (f32 accumulation, f32 weights
-    /// and gradients) on CPUs with AVX512-BF16: [`diffuse::kernels::train_products::with_mixed_precision`].
+    /// and gradients) on CPUs with AVX512-BF16: [`diffuse::internals::kernels::train_products::with_mixed_precision`].
     pub mixed_precision_bf16: bool,
     /// The VAE stage (ignored when fine-tuning).
     pub vae: VaeSettings,

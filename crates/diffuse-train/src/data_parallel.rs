@@ -14,7 +14,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-use diffuse::kernels::train_products::with_mixed_precision;
+use diffuse::internals::kernels::train_products::with_mixed_precision;
 use diffuse::{Error, Result};
 
 /// `0..n` cut into at most `workers` contiguous ranges whose lengths differ by at most one (non-empty when

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
-use diffuse::kernels::{attention, conv, group_norm, linear};
+use diffuse::internals::kernels::{attention, conv, group_norm, linear};
 
 fn median_secs(reps: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> f64 {
     f().expect("warm-up");

@@ -7,9 +7,9 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use diffuse::kernels::train_conv::conv2d_tracked;
-use diffuse::kernels::train_linear::linear_tracked;
-use diffuse::kernels::train_products::with_mixed_precision;
+use diffuse::internals::kernels::train_conv::conv2d_tracked;
+use diffuse::internals::kernels::train_linear::linear_tracked;
+use diffuse::internals::kernels::train_products::with_mixed_precision;
 
 /// The median of `reps` timed runs of a forward and backward pass, in milliseconds, after one warm-up.
 fn median_ms(reps: usize, bf16: bool, step: &dyn Fn() -> candle_core::Result<()>) -> f64 {

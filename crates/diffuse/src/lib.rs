@@ -40,7 +40,7 @@
 
 pub mod device;
 pub mod error;
-pub mod kernels;
+pub mod internals;
 pub mod loaders;
 pub mod metadata;
 pub mod models;
@@ -49,3 +49,6 @@ pub mod rng;
 pub mod schedulers;
 
 pub use error::{Error, Result};
+
+/// The library's own path to its kernels.
+pub(crate) use internals::kernels;

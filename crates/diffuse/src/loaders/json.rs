@@ -1,6 +1,6 @@
 //! Reading JSON configuration files with errors that name the file, the field and the line.
 //!
-//! Every config file is read in Python's JSON dialect ([`super::python_json`]), since diffusers and
+//! Every config file is read in Python's JSON dialect (`loaders::python_json`), since diffusers and
 //! transformers write them with Python's `json`: `NaN`, `Infinity` and `-Infinity` are numbers.
 
 use std::path::Path;

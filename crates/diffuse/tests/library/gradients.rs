@@ -3,12 +3,12 @@
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
-use diffuse::kernels::geglu::geglu_reference;
-use diffuse::kernels::group_norm::group_norm;
-use diffuse::kernels::train_conv::conv2d_tracked;
-use diffuse::kernels::train_geglu::geglu_tracked;
-use diffuse::kernels::train_layer_norm::layer_norm_tracked;
-use diffuse::kernels::train_softmax::softmax_last_dim_tracked;
+use diffuse::internals::kernels::geglu::geglu_reference;
+use diffuse::internals::kernels::group_norm::group_norm;
+use diffuse::internals::kernels::train_conv::conv2d_tracked;
+use diffuse::internals::kernels::train_geglu::geglu_tracked;
+use diffuse::internals::kernels::train_layer_norm::layer_norm_tracked;
+use diffuse::internals::kernels::train_softmax::softmax_last_dim_tracked;
 use diffuse::models::activations::Activation;
 use diffuse::models::attention::scaled_dot_product_attention;
 use diffuse::models::conv::Conv2d;
@@ -319,7 +319,7 @@ fn training_geglu_matches_candle_values_and_gradients() {
 #[test]
 fn training_linear_matches_plain_ops_values_and_gradients() {
     let vars = VarMap::new();
-    let layer = diffuse::kernels::linear::linear(
+    let layer = diffuse::internals::kernels::linear::linear(
         4,
         6,
         VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
@@ -393,7 +393,7 @@ fn values_and_gradients(
     weights: &Tensor,
     layer: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
 ) -> (Tensor, Vec<Tensor>) {
-    diffuse::kernels::train_products::with_mixed_precision(bf16, || {
+    diffuse::internals::kernels::train_products::with_mixed_precision(bf16, || {
         let y = layer(vars[0], vars[1], vars[2]);
         let g = (&y * weights)
             .unwrap()
@@ -411,7 +411,7 @@ fn values_and_gradients(
 
 #[test]
 fn mixed_precision_convolution_and_linear_stay_within_bf16_rounding_of_f32() {
-    if !diffuse::kernels::bf16_gemm::available() {
+    if !diffuse::internals::kernels::bf16_gemm::available() {
         eprintln!("this CPU has no AVX512-BF16: the products stay f32, nothing to compare");
         return;
     }
@@ -451,7 +451,7 @@ fn mixed_precision_convolution_and_linear_stay_within_bf16_rounding_of_f32() {
     ];
     let weights = randn(&[3, 7, 7], 77);
     let linear = |x: &Tensor, w: &Tensor, b: &Tensor| {
-        diffuse::kernels::train_linear::linear_tracked(x, w, Some(b)).unwrap()
+        diffuse::internals::kernels::train_linear::linear_tracked(x, w, Some(b)).unwrap()
     };
     let [x, w, b] = &vars;
     let (y16, g16) = values_and_gradients(true, [x, w, b], &weights, linear);

@@ -1,7 +1,7 @@
 //! Parity of the CPU kernels with their references built from plain candle ops, on random inputs.
 
 use candle_core::{DType, Device, Tensor};
-use diffuse::kernels::{attention, conv, group_norm};
+use diffuse::internals::kernels::{attention, conv, group_norm};
 use diffuse::rng::{randn_tensor, TorchCpuRng};
 
 fn randn(rng: &mut TorchCpuRng, shape: &[usize]) -> Tensor {
@@ -195,9 +195,9 @@ fn bf16_linear_matches_f32_product() {
         }
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::BF16, &Device::Cpu);
         let layer = if with_bias {
-            diffuse::kernels::linear::linear(k, out, vb).unwrap()
+            diffuse::internals::kernels::linear::linear(k, out, vb).unwrap()
         } else {
-            diffuse::kernels::linear::linear_no_bias(k, out, vb).unwrap()
+            diffuse::internals::kernels::linear::linear_no_bias(k, out, vb).unwrap()
         };
         let got = layer.forward(&x).unwrap();
         assert_eq!(got.dims(), &[b, n, out]);
@@ -223,7 +223,7 @@ fn bf16_linear_matches_f32_product() {
 /// (the vectorized exp and erf), bf16 to one bf16 rounding; a transposed input is made contiguous first.
 #[test]
 fn activations_match_reference() {
-    use diffuse::kernels::activation::{apply, reference, Pointwise};
+    use diffuse::internals::kernels::activation::{apply, reference, Pointwise};
     let mut rng = TorchCpuRng::new(6);
     for f in [Pointwise::Silu, Pointwise::QuickGelu, Pointwise::GeluErf] {
         for shape in [[2usize, 77, 3072], [1, 3, 5]] {
@@ -255,7 +255,7 @@ fn activations_match_reference() {
 
 #[test]
 fn geglu_matches_reference() {
-    use diffuse::kernels::geglu;
+    use diffuse::internals::kernels::geglu;
     let mut rng = TorchCpuRng::new(5);
     for shape in [[2usize, 77, 64], [1, 3, 2]] {
         let h = (randn(&mut rng, &shape) * 3.0).unwrap();
