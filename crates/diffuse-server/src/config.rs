@@ -119,6 +119,9 @@ pub struct ServerConfig {
     pub lora_dir: Option<PathBuf>,
     /// The folder of textual-inversion embeddings, each used where a prompt names its file's stem.
     pub embeddings_dir: Option<PathBuf>,
+    /// TAESD (a folder, a Hub id, or `taesd` for the published one matching each model) to draw live previews
+    /// with instead of the linear latent projection; final images still come from each model's VAE.
+    pub preview_decoder: Option<String>,
 }
 
 impl ServerConfig {
@@ -137,6 +140,7 @@ impl ServerConfig {
             openai_aliases: Vec::new(),
             lora_dir: None,
             embeddings_dir: None,
+            preview_decoder: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use diffuse::loaders::hash::model_hash;
 use diffuse::loaders::hub::resolve_model;
+use diffuse::loaders::tiny_vae::{expand_shorthand, load_tiny_decoder};
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::pipelines::StableDiffusion;
 
@@ -47,6 +48,17 @@ impl LoadedModel {
     }
 }
 
+/// What every served model gets besides its weights.
+#[derive(Debug, Clone, Default)]
+pub struct ModelExtras {
+    /// The folder LoRAs are named from.
+    pub lora_dir: Option<PathBuf>,
+    /// The folder of textual-inversion embeddings.
+    pub embeddings_dir: Option<PathBuf>,
+    /// TAESD for live previews (a folder, a Hub id or `taesd`).
+    pub preview_decoder: Option<String>,
+}
+
 /// The served models, in the order given; the first is the default.
 pub struct Registry {
     models: Vec<Arc<LoadedModel>>,
@@ -57,7 +69,7 @@ impl Registry {
     pub fn load(
         specs: &[ModelSpec],
         opts: &LoadOptions,
-        (lora_dir, embeddings_dir): &(Option<PathBuf>, Option<PathBuf>),
+        extras: &ModelExtras,
     ) -> Result<Self, ServerError> {
         let loaded_at = crate::clock::unix_seconds() as u64;
         let models = specs
@@ -68,12 +80,20 @@ impl Registry {
                     let path = resolve_model(&spec.path.to_string_lossy(), Variant::Default)?;
                     let folder = PipelineFolder::open_path(&path, None)?;
                     let pipeline = StableDiffusion::load(&folder, opts)?;
-                    let pipeline = match lora_dir {
+                    let pipeline = match &extras.lora_dir {
                         Some(dir) => pipeline.with_lora_dir(dir),
                         None => pipeline,
                     };
-                    let pipeline = match embeddings_dir {
+                    let pipeline = match &extras.embeddings_dir {
                         Some(dir) => pipeline.with_embeddings_dir(dir),
+                        None => pipeline,
+                    };
+                    let pipeline = match &extras.preview_decoder {
+                        Some(spec) => {
+                            let spec = expand_shorthand(spec, pipeline.text.second.is_some());
+                            let decoder = load_tiny_decoder(spec, opts, "preview decoder")?;
+                            pipeline.with_preview_decoder(decoder)?
+                        }
                         None => pipeline,
                     };
                     Ok((pipeline, model_hash(&folder).ok()))

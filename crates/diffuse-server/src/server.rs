@@ -12,7 +12,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::jobs::Engine;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{ModelExtras, Registry};
 
 /// A running server.
 pub struct Server {
@@ -29,8 +29,12 @@ impl Server {
         config.validate()?;
         let specs = config.models.clone();
         let load = config.load.clone();
-        let folders = (config.lora_dir.clone(), config.embeddings_dir.clone());
-        let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &load, &folders))
+        let extras = ModelExtras {
+            lora_dir: config.lora_dir.clone(),
+            embeddings_dir: config.embeddings_dir.clone(),
+            preview_decoder: config.preview_decoder.clone(),
+        };
+        let registry = tokio::task::spawn_blocking(move || Registry::load(&specs, &load, &extras))
             .await
             .map_err(|e| ServerError::Config(format!("loading the models failed: {e}")))??;
         let listener = tokio::net::TcpListener::bind(config.addr)

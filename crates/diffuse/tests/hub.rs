@@ -7,7 +7,10 @@ mod common;
 use std::path::Path;
 
 use common::{fixtures, ScratchDir};
-use diffuse::loaders::hub::{looks_like_repo_id, resolve_model, wanted_files};
+use diffuse::loaders::hub::{
+    looks_like_repo_id, resolve_model, resolve_model_folder, wanted_files,
+};
+use diffuse::loaders::tiny_vae::{expand_shorthand, load_tiny_decoder};
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 
 /// Copies `from` into the cache the way huggingface_hub stores files: content in blobs/, symlinks in the
@@ -47,10 +50,41 @@ fn hub_ids_resolve_from_the_cache_offline() {
     std::env::set_var("HF_HUB_CACHE", scratch.path());
     std::env::set_var("HF_HUB_OFFLINE", "1");
 
+    // A one-model repo (TAESD's layout: config.json and the weights at the top) resolves to its snapshot too.
+    let taesd_repo = scratch.path().join("models--madebyollin--taesd");
+    std::fs::create_dir_all(taesd_repo.join("refs")).unwrap();
+    std::fs::create_dir_all(taesd_repo.join("blobs")).unwrap();
+    std::fs::write(taesd_repo.join("refs/main"), commit).unwrap();
+    let taesd_snapshot = taesd_repo.join("snapshots").join(commit);
+    cache_snapshot(
+        &fixtures("taesd").join("taesd"),
+        &taesd_snapshot,
+        &taesd_repo.join("blobs"),
+        Path::new(""),
+    );
+
     let resolved = resolve_model("acme/tiny-sd", Variant::Default).unwrap();
     assert_eq!(resolved, snapshot);
     let folder = PipelineFolder::open(&resolved).unwrap();
     assert!(folder.load_unet(&LoadOptions::default()).is_ok());
+
+    assert_eq!(
+        resolve_model_folder("madebyollin/taesd", "tiny decoder").unwrap(),
+        taesd_snapshot
+    );
+    let sd1 = PipelineFolder::open(&snapshot).unwrap();
+    let pipe = diffuse::pipelines::StableDiffusion::load(&sd1, &LoadOptions::default()).unwrap();
+    let spec = expand_shorthand("taesd", pipe.text.second.is_some());
+    assert!(load_tiny_decoder(spec, &LoadOptions::default(), "tiny decoder").is_ok());
+    let err = resolve_model_folder("madebyollin/taesdxl", "tiny decoder")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("invalid tiny decoder")
+            && err.contains("madebyollin/taesdxl")
+            && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
 
     let err = resolve_model("acme/not-cached", Variant::Default)
         .unwrap_err()

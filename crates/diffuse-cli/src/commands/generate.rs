@@ -126,6 +126,10 @@ pub struct GenerateArgs {
     /// images decode in bounded memory.
     #[arg(long)]
     vae_tiling: bool,
+    /// Decode with TAESD (diffusers' `AutoencoderTiny`) instead of the VAE: a folder, a Hub id, or `taesd` for
+    /// madebyollin/taesd (madebyollin/taesdxl on SDXL models). Much faster, slightly less detailed.
+    #[arg(long, id = "tiny decoder", value_name = "FOLDER|HUB_ID|taesd")]
+    vae_decoder: Option<String>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -244,6 +248,13 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
             bail!("invalid --lora-dir: {} is not a folder", dir.display());
         }
         pipe = pipe.with_lora_dir(dir);
+    }
+    if let Some(spec) = &args.vae_decoder {
+        use diffuse::loaders::tiny_vae::{expand_shorthand, load_tiny_decoder};
+        let spec = expand_shorthand(spec, pipe.text.second.is_some());
+        let decoder = load_tiny_decoder(spec, &opts, "tiny decoder")
+            .with_context(|| format!("--vae-decoder {spec}"))?;
+        pipe = pipe.with_tiny_decoder(decoder)?;
     }
     if args.vae_tiling {
         pipe.vae.enable_tiling();

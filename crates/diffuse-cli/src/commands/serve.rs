@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// stem, on every API.
     #[arg(long, value_name = "DIR")]
     embeddings_dir: Option<std::path::PathBuf>,
+    /// Draw live previews with TAESD (diffusers' `AutoencoderTiny`) instead of the cheap latent projection: a
+    /// folder, a Hub id, or `taesd` for madebyollin/taesd (taesdxl on SDXL models). Final images still come
+    /// from each model's VAE.
+    #[arg(long, id = "preview decoder", value_name = "FOLDER|HUB_ID|taesd")]
+    preview_decoder: Option<String>,
     /// Address to listen on; anything but loopback needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -108,6 +113,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
     }
     config.embeddings_dir = args.embeddings_dir;
+    config.preview_decoder = args.preview_decoder;
     config.limits = Limits {
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
         max_images: args.max_images,

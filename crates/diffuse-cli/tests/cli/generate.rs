@@ -566,6 +566,76 @@ fn vae_tiling_decodes_in_tiles() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--vae-decoder` decodes with TAESD: the image is diffusers' with `pipe.vae = AutoencoderTiny` (the fixture of
+/// `tests/fixtures/taesd`), and a folder that is not TAESD is refused naming the flag.
+#[test]
+fn a_tiny_decoder_replaces_the_vae() {
+    let dir = scratch("taesd");
+    let out = dir.join("taesd.png");
+    let taesd = fixtures("taesd").join("taesd");
+    let model = sd1();
+    let run = diffuse(&[
+        "generate",
+        "a red circle on a blue background",
+        "--model",
+        &model,
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "8",
+        "--seed",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--scheduler",
+        "DPMSolverMultistepScheduler",
+        "--vae-decoder",
+        taesd.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let image = diffuse::pipelines::RgbImage::open(&out, "out").unwrap();
+    let reference = candle_core::safetensors::load(
+        fixtures("taesd").join("pipeline.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let expected = reference["images"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let worst = image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .map(|(a, e)| a.abs_diff(*e))
+        .max();
+    assert_eq!(image.pixels.len(), expected.len());
+    assert!(
+        worst <= Some(1),
+        "{worst:?}/255 from diffusers' TAESD image"
+    );
+    let vae = fixtures("models").join("sd1").join("vae");
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--model",
+            &model,
+            "--steps",
+            "1",
+            "--vae-decoder",
+            vae.to_str().unwrap(),
+        ],
+        &["--vae-decoder", "_class_name", "AutoencoderTiny"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Settings whose numbers overflow fail naming the step and the likely cause, instead of writing a black image
 /// and exiting 0; a clip skip beyond the text encoder's layers is refused before any work.
 #[test]

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use diffuse::pipelines::preview::latent_preview;
 use diffuse::pipelines::{Progress, Stop};
 
 use super::job::{EarlyEnd, ImageOutput, Job, JobState};
@@ -81,7 +80,7 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
         let mut last_step = Instant::now();
         let mut progress = |p: &Progress| {
             engine.metrics.step(last_step.elapsed());
-            let preview = preview_png(p);
+            let preview = preview_png(&spec.model.pipeline, p);
             job.update(|s| {
                 s.step = index * p.total + p.step;
                 s.total_steps = generations * p.total;
@@ -118,11 +117,15 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
     Ok(outputs)
 }
 
-/// The cheap preview of the batch's first image, as PNG; `None` if it cannot be made (never fatal).
-fn preview_png(p: &Progress) -> Option<Arc<Vec<u8>>> {
+/// The preview of the batch's first image (TAESD's decode when the model has one, else the cheap projection), as
+/// PNG; `None` if it cannot be made (never fatal).
+fn preview_png(
+    pipeline: &diffuse::pipelines::StableDiffusion,
+    p: &Progress,
+) -> Option<Arc<Vec<u8>>> {
     let (_, _, h, w) = p.latents.dims4().ok()?;
     let upscale = (PREVIEW_SIDE / h.max(w).max(1)).clamp(1, 8);
-    let image = latent_preview(p.latents, 0, upscale).ok()?;
+    let image = pipeline.preview(p.latents, 0, upscale).ok()?;
     image.to_png(None).ok().map(Arc::new)
 }
 

@@ -394,3 +394,54 @@ async fn jobs_choose_the_prompt_syntax() {
     assert_error(status, &body, 400, Some("prompt_syntax"));
     t.stop().await;
 }
+
+/// With `preview_decoder`, previews are TAESD's decode (not the latent projection) while the final images still
+/// come from the model's VAE: the same job on two servers gives the same image and different previews.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preview_decoder_draws_previews_but_not_images() {
+    let mut results = Vec::new();
+    for decoder in [None, Some("taesd")] {
+        let mut config = config();
+        config.preview_decoder = decoder.map(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/fixtures/taesd/taesd"
+            )
+            .to_string()
+        });
+        let t = start_with(config).await;
+        let (status, job) = t
+            .post(
+                "/v1/jobs",
+                &json!({"prompt": "a boat", "steps": 3, "seed": 8}),
+            )
+            .await;
+        assert_eq!(status, 202, "{job}");
+        let id = job["id"].as_str().unwrap().to_string();
+        let done = t.wait_job(&id, |j| j["state"] == "succeeded").await;
+        let fetch = |path: String| {
+            let client = t.client.clone();
+            async move {
+                client
+                    .get(path)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+            }
+        };
+        let image = fetch(t.url(done["images"][0]["url"].as_str().unwrap())).await;
+        let preview = fetch(t.url(&format!("/v1/jobs/{id}/preview"))).await;
+        results.push((decode_png(&image).0, decode_png(&preview).0));
+        t.stop().await;
+    }
+    let ((image, projected), (same_image, tiny)) = (&results[0], &results[1]);
+    assert_eq!(
+        image, same_image,
+        "the final image comes from the VAE either way"
+    );
+    assert_eq!((tiny.width, tiny.height), (64, 64));
+    assert_ne!(projected.pixels, tiny.pixels, "the preview is TAESD's");
+}

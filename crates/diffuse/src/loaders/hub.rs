@@ -108,6 +108,54 @@ pub fn resolve_config(spec: &str) -> Result<ConfigSource> {
     resolve_repo(spec, Variant::Default, Wanted::Configs).map(ConfigSource::Folder)
 }
 
+/// The files of a one-model diffusers repo (e.g. madebyollin/taesd): its config and weights.
+const MODEL_FILES: [&str; 2] = ["config.json", "diffusion_pytorch_model.safetensors"];
+
+/// Resolves `spec` to the folder of one diffusers model (`config.json` and `diffusion_pytorch_model.safetensors`,
+/// as `ModelMixin.save_pretrained` writes it): an existing local folder as is, else a Hub repo id to its snapshot
+/// in the HF cache, downloaded first unless `HF_HUB_OFFLINE` is set. `what` names the setting in errors.
+pub fn resolve_model_folder(spec: &str, what: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if !looks_like_repo_id(spec) {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            cause: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such folder, and not a Hub repo id (org/name)",
+            ),
+        });
+    }
+    let (id, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
+    let cached = Cache::new(hub_cache_dir()).repo(repo.clone());
+    if let [Some(config), Some(_)] = MODEL_FILES.map(|f| cached.get(f)) {
+        return snapshot_of(&config);
+    }
+    if hub_offline() {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "{spec} is not in the Hugging Face cache at {} (it needs {}) and HF_HUB_OFFLINE is set",
+                hub_cache_dir().display(),
+                MODEL_FILES.join(" and ")
+            ),
+        ));
+    }
+    let hub_error = |e: hf_hub::api::sync::ApiError| Error::invalid(what, format!("{spec}: {e}"));
+    let api = ApiBuilder::from_env()
+        .with_cache_dir(hub_cache_dir())
+        .with_progress(true)
+        .build()
+        .map_err(hub_error)?;
+    let repo = api.repo(repo);
+    let config = repo.get(MODEL_FILES[0]).map_err(hub_error)?;
+    repo.get(MODEL_FILES[1]).map_err(hub_error)?;
+    snapshot_of(&config)
+}
+
 /// What of a Hub repo to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wanted {

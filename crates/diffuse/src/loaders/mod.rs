@@ -12,6 +12,7 @@ pub mod named_files;
 pub(crate) mod python_json;
 pub mod single_file;
 pub mod summary;
+pub mod tiny_vae;
 pub mod weights;
 
 pub use folder::{ConfigSource, LoadOptions, PipelineFolder};

@@ -32,6 +32,24 @@ impl Conv2d {
         })
     }
 
+    /// A convolution stored without a bias (`bias=False`): reads `weight` only; the bias is zero.
+    pub fn without_bias(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        padding: usize,
+        stride: usize,
+    ) -> candle_core::Result<Self> {
+        let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
+        Ok(Self {
+            bias: Tensor::zeros(out_channels, weight.dtype(), weight.device())?,
+            weight,
+            padding,
+            stride,
+        })
+    }
+
     /// The kernel `[out, in, k, k]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight

@@ -20,7 +20,7 @@ use crate::loaders::embeddings::Embedding;
 use crate::loaders::weights::TensorRecord;
 use crate::loaders::{LoadOptions, PipelineFolder};
 use crate::models::unet::{ExtraConditioning, UNet2DConditionModel};
-use crate::models::vae::AutoencoderKL;
+use crate::models::vae::{AutoencoderKL, TinyDecoder};
 use crate::rng::NoiseSource;
 use crate::schedulers::names::{clip_sample_default, has_steps_offset};
 use crate::schedulers::SchedulerConfig;
@@ -56,6 +56,13 @@ pub struct StableDiffusion {
     lora_dir: Option<PathBuf>,
     embeddings_dir: Option<PathBuf>,
     prepared_loras: PreparedSets,
+    tiny: Option<Tiny>,
+}
+
+/// A TAESD decoder attached to the pipeline, and whether it also decodes the final images (else previews only).
+struct Tiny {
+    decoder: Arc<TinyDecoder>,
+    finals: bool,
 }
 
 /// Where a generation stands after a step, passed to the progress callback.
@@ -189,6 +196,7 @@ impl StableDiffusion {
             lora_dir: None,
             embeddings_dir: None,
             prepared_loras: PreparedSets::default(),
+            tiny: None,
         })
     }
 
@@ -305,6 +313,59 @@ impl StableDiffusion {
                 * self.vae.dtype().size_in_bytes() as u64
         };
         Ok(unet.max(vae))
+    }
+
+    /// Decodes final images and previews with `decoder` (TAESD, diffusers' `AutoencoderTiny`) instead of the
+    /// VAE, as diffusers does after `pipe.vae = AutoencoderTiny.from_pretrained(...)`. Fails if its latent
+    /// channels or scale factor differ from the VAE's.
+    pub fn with_tiny_decoder(self, decoder: TinyDecoder) -> Result<Self> {
+        self.attach_tiny(decoder, true)
+    }
+
+    /// Uses `decoder` (TAESD) for [`StableDiffusion::preview`] only; final images still come from the VAE.
+    pub fn with_preview_decoder(self, decoder: TinyDecoder) -> Result<Self> {
+        self.attach_tiny(decoder, false)
+    }
+
+    fn attach_tiny(mut self, decoder: TinyDecoder, finals: bool) -> Result<Self> {
+        let (tiny, vae) = (decoder.config(), self.vae.config());
+        if tiny.latent_channels != vae.latent_channels || tiny.scale_factor() != vae.scale_factor()
+        {
+            return Err(Error::invalid(
+                "tiny decoder",
+                format!(
+                    "it decodes {} latent channels at {}× per side; this pipeline's VAE has {} at {}×",
+                    tiny.latent_channels,
+                    tiny.scale_factor(),
+                    vae.latent_channels,
+                    vae.scale_factor()
+                ),
+            ));
+        }
+        self.tiny = Some(Tiny {
+            decoder: Arc::new(decoder),
+            finals,
+        });
+        Ok(self)
+    }
+
+    /// A preview of image `index` of `latents` as [`Progress`] reports them: the TAESD decode when the pipeline
+    /// has a tiny decoder, else the linear latent-to-RGB projection drawn `upscale` times larger.
+    pub fn preview(&self, latents: &Tensor, index: usize, upscale: usize) -> Result<RgbImage> {
+        let Some(tiny) = &self.tiny else {
+            return super::preview::latent_preview(latents, index, upscale);
+        };
+        let n = latents.dim(0)?;
+        if index >= n {
+            return Err(Error::invalid(
+                "preview index",
+                format!("{index}: the batch has {n} images"),
+            ));
+        }
+        let one = (latents.narrow(0, index, 1)?.to_dtype(self.dtype)?
+            / tiny.decoder.config().scaling_factor)?;
+        let decoded = tiny.decoder.decode(&one)?;
+        Ok(RgbImage::from_decoded(&decoded)?.remove(0))
     }
 
     /// Image pixels per latent pixel, per side.
@@ -497,16 +558,27 @@ impl StableDiffusion {
                 decoded: None,
             });
         }
-        let decoded = self.vae.decode(
-            &self
-                .vae
-                .unscale_latents(&latents.to_dtype(self.vae.dtype())?)?,
-        )?;
+        let (decoded, decoder_dtype) = match self.tiny.as_ref().filter(|t| t.finals) {
+            // diffusers' pipelines divide by the decoder's own scaling factor (TAESD's is 1).
+            Some(tiny) => {
+                let scale = tiny.decoder.config().scaling_factor;
+                let latents = (latents.to_dtype(self.dtype)? / scale)?;
+                (tiny.decoder.decode(&latents)?, self.dtype)
+            }
+            None => (
+                self.vae.decode(
+                    &self
+                        .vae
+                        .unscale_latents(&latents.to_dtype(self.vae.dtype())?)?,
+                )?,
+                self.vae.dtype(),
+            ),
+        };
         ensure_finite(
             &decoded,
             || "the VAE's decoded image".into(),
             req,
-            self.vae.dtype(),
+            decoder_dtype,
         )?;
         Ok(Generated {
             images: RgbImage::from_decoded(&decoded)?,

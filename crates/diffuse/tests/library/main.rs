@@ -16,6 +16,7 @@ mod prompts;
 mod rng;
 mod schedulers;
 mod single_file;
+mod taesd;
 mod tokenizer;
 mod vae_tiling;
 mod wild;
