@@ -2,6 +2,7 @@
 
     python diffusers_runner.py MODEL --task components|generate --dtype f32|bf16 --reps N --steps N [--save PNG]
     python diffusers_runner.py MODEL --task loras --steps N --lora A --lora B ...
+    python diffusers_runner.py MODEL --task turbo --steps 1 --reps N [--vae-decoder TAESD_FOLDER]
 
 Thread count: torch.set_num_threads(--threads), as users of diffusers set it.
 """
@@ -41,7 +42,7 @@ def sync():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--task", choices=["components", "generate", "vae-tiled", "loras"], default="components")
+    p.add_argument("--task", choices=["components", "generate", "vae-tiled", "loras", "turbo"], default="components")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--dtype", choices=list(DTYPES), default="f32")
     p.add_argument("--reps", type=int, default=3)
@@ -50,6 +51,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--save")
     p.add_argument("--lora", action="append", default=[])
+    p.add_argument("--vae-decoder")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,6 +74,8 @@ def main():
             emit("vae_tiled_decode", [timed(lambda: pipe.vae.decode(z))])
         elif args.task == "loras":
             loras(pipe, args, DPMSolverMultistepScheduler)
+        elif args.task == "turbo":
+            turbo(pipe, args, dtype)
         else:
             generate(pipe, args, DPMSolverMultistepScheduler)
 
@@ -115,6 +119,25 @@ def generate(pipe, args, scheduler_class):
     print(json.dumps({"name": "first_step_unix", "times": first}), flush=True)
     if args.save:
         out[0].images[0].save(args.save)
+
+
+def turbo(pipe, args, dtype):
+    """Few-step generation as SD-Turbo runs it: the folder's scheduler, guidance 0, 512², TAESD when given (as
+    `pipe.vae = AutoencoderTiny.from_pretrained(...)`); then the decode alone."""
+    if args.vae_decoder:
+        from diffusers import AutoencoderTiny
+        pipe.vae = AutoencoderTiny.from_pretrained(args.vae_decoder, torch_dtype=dtype).to(args.device)
+    latents = []
+
+    def run():
+        latents.append(pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=0.0, width=512, height=512,
+                            generator=torch.Generator("cpu").manual_seed(0), output_type="latent").images)
+        image = pipe.vae.decode(latents[-1] / pipe.vae.config.scaling_factor).sample
+        pipe.image_processor.postprocess(image, output_type="pil")
+
+    emit("turbo_generate_512", time_reps(args.reps, run))
+    z = latents[-1] / pipe.vae.config.scaling_factor
+    emit("decode_512", time_reps(args.reps, lambda: pipe.vae.decode(z)))
 
 
 def step_times(pipe, args):

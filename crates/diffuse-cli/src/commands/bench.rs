@@ -5,9 +5,10 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
+use diffuse::loaders::tiny_vae::load_tiny_decoder;
 use diffuse::loaders::{LoadOptions, PipelineFolder};
 use diffuse::models::unet::ExtraConditioning;
 use diffuse::pipelines::{GenerationRequest, LoraChoice, StableDiffusion};
@@ -29,6 +30,10 @@ enum Task {
     /// Denoising steps at 512² (DPM++ 2M, CFG, `--steps` of them, each timed from one step's end to the next)
     /// without LoRAs, with the first `--lora`, and with all of them; and the time to prepare each set.
     Loras,
+    /// Few-step generation as SD-Turbo runs it: 512², `--steps` steps of the folder's own scheduler, guidance 0,
+    /// decoded by `--vae-decoder` (TAESD) when given; `--reps` generations after one warm-up, each timed from
+    /// the prompt to the 8-bit image (text encoding, denoising, decoding), and the decode alone.
+    Turbo,
 }
 
 /// The compute dtype.
@@ -68,6 +73,9 @@ pub struct BenchArgs {
     /// The LoRA files of `--task loras` (repeat; tools/bench/make_sd15_loras.py writes three).
     #[arg(long = "lora")]
     loras: Vec<PathBuf>,
+    /// The TAESD folder `--task turbo` decodes with (tools/bench/make_turbo_random.py writes one).
+    #[arg(long)]
+    vae_decoder: Option<PathBuf>,
 }
 
 fn now_unix() -> f64 {
@@ -158,6 +166,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Task::Components => components(&pipe, args.reps, dtype, &device),
         Task::Generate => generate(&pipe, args.steps, args.save.as_deref()),
         Task::Loras => loras(&pipe, args.steps, &args.loras),
+        Task::Turbo => {
+            let pipe = match &args.vae_decoder {
+                Some(folder) => {
+                    let opts = LoadOptions {
+                        dtype,
+                        device: device.clone(),
+                        ..LoadOptions::default()
+                    };
+                    let spec = folder.to_string_lossy();
+                    pipe.with_tiny_decoder(load_tiny_decoder(&spec, &opts, "vae decoder")?)?
+                }
+                None => pipe,
+            };
+            turbo(&pipe, args.steps, args.reps, args.vae_decoder.is_some())
+        }
         Task::VaeTiled => {
             pipe.vae.enable_tiling();
             let side = args.size / pipe.vae_scale_factor();
@@ -234,6 +257,38 @@ fn generate(pipe: &StableDiffusion, steps: usize, save: Option<&std::path::Path>
     if let (Some(path), Some(image)) = (save, image) {
         std::fs::write(path, image.to_png(None)?)?;
     }
+    Ok(())
+}
+
+/// `--task turbo`: whole few-step generations, then the decode alone (TAESD's when `tiny`, else the VAE's).
+fn turbo(pipe: &StableDiffusion, steps: usize, reps: usize, tiny: bool) -> Result<()> {
+    let request = GenerationRequest {
+        prompt: PROMPT.to_string(),
+        steps,
+        guidance_scale: 0.0,
+        width: Some(512),
+        height: Some(512),
+        ..GenerationRequest::default()
+    };
+    let mut latents = None;
+    let times = time_reps(reps, || {
+        let generated = pipe.generate(&request, &mut TorchCpuRng::new(0), &mut |_| {
+            ControlFlow::Continue(())
+        })?;
+        latents = Some(generated.latents);
+        Ok(())
+    })?;
+    emit("turbo_generate_512", &times);
+    let latents = latents.context("no generation ran")?;
+    let times = time_reps(reps, || {
+        if tiny {
+            pipe.preview(&latents, 0, 1)?;
+        } else {
+            sync(&pipe.vae.decode(&pipe.vae.unscale_latents(&latents)?)?)?;
+        }
+        Ok(())
+    })?;
+    emit("decode_512", &times);
     Ok(())
 }
 
