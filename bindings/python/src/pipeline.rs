@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use diffuse::device::{device_from_name, dtype_from_name};
 use diffuse::loaders::hub::{resolve_config, resolve_model};
+use diffuse::loaders::tiny_vae::load_tiny_decoder;
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::pipelines::{
     EmbeddingChoice, GenerationRequest, InitImage, LoraChoice, LoraSource, Output, PromptSyntax,
@@ -26,6 +27,7 @@ pub(crate) struct Pipeline {
     folder: PipelineFolder,
     options: Mutex<LoadOptions>,
     loaded: Mutex<Option<Arc<StableDiffusion>>>,
+    tiny_decoder: Mutex<Option<String>>,
 }
 
 /// An image as `(width, height, RGB bytes)`.
@@ -81,6 +83,7 @@ impl Pipeline {
             folder,
             options: Mutex::new(options),
             loaded: Mutex::new(None),
+            tiny_decoder: Mutex::new(None),
         })
     }
 
@@ -118,6 +121,22 @@ impl Pipeline {
         }
         if !changed.device.same_device(&options.device) || changed.dtype != options.dtype {
             *options = changed;
+            *lock(&self.loaded) = None;
+        }
+        Ok(())
+    }
+
+    /// Decodes with the TAESD (`AutoencoderTiny`) at `spec` (a folder or Hub id) instead of the VAE, or with the
+    /// VAE again for `None`; checked now, attached when the weights are next read.
+    #[pyo3(signature = (spec))]
+    fn set_tiny_decoder(&self, py: Python<'_>, spec: Option<String>) -> PyResult<()> {
+        if let Some(spec) = &spec {
+            py.detach(|| load_tiny_decoder(spec, &LoadOptions::default(), "vae"))
+                .map_err(errors::to_py)?;
+        }
+        let mut current = lock(&self.tiny_decoder);
+        if *current != spec {
+            *current = spec;
             *lock(&self.loaded) = None;
         }
         Ok(())
@@ -311,7 +330,11 @@ impl Pipeline {
             return Ok(pipe.clone());
         }
         let options = lock(&self.options).clone();
-        let pipe = Arc::new(StableDiffusion::load(&self.folder, &options)?);
+        let mut pipe = StableDiffusion::load(&self.folder, &options)?;
+        if let Some(spec) = lock(&self.tiny_decoder).as_deref() {
+            pipe = pipe.with_tiny_decoder(load_tiny_decoder(spec, &options, "vae")?)?;
+        }
+        let pipe = Arc::new(pipe);
         *loaded = Some(pipe.clone());
         Ok(pipe)
     }

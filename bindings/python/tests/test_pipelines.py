@@ -114,3 +114,19 @@ def test_seed_script_calls_equal_diffusers(case):
     assert outputs["np"].dtype == np.float32 and outputs["np"].shape == expected["np"].shape
     diff = float(np.abs(outputs["np"] - expected["np"]).max())
     assert diff <= 1 / 255, f"np output differs from diffusers' by {diff * 255:.2f}/255"
+
+
+def test_taesd_as_the_vae_equals_diffusers():
+    """`pipe.vae = AutoencoderTiny.from_pretrained(...)` decodes with TAESD, as in diffusers
+    (tests/fixtures/taesd)."""
+    import json
+    case = json.loads((FIXTURES / "taesd" / "case.json").read_text())
+    pipe = diffuse.StableDiffusionPipeline.from_pretrained(MODELS / "sd1")
+    pipe.scheduler = getattr(diffuse, case["scheduler"]).from_config(pipe.scheduler.config)
+    pipe.vae = diffuse.AutoencoderTiny.from_pretrained(FIXTURES / "taesd" / "taesd")
+    images = pipe(case["prompt"], negative_prompt=case["negative_prompt"], num_inference_steps=case["steps"],
+                  guidance_scale=case["guidance"], width=case["width"], height=case["height"],
+                  generator=diffuse.Generator("cpu").manual_seed(case["seed"])).images
+    assert_images(images, reference("taesd", "pipeline")["images"])
+    with pytest.raises(ValueError, match="_class_name"):
+        pipe.vae = diffuse.AutoencoderTiny.from_pretrained(MODELS / "sd1" / "vae")

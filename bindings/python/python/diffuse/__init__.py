@@ -15,12 +15,12 @@ device; a ``torch.Generator`` is accepted too. torch is optional.
 
 from . import schedulers
 from .generators import Generator
-from .pipelines import (DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
+from .pipelines import (AutoencoderTiny, DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
                         StableDiffusionPipeline, StableDiffusionPipelineOutput, StableDiffusionXLImg2ImgPipeline,
                         StableDiffusionXLPipeline)
 from .schedulers import *  # noqa: F401,F403 (every scheduler class by its diffusers name)
 from .schedulers import SCHEDULER_CLASSES, SchedulerMixin
 
-__all__ = ["Generator", "DiffusionPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+__all__ = ["AutoencoderTiny", "Generator", "DiffusionPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
            "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
            "StableDiffusionPipelineOutput", "SchedulerMixin", *sorted(SCHEDULER_CLASSES)]
