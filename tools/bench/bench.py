@@ -145,6 +145,9 @@ def main():
     p.add_argument("--images", type=pathlib.Path, default=pathlib.Path("/tmp/diffuse-bench"))
     args = p.parse_args()
     args.images.mkdir(parents=True, exist_ok=True)
+    # The machine the tables are for: CPU model, features, topology, caches and the kernels' choices.
+    machine = subprocess.run([args.diffuse, "info", "--system"], capture_output=True, text=True)
+    print("### Machine\n\n```\n" + (machine.stdout or machine.stderr).strip() + "\n```")
     engines = args.engines.split(",")
     columns = []
     if "diffuse" in engines:

@@ -47,6 +47,7 @@ pub mod models;
 pub mod pipelines;
 pub mod rng;
 pub mod schedulers;
+pub mod system;
 
 pub use error::{Error, Result};
 

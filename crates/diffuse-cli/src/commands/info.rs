@@ -1,5 +1,5 @@
 //! `diffuse info PATH`: describe a pipeline folder or single-file checkpoint, or print the generation
-//! parameters stored in a PNG.
+//! parameters stored in a PNG; `diffuse info --system`: describe the machine and the kernels' choices on it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,12 @@ use diffuse::pipelines::images::read_image_parameters;
 pub struct InfoArgs {
     /// A diffusers pipeline folder, a single-file checkpoint (.safetensors), or a PNG, JPEG or WebP image
     /// written by diffuse or AUTOMATIC1111.
-    path: PathBuf,
+    #[arg(required_unless_present = "system")]
+    path: Option<PathBuf>,
+    /// Describe this machine instead: CPU model, features, topology, caches, memory, and which kernel paths
+    /// diffuse takes here and why.
+    #[arg(long, conflicts_with = "path")]
+    system: bool,
     /// For a single-file checkpoint: the diffusers folder or Hub id whose configs describe it (default: built in).
     #[arg(long)]
     config: Option<String>,
@@ -24,18 +29,19 @@ pub struct InfoArgs {
 
 /// Prints the folder's or checkpoint's summary, or the image's generation parameters.
 pub fn run(args: InfoArgs) -> Result<()> {
-    if is_image(&args.path) {
-        let text = read_image_parameters(&args.path)?.with_context(|| {
-            format!(
-                "{}: no generation parameters in this image",
-                args.path.display()
-            )
+    let Some(path) = args.path.filter(|_| !args.system) else {
+        print!("{}", diffuse::system::SystemInfo::detect());
+        return Ok(());
+    };
+    if is_image(&path) {
+        let text = read_image_parameters(&path)?.with_context(|| {
+            format!("{}: no generation parameters in this image", path.display())
         })?;
         println!("{text}");
         return Ok(());
     }
     let config = args.config.as_deref().map(resolve_config).transpose()?;
-    let folder = PipelineFolder::open_path(&args.path, config)?;
+    let folder = PipelineFolder::open_path(&path, config)?;
     print!("{}", PipelineSummary::of(&folder)?);
     Ok(())
 }

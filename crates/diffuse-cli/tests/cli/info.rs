@@ -42,3 +42,33 @@ fn info_on_a_missing_folder_fails_with_its_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model"), "{err}");
 }
+
+/// `diffuse info --system` describes the machine and the kernels' choices; it takes no path.
+#[test]
+fn info_describes_the_system() {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(["info", "--system"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for expected in [
+        "CPU: ",
+        "logical CPUs: ",
+        "caches: ",
+        "vector kernels: ",
+        "bf16 products: ",
+        "threads: ",
+    ] {
+        assert!(text.contains(expected), "{text}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(["info", "--system", "some/folder"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

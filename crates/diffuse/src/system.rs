@@ -1,0 +1,226 @@
+//! The machine a run happens on, as benchmarks record it and `diffuse info --system` prints it: the CPU's model,
+//! instruction-set features, topology and caches, memory, and which kernel paths the dispatcher takes here.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::device::{host_memory, HostMemory};
+use crate::internals::kernels::{attention_avx512, bf16_gemm, simd};
+
+/// The CPU features that decide the kernels' speed, as `/proc/cpuinfo` names them.
+const FEATURES: [&str; 14] = [
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+];
+
+/// One CPU cache, as `/sys/devices/system/cpu/cpu0/cache` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// 1, 2, 3.
+    pub level: u32,
+    /// `Data`, `Instruction` or `Unified`.
+    pub kind: String,
+    /// Size as the kernel writes it (`48K`, `2048K`, `260M`).
+    pub size: String,
+    /// The logical CPUs sharing it (`0`, `0-1`).
+    pub shared_by: String,
+}
+
+/// What this machine is and what diffuse's kernels do on it.
+#[derive(Debug, Clone)]
+pub struct SystemInfo {
+    /// `model name` of `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// Vendor, family, model and stepping (`GenuineIntel family 6 model 207 stepping 2`).
+    pub cpu_id: String,
+    /// Logical CPUs the process may run on.
+    pub logical_cpus: usize,
+    /// Physical cores per socket and sockets, where `/proc/cpuinfo` says.
+    pub cores: Option<usize>,
+    /// Hardware threads per core, where known.
+    pub threads_per_core: Option<usize>,
+    /// The caches of CPU 0.
+    pub caches: Vec<Cache>,
+    /// Which of the kernel-relevant features ([`FEATURES`]) the CPU reports.
+    pub features: Vec<&'static str>,
+    /// Host memory.
+    pub memory: Option<HostMemory>,
+    /// The transparent-huge-pages mode (`always`, `madvise`, `never`).
+    pub transparent_huge_pages: Option<String>,
+    /// The dispatcher's choices: (what, which path and why).
+    pub dispatch: Vec<(&'static str, String)>,
+}
+
+impl SystemInfo {
+    /// Reads `/proc/cpuinfo`, sysfs and the kernels' feature checks.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let first = cpuinfo.split("\n\n").next().unwrap_or_default();
+        let field = |name: &str| {
+            first
+                .lines()
+                .find_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    (key.trim() == name).then(|| value.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let flags = field("flags");
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        let number = |name: &str| field(name).parse::<usize>().ok();
+        let cores = number("cpu cores");
+        let threads_per_core = match (number("siblings"), cores) {
+            (Some(siblings), Some(cores)) if cores > 0 => Some(siblings / cores),
+            _ => None,
+        };
+        Self {
+            cpu_model: field("model name"),
+            cpu_id: format!(
+                "{} family {} model {} stepping {}",
+                field("vendor_id"),
+                field("cpu family"),
+                field("model"),
+                field("stepping")
+            ),
+            logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores,
+            threads_per_core,
+            caches: caches(Path::new("/sys/devices/system/cpu/cpu0/cache")),
+            features: FEATURES
+                .iter()
+                .copied()
+                .filter(|f| flags.contains(f))
+                .collect(),
+            memory: host_memory(),
+            transparent_huge_pages: std::fs::read_to_string(
+                "/sys/kernel/mm/transparent_hugepage/enabled",
+            )
+            .ok()
+            .and_then(|mode| {
+                let start = mode.find('[')? + 1;
+                let end = mode[start..].find(']')? + start;
+                Some(mode[start..end].to_string())
+            }),
+            dispatch: dispatch(),
+        }
+    }
+}
+
+fn caches(dir: &Path) -> Vec<Cache> {
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut caches: Vec<Cache> = (0..8)
+        .map(|i| dir.join(format!("index{i}")))
+        .filter(|index| index.is_dir())
+        .map(|index| Cache {
+            level: read(index.join("level")).parse().unwrap_or(0),
+            kind: read(index.join("type")),
+            size: read(index.join("size")),
+            shared_by: read(index.join("shared_cpu_list")),
+        })
+        .collect();
+    caches.sort_by_key(|c| (c.level, c.kind.clone()));
+    caches
+}
+
+fn dispatch() -> Vec<(&'static str, String)> {
+    let level = match simd::simd_level() {
+        simd::SimdLevel::Avx512 => "AVX-512 (F, BW, VL, DQ with FMA)",
+        simd::SimdLevel::Avx2 => "AVX2 with FMA",
+        simd::SimdLevel::Baseline => "the baseline instruction set (no AVX2/FMA found)",
+    };
+    let bf16 = if bf16_gemm::available() {
+        "bf16 operands with f32 accumulation on AVX512-BF16 (VDPBF16PS); without AMX these dot products run \
+         at about the f32 FMA rate, so computing in bf16 halves the weights' memory but may not run faster than f32"
+    } else {
+        "no AVX512-BF16: bf16 tensors are widened to f32 for every product"
+    };
+    let attention = if attention_avx512::available_bf16() {
+        "flash-style blocks, AVX-512 kernel (bf16 products on AVX512-BF16)"
+    } else if attention_avx512::available() {
+        "flash-style blocks, AVX-512 kernel"
+    } else {
+        "flash-style blocks, two matrix products per block"
+    };
+    vec![
+        ("vector kernels", level.to_string()),
+        ("bf16 products", bf16.to_string()),
+        ("attention", attention.to_string()),
+        (
+            "threads",
+            format!(
+                "{} (RAYON_NUM_THREADS or all logical CPUs)",
+                rayon::current_num_threads()
+            ),
+        ),
+    ]
+}
+
+impl fmt::Display for SystemInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "CPU: {} ({})", self.cpu_model, self.cpu_id)?;
+        let per_core = self
+            .threads_per_core
+            .map_or(String::new(), |t| format!(", {t} thread(s) per core"));
+        let cores = self
+            .cores
+            .map_or(String::new(), |c| format!(", {c} core(s) per socket"));
+        writeln!(f, "logical CPUs: {}{cores}{per_core}", self.logical_cpus)?;
+        let caches: Vec<String> = self
+            .caches
+            .iter()
+            .map(|c| format!("L{} {} {} (CPUs {})", c.level, c.kind, c.size, c.shared_by))
+            .collect();
+        writeln!(f, "caches: {}", caches.join(", "))?;
+        writeln!(f, "features: {}", self.features.join(" "))?;
+        if let Some(memory) = &self.memory {
+            writeln!(
+                f,
+                "memory: {:.1} GiB total, {:.1} GiB available",
+                memory.total as f64 / (1u64 << 30) as f64,
+                memory.available as f64 / (1u64 << 30) as f64
+            )?;
+        }
+        if let Some(thp) = &self.transparent_huge_pages {
+            writeln!(f, "transparent huge pages: {thp}")?;
+        }
+        for (what, choice) in &self.dispatch {
+            writeln!(f, "{what}: {choice}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SystemInfo;
+
+    #[test]
+    fn describes_this_machine() {
+        let info = SystemInfo::detect();
+        assert!(info.logical_cpus >= 1);
+        let text = info.to_string();
+        for line in ["CPU: ", "logical CPUs: ", "vector kernels: ", "threads: "] {
+            assert!(text.contains(line), "{text}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            assert!(info.features.contains(&"avx2"), "{text}");
+        }
+    }
+}
