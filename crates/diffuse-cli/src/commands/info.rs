@@ -30,7 +30,10 @@ pub struct InfoArgs {
 /// Prints the folder's or checkpoint's summary, or the image's generation parameters.
 pub fn run(args: InfoArgs) -> Result<()> {
     let Some(path) = args.path.filter(|_| !args.system) else {
-        print!("{}", diffuse::system::SystemInfo::detect());
+        print!(
+            "{}",
+            diffuse::system::SystemInfo::detect().with_dtype_speed()?
+        );
         return Ok(());
     };
     if is_image(&path) {
