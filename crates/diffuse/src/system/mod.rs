@@ -58,7 +58,7 @@ pub struct SystemInfo {
     pub threads_per_core: Option<usize>,
     /// The caches of CPU 0.
     pub caches: Vec<Cache>,
-    /// Which of the kernel-relevant features ([`FEATURES`]) the CPU reports.
+    /// Which of the kernel-relevant features (AVX2, FMA, the AVX-512 family, VNNI, AMX) the CPU reports.
     pub features: Vec<&'static str>,
     /// Host memory.
     pub memory: Option<HostMemory>,
