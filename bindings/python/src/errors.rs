@@ -1,12 +1,44 @@
-//! The library's errors as the Python exceptions diffusers users catch, carrying the library's message.
+//! The library's errors as the Python exceptions diffusers users catch, carrying the library's message with
+//! diffusers' argument names.
 
+use diffuse::pipelines::RequestField;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::PyErr;
 
 /// `FileNotFoundError` for a missing file, `OSError` for other I/O failures, `ValueError` for bad arguments,
 /// configurations, weights and pickles, `RuntimeError` for the rest.
+/// diffusers' argument name for a request field, where it differs from the library's.
+fn argument_name(field: RequestField) -> Option<&'static str> {
+    match field {
+        RequestField::Steps => Some("num_inference_steps"),
+        RequestField::GuidanceScale => Some("guidance_scale"),
+        RequestField::NumImages => Some("num_images_per_prompt"),
+        RequestField::Size => Some("height/width"),
+        RequestField::Mask => Some("mask_image"),
+        RequestField::Loras => Some("LoRA adapters"),
+        RequestField::Prompt
+        | RequestField::NegativePrompt
+        | RequestField::GuidanceRescale
+        | RequestField::ClipSkip
+        | RequestField::Width
+        | RequestField::Height
+        | RequestField::Eta
+        | RequestField::Strength
+        | RequestField::Latents => None,
+    }
+}
+
 pub(crate) fn to_py(error: diffuse::Error) -> PyErr {
-    let message = error.to_string();
+    let mut message = error.to_string();
+    if let Some(field) = RequestField::of(&error) {
+        if let Some(argument) = argument_name(field) {
+            message = message.replacen(
+                &format!("invalid {}: ", field.name()),
+                &format!("invalid {argument}: "),
+                1,
+            );
+        }
+    }
     match &error {
         diffuse::Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(message)

@@ -121,7 +121,7 @@ def test_callback_sees_every_step_and_its_exception_ends_the_call():
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda p: p("x", num_inference_steps=0), ValueError, "steps"),
+    (lambda p: p("x", num_inference_steps=0), ValueError, "invalid num_inference_steps: 0"),
     (lambda p: p("x", width=30), ValueError, "width"),
     (lambda p: p("x", guidance_rescale=2.0), ValueError, "guidance_rescale"),
     (lambda p: p(["a", "b"]), ValueError, "batch of 2 prompts"),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use diffuse::pipelines::GenerationRequest;
+use diffuse::pipelines::{GenerationRequest, RequestField};
 use diffuse::schedulers::{scheduler_config_for, TimestepRequest};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -102,20 +102,24 @@ pub struct FieldNames {
 }
 
 impl FieldNames {
-    fn rename(&self, library_name: &str) -> String {
-        match library_name {
-            "steps" => self.steps,
-            "guidance" => self.guidance,
-            "width" => self.width,
-            "height" | "width/height" => self.height,
-            "num_images" => self.images,
-            "scheduler" => self.scheduler,
-            "strength" => self.strength,
-            "image" => self.image,
-            "mask" => self.mask,
-            other => other,
+    /// This API's name for a request field the library's error is about; `None` where the field is named alike.
+    fn rename(&self, field: RequestField) -> Option<&'static str> {
+        match field {
+            RequestField::Steps => Some(self.steps),
+            RequestField::GuidanceScale => Some(self.guidance),
+            RequestField::Width => Some(self.width),
+            RequestField::Height | RequestField::Size => Some(self.height),
+            RequestField::NumImages => Some(self.images),
+            RequestField::Strength => Some(self.strength),
+            RequestField::Mask => Some(self.mask),
+            RequestField::Prompt
+            | RequestField::NegativePrompt
+            | RequestField::GuidanceRescale
+            | RequestField::ClipSkip
+            | RequestField::Eta
+            | RequestField::Latents
+            | RequestField::Loras => None,
         }
-        .to_string()
     }
 }
 
@@ -172,7 +176,7 @@ impl Draft {
             .model
             .pipeline
             .output_size(request)
-            .map_err(|e| rename_error(ApiError::from(e), fields))?;
+            .map_err(|e| rename_error(e, fields))?;
         check_size(&self.model, width, height, limits, fields)?;
         request.width = Some(width);
         request.height = Some(height);
@@ -191,7 +195,7 @@ impl Draft {
         self.model
             .pipeline
             .check(request)
-            .map_err(|e| rename_error(ApiError::from(e), fields))?;
+            .map_err(|e| rename_error(e, fields))?;
         check_schedule(&self.model, request, fields)?;
         Ok(JobSpec {
             model: self.model,
@@ -233,12 +237,14 @@ fn check_schedule(
     Ok(())
 }
 
-/// Gives a library error the API's field name.
-pub fn rename_error(mut error: ApiError, fields: &FieldNames) -> ApiError {
-    if let Some(param) = &error.param {
-        error.param = Some(fields.rename(param));
+/// A library error as this API reports it: a 400 naming the API's own field for the request field it is about.
+pub fn rename_error(error: diffuse::Error, fields: &FieldNames) -> ApiError {
+    let field = RequestField::of(&error);
+    let mut api = ApiError::from(error);
+    if let Some(name) = field.and_then(|f| fields.rename(f)) {
+        api.param = Some(name.to_string());
     }
-    error
+    api
 }
 
 fn check_size(

@@ -5,6 +5,7 @@
 use candle_core::Tensor;
 
 use super::images::RgbImage;
+use super::request::RequestField;
 use super::request::{GenerationRequest, InitImage};
 use super::stable_diffusion::StableDiffusion;
 use crate::rng::{randn_tensor, NoiseSource};
@@ -58,7 +59,7 @@ impl<'a> Mode<'a> {
                 ""
             };
             return Err(Error::invalid(
-                "mask",
+                RequestField::Mask.name(),
                 format!("this model's UNet takes {unet_channels} input channels; {name} needs {needs}{hint}"),
             ));
         }
@@ -111,7 +112,7 @@ pub(super) fn prepare_latents(
             let latents = match given {
                 Some(given) if given.dims() != plan.shape => {
                     return Err(Error::invalid(
-                        "latents",
+                        RequestField::Latents.name(),
                         format!("shape {:?}, expected {:?}", given.dims(), plan.shape),
                     ))
                 }

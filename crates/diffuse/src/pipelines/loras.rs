@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 
 use super::prompt::{SecondEncoder, TextEncoder, TextEncoders};
+use super::request::RequestField;
 use crate::loaders::lora::targets::Targets;
 use crate::loaders::lora::{Component, LoraFile};
 use crate::loaders::named_files::NamedFiles;
@@ -71,7 +72,7 @@ impl LoraChoice {
         ] {
             if !w.is_finite() {
                 return Err(Error::invalid(
-                    "loras",
+                    RequestField::Loras.name(),
                     format!(
                         "{}: the {what} weight {w} is not a finite number",
                         self.label()
@@ -112,7 +113,7 @@ pub(crate) fn resolve(choices: &[LoraChoice], dir: Option<&Path>) -> Result<Vec<
             LoraSource::Name(name) => {
                 let Some(dir) = dir else {
                     return Err(Error::invalid(
-                        "loras",
+                        RequestField::Loras.name(),
                         format!(
                             "<lora:{name}:…> names a LoRA, but the pipeline has no LoRA folder to look it up in"
                         ),
@@ -123,7 +124,7 @@ pub(crate) fn resolve(choices: &[LoraChoice], dir: Option<&Path>) -> Result<Vec<
                 }
                 listing
                     .as_ref()
-                    .map(|l| l.resolve(name, "loras"))
+                    .map(|l| l.resolve(name, RequestField::Loras.name()))
                     .transpose()?
                     .map(Path::to_path_buf)
                     .unwrap_or_default()

@@ -21,5 +21,5 @@ pub use images::{ImageFormat, RgbImage};
 pub use loras::{LoraChoice, LoraSource};
 pub use parameters::Provenance;
 pub use plan::GenerationPlan;
-pub use request::{GenerationRequest, InitImage, Output, PromptSyntax};
+pub use request::{GenerationRequest, InitImage, Output, PromptSyntax, RequestField};
 pub use stable_diffusion::{Generated, Progress, StableDiffusion, Stop};

@@ -4,6 +4,7 @@
 
 use super::latents::Mode;
 use super::request::GenerationRequest;
+use super::request::RequestField;
 use super::stable_diffusion::StableDiffusion;
 use crate::schedulers::{Scheduler, TimestepRequest};
 use crate::{Error, Result};
@@ -70,7 +71,7 @@ impl StableDiffusion {
         let f = self.vae_scale_factor();
         if width == 0 || height == 0 || !width.is_multiple_of(f) || !height.is_multiple_of(f) {
             return Err(Error::invalid(
-                "width/height",
+                RequestField::Size.name(),
                 format!("{width}×{height}: must be positive multiples of {f}"),
             ));
         }
@@ -119,7 +120,7 @@ fn strength_cut(scheduler: &mut dyn Scheduler, steps: usize, strength: f64) -> R
     let init_steps = ((steps as f64 * strength) as usize).min(steps);
     if init_steps < 1 {
         return Err(Error::invalid(
-            "strength",
+            RequestField::Strength.name(),
             format!(
                 "{strength} leaves none of the {steps} steps to run; raise `strength` or `steps`"
             ),

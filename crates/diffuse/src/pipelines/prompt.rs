@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use super::embeddings::{AddedTokens, Encoder};
 use super::prompt_syntax::{ParsedPrompt, Piece};
 use super::request::PromptSyntax;
+use super::request::RequestField;
 use crate::loaders::embeddings::Embedding;
 use crate::loaders::weights::TensorRecord;
 use crate::loaders::{LoadOptions, PipelineFolder};
@@ -214,7 +215,7 @@ impl TextEncoders {
                 let count = added.replace(tokenizer.tokens_of(text)?).len();
                 if count > tokenizer.max_length() - 2 {
                     return Err(Error::invalid(
-                        "prompt",
+                        RequestField::Prompt.name(),
                         format!(
                             "{count} tokens with its embeddings, more than the {} a plain prompt with \
                              embeddings may have; read it with A1111's syntax, which encodes it in chunks",
@@ -343,7 +344,7 @@ pub(crate) fn parse_negative_prompt(text: &str) -> Result<ParsedPrompt> {
     let parsed = ParsedPrompt::parse(text)?;
     if let Some(tag) = parsed.loras.first() {
         return Err(Error::invalid(
-            "negative_prompt",
+            RequestField::NegativePrompt.name(),
             format!(
                 "<lora:{}:…>: LoRA tags apply to the whole generation; put them in the prompt",
                 tag.name
@@ -399,7 +400,7 @@ fn hidden_state(out: &ClipTextOutput, from_end: usize) -> Result<&Tensor> {
         .and_then(|i| out.hidden_states.get(i))
         .ok_or_else(|| {
             Error::invalid(
-                "clip_skip",
+                RequestField::ClipSkip.name(),
                 format!(
                     "skips more layers than the text encoder's {}",
                     layers.saturating_sub(1)

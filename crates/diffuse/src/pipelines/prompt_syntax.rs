@@ -4,6 +4,7 @@
 //! unmatched closing one is text, and a whole-word `BREAK` starts a new 75-token chunk. `<lora:NAME:W>` tags
 //! are taken out of the text first.
 
+use super::request::RequestField;
 use crate::{Error, Result};
 
 /// The factor of one pair of round brackets (square brackets divide by it).
@@ -86,7 +87,7 @@ fn take_lora_tags(prompt: &str) -> Result<(String, Vec<LoraTag>)> {
 
 fn lora_tag(tag: &str, args: &str) -> Result<LoraTag> {
     let fields: Vec<&str> = args.split(':').map(str::trim).collect();
-    let bad = |why: String| Error::invalid("prompt", format!("<{tag}>: {why}"));
+    let bad = |why: String| Error::invalid(RequestField::Prompt.name(), format!("<{tag}>: {why}"));
     let name = fields[0];
     if name.is_empty() {
         return Err(bad("the LoRA's name is missing".into()));

@@ -73,6 +73,97 @@ pub enum Output {
     Latents,
 }
 
+/// A field of [`GenerationRequest`] as the library's errors name it. A binary shows its own name for the field
+/// by matching on this (through [`RequestField::of`]), never on strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestField {
+    /// [`GenerationRequest::prompt`] (and its A1111 syntax: tags, weights).
+    Prompt,
+    /// [`GenerationRequest::negative_prompt`].
+    NegativePrompt,
+    /// [`GenerationRequest::steps`].
+    Steps,
+    /// [`GenerationRequest::guidance_scale`].
+    GuidanceScale,
+    /// [`GenerationRequest::guidance_rescale`].
+    GuidanceRescale,
+    /// [`GenerationRequest::clip_skip`].
+    ClipSkip,
+    /// [`GenerationRequest::width`].
+    Width,
+    /// [`GenerationRequest::height`].
+    Height,
+    /// Width and height together (a size the model cannot take).
+    Size,
+    /// [`GenerationRequest::num_images`].
+    NumImages,
+    /// [`GenerationRequest::eta`].
+    Eta,
+    /// [`InitImage::strength`].
+    Strength,
+    /// [`InitImage::mask`].
+    Mask,
+    /// [`GenerationRequest::latents`].
+    Latents,
+    /// [`GenerationRequest::loras`] (and the prompt's `<lora:…>` tags).
+    Loras,
+}
+
+impl RequestField {
+    /// Every field.
+    pub const ALL: [RequestField; 15] = [
+        Self::Prompt,
+        Self::NegativePrompt,
+        Self::Steps,
+        Self::GuidanceScale,
+        Self::GuidanceRescale,
+        Self::ClipSkip,
+        Self::Width,
+        Self::Height,
+        Self::Size,
+        Self::NumImages,
+        Self::Eta,
+        Self::Strength,
+        Self::Mask,
+        Self::Latents,
+        Self::Loras,
+    ];
+
+    /// The name errors give it (`invalid steps: …`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Prompt => "prompt",
+            Self::NegativePrompt => "negative_prompt",
+            Self::Steps => "steps",
+            Self::GuidanceScale => "guidance",
+            Self::GuidanceRescale => "guidance_rescale",
+            Self::ClipSkip => "clip_skip",
+            Self::Width => "width",
+            Self::Height => "height",
+            Self::Size => "width/height",
+            Self::NumImages => "num_images",
+            Self::Eta => "eta",
+            Self::Strength => "strength",
+            Self::Mask => "mask",
+            Self::Latents => "latents",
+            Self::Loras => "loras",
+        }
+    }
+
+    /// The request field an error is about, if it is about one.
+    pub fn of(error: &Error) -> Option<Self> {
+        match error {
+            Error::InvalidArgument { name, .. } => Self::named(name),
+            _ => None,
+        }
+    }
+
+    /// The field errors call `name`.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|field| field.name() == name)
+    }
+}
+
 /// How prompts are read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PromptSyntax {
@@ -108,10 +199,10 @@ impl Default for GenerationRequest {
     }
 }
 
-fn check_side(name: &str, value: Option<usize>) -> Result<()> {
+fn check_side(field: RequestField, value: Option<usize>) -> Result<()> {
     match value {
         Some(v) if v == 0 || v % 8 != 0 || v > MAX_SIDE => Err(Error::invalid(
-            name,
+            field.name(),
             format!("{v}: must be a positive multiple of 8, at most {MAX_SIDE}"),
         )),
         _ => Ok(()),
@@ -122,39 +213,48 @@ impl GenerationRequest {
     /// Rejects out-of-range values with a message naming the field.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
-            return Err(Error::invalid("steps", "0: at least one step is needed"));
+            return Err(Error::invalid(
+                RequestField::Steps.name(),
+                "0: at least one step is needed",
+            ));
         }
         if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
             return Err(Error::invalid(
-                "guidance",
+                RequestField::GuidanceScale.name(),
                 format!("{}: must be a finite number ≥ 0", self.guidance_scale),
             ));
         }
         if !(0.0..=1.0).contains(&self.guidance_rescale) {
             return Err(Error::invalid(
-                "guidance_rescale",
+                RequestField::GuidanceRescale.name(),
                 format!("{}: must be in [0, 1]", self.guidance_rescale),
             ));
         }
         if !self.eta.is_finite() || self.eta < 0.0 {
-            return Err(Error::invalid("eta", format!("{}: must be ≥ 0", self.eta)));
+            return Err(Error::invalid(
+                RequestField::Eta.name(),
+                format!("{}: must be ≥ 0", self.eta),
+            ));
         }
         if self.num_images == 0 {
-            return Err(Error::invalid("num_images", "0: at least one image"));
+            return Err(Error::invalid(
+                RequestField::NumImages.name(),
+                "0: at least one image",
+            ));
         }
-        check_side("width", self.width)?;
-        check_side("height", self.height)?;
+        check_side(RequestField::Width, self.width)?;
+        check_side(RequestField::Height, self.height)?;
         if let Some(init) = &self.init {
             if !(0.0..=1.0).contains(&init.strength) {
                 return Err(Error::invalid(
-                    "strength",
+                    RequestField::Strength.name(),
                     format!("{}: must be in [0, 1]", init.strength),
                 ));
             }
             if let Some(mask) = &init.mask {
                 if (mask.width, mask.height) != (init.image.width, init.image.height) {
                     return Err(Error::invalid(
-                        "mask",
+                        RequestField::Mask.name(),
                         format!(
                             "{}×{} does not match the image's {}×{}",
                             mask.width, mask.height, init.image.width, init.image.height
@@ -164,7 +264,7 @@ impl GenerationRequest {
             }
             if self.latents.is_some() {
                 return Err(Error::invalid(
-                    "latents",
+                    RequestField::Latents.name(),
                     "cannot be combined with an input image",
                 ));
             }

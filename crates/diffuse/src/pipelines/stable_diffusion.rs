@@ -15,6 +15,7 @@ use super::loras::{
     Adapted, Base, BaseTensors, LoraChoice, LoraSource, PreparedSets, ResolvedLora,
 };
 use super::prompt::{Rows, TextEncoders};
+use super::request::RequestField;
 use super::request::{GenerationRequest, Output, PromptSyntax};
 use crate::loaders::embeddings::Embedding;
 use crate::loaders::weights::TensorRecord;
@@ -398,7 +399,7 @@ impl StableDiffusion {
         let trained = scheduler.train_timesteps()?;
         if req.steps > trained {
             return Err(Error::invalid(
-                "steps",
+                RequestField::Steps.name(),
                 format!(
                     "{}: at most the {trained} timesteps the scheduler was trained with",
                     req.steps
@@ -409,7 +410,7 @@ impl StableDiffusion {
             let most = self.text.max_clip_skip();
             if clip_skip > most {
                 return Err(Error::invalid(
-                    "clip_skip",
+                    RequestField::ClipSkip.name(),
                     format!(
                         "{clip_skip}: this model's text encoder has layers to skip at most {most}"
                     ),

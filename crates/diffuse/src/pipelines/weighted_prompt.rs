@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 use super::embeddings::AddedTokens;
 use super::prompt::{penultimate, repeat_rows, single_embedding, Conditioning, Rows, TextEncoders};
 use super::prompt_syntax::{ParsedPrompt, Piece};
+use super::request::RequestField;
 use crate::models::clip::text_model::{ClipTextModel, ClipTextOutput};
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::{Error, Result};
@@ -271,7 +272,10 @@ impl TextEncoders {
                     let negative = padded(negative_chunks, count, &blank)?;
                     let positive = padded(positive_chunks, count, &blank)?;
                     let negative_pooled = negative_pooled.ok_or_else(|| {
-                        Error::invalid("negative_prompt", "the negative prompt was not encoded")
+                        Error::invalid(
+                            RequestField::NegativePrompt.name(),
+                            "the negative prompt was not encoded",
+                        )
                     })?;
                     (
                         Tensor::cat(&[negative, positive], 0)?,

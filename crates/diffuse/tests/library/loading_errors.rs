@@ -233,3 +233,56 @@ fn a_non_finite_number_where_an_integer_belongs_is_named() {
         &["unet/config.json", "in_channels", "NaN"],
     );
 }
+
+/// Errors about a request field name it so that binaries can match on the field, not on strings.
+#[test]
+fn request_errors_name_their_field() {
+    use diffuse::pipelines::{GenerationRequest, RequestField};
+    let cases = [
+        (
+            GenerationRequest {
+                steps: 0,
+                ..Default::default()
+            },
+            RequestField::Steps,
+        ),
+        (
+            GenerationRequest {
+                guidance_scale: -1.0,
+                ..Default::default()
+            },
+            RequestField::GuidanceScale,
+        ),
+        (
+            GenerationRequest {
+                num_images: 0,
+                ..Default::default()
+            },
+            RequestField::NumImages,
+        ),
+        (
+            GenerationRequest {
+                width: Some(30),
+                ..Default::default()
+            },
+            RequestField::Width,
+        ),
+        (
+            GenerationRequest {
+                eta: -1.0,
+                ..Default::default()
+            },
+            RequestField::Eta,
+        ),
+    ];
+    for (request, field) in cases {
+        let error = request.validate().unwrap_err();
+        assert_eq!(RequestField::of(&error), Some(field), "{error}");
+        assert!(error
+            .to_string()
+            .starts_with(&format!("invalid {}: ", field.name())));
+    }
+    for field in RequestField::ALL {
+        assert_eq!(RequestField::named(field.name()), Some(field));
+    }
+}
