@@ -158,8 +158,10 @@ def test_from_single_file_and_from_pipe():
     pipe = diffuse.StableDiffusionPipeline.from_single_file(single)
     assert pipe.scheduler.config["_class_name"]
     text = diffuse.StableDiffusionPipeline.from_pretrained(MODELS / "sd1")
+    text.load_lora_weights(FIXTURES / "loras" / "files" / "kohya_attn.safetensors", adapter_name="k")
     img2img = diffuse.StableDiffusionImg2ImgPipeline.from_pipe(text)
     assert img2img._engine is text._engine
+    assert img2img.get_active_adapters() == ["k"]
 
 
 def test_generation_releases_the_gil():

@@ -105,7 +105,10 @@ class DiffusionPipeline(LoraLoaderMixin, TextualInversionLoaderMixin):
         if kwargs:
             raise TypeError(f"from_pipe: unsupported arguments {sorted(kwargs)}")
         new = cls(pipeline._engine, pipeline.scheduler)
+        # diffusers' from_pipe shares the components: their LoRAs, embeddings and decoder come along.
         new._copy_adapters_from(pipeline)
+        new._embeddings_loaded = list(pipeline._embeddings_loaded)
+        new._tiny_vae = pipeline.vae
         return new
 
     def to(self, *args, device=None, dtype=None):
