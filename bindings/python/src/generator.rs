@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 /// A seeded noise stream: `device="cpu"` is `torch.Generator("cpu")` (mt19937), `device="cuda"` is
@@ -52,7 +52,8 @@ impl Generator {
     }
 
     /// Restarts the stream from `seed` and returns the generator, as torch's `manual_seed` does. Negative
-    /// seeds wrap to 64 bits, as torch's do.
+    /// seeds wrap to 64 bits, as torch's do. Refused while a generation draws from this generator (waiting
+    /// for it could deadlock: the generation needs the GIL for its progress callback).
     fn manual_seed(slf: Py<Self>, seed: i128) -> PyResult<Py<Self>> {
         if !(i64::MIN as i128..=u64::MAX as i128).contains(&seed) {
             return Err(PyValueError::new_err(format!(
@@ -62,8 +63,15 @@ impl Generator {
         let seed = seed as u64;
         {
             let this = slf.get();
+            let mut current = match this.stream.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Err(PyRuntimeError::new_err(
+                    "this generator is drawing for a running generation; seed it before or after",
+                )),
+            };
+            *current = stream(&this.device, seed);
             *lock(&this.seed) = seed;
-            *lock(&this.stream) = stream(&this.device, seed);
         }
         Ok(slf)
     }

@@ -205,3 +205,20 @@ def test_torch_values_are_accepted_and_returned(torch):
     assert isinstance(pt, torch.Tensor) and pt.shape == (1, 3, 32, 32)
     half = diffuse.StableDiffusionPipeline.from_pretrained(MODELS / "sd1", torch_dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16
+
+
+def test_reseeding_a_generator_mid_generation_is_refused_not_deadlocked():
+    pipe = diffuse.StableDiffusionPipeline.from_pretrained(MODELS / "sd1")
+    generator = diffuse.Generator().manual_seed(3)
+    errors = []
+
+    def reseed(pipe_, index, timestep, kwargs):
+        try:
+            generator.manual_seed(4)
+        except RuntimeError as e:
+            errors.append(str(e))
+        return kwargs
+    pipe("a cat", num_inference_steps=2, width=32, height=32, generator=generator, callback_on_step_end=reseed)
+    assert errors and "running generation" in errors[0]
+    generator.manual_seed(4)
+    assert generator.initial_seed() == 4
