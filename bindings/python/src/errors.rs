@@ -16,6 +16,8 @@ fn argument_name(field: RequestField) -> Option<&'static str> {
         RequestField::Size => Some("height/width"),
         RequestField::Mask => Some("mask_image"),
         RequestField::Loras => Some("LoRA adapters"),
+        RequestField::AudioLength => Some("audio_length_in_s"),
+        RequestField::NumWaveforms => Some("num_waveforms_per_prompt"),
         RequestField::Prompt
         | RequestField::NegativePrompt
         | RequestField::GuidanceRescale

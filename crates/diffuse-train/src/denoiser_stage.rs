@@ -327,7 +327,7 @@ pub(crate) fn run(
                 let prediction = unet.forward(
                     &part.noisy,
                     &part.timesteps,
-                    &context,
+                    Some(&context),
                     &ExtraConditioning::default(),
                 )?;
                 objective.loss(&prediction, &part)

@@ -210,9 +210,12 @@ fn components(pipe: &StableDiffusion, reps: usize, dtype: DType, device: &Device
     for (name, side) in [("unet_step_512", 64), ("unet_step_256", 32)] {
         let latents = Tensor::randn(0f32, 1f32, (2, 4, side, side), device)?.to_dtype(dtype)?;
         let times = time_reps(reps, || {
-            let out =
-                pipe.unet
-                    .forward(&latents, &timestep, &context, &ExtraConditioning::default())?;
+            let out = pipe.unet.forward(
+                &latents,
+                &timestep,
+                Some(&context),
+                &ExtraConditioning::default(),
+            )?;
             sync(&out)
         })?;
         emit(name, &times);

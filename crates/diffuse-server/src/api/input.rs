@@ -109,7 +109,7 @@ impl FieldNames {
             RequestField::GuidanceScale => Some(self.guidance),
             RequestField::Width => Some(self.width),
             RequestField::Height | RequestField::Size => Some(self.height),
-            RequestField::NumImages => Some(self.images),
+            RequestField::NumImages | RequestField::NumWaveforms => Some(self.images),
             RequestField::Strength => Some(self.strength),
             RequestField::Mask => Some(self.mask),
             RequestField::Prompt
@@ -118,7 +118,8 @@ impl FieldNames {
             | RequestField::ClipSkip
             | RequestField::Eta
             | RequestField::Latents
-            | RequestField::Loras => None,
+            | RequestField::Loras
+            | RequestField::AudioLength => None,
         }
     }
 }

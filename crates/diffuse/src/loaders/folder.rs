@@ -14,11 +14,13 @@ use super::model_index::ModelIndex;
 use super::single_file::builtin::{self, BuiltinConfig};
 use super::single_file::SingleFile;
 use super::weights::{find_weight_files, TensorRecord, Variant, WeightFiles};
+use crate::models::clap::{ClapTextConfig, ClapTextModel, RobertaTokenizer};
 use crate::models::clip::config::ClipTextConfig;
 use crate::models::clip::text_model::ClipTextModel;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::vocoder::{HifiGan, HifiGanConfig};
 use crate::schedulers::SchedulerConfig;
 use crate::{Error, Result};
 
@@ -296,7 +298,7 @@ impl PipelineFolder {
         match &self.weights {
             WeightSource::Folder => {
                 let dir = self.component_dir(name)?;
-                let stem = if name.starts_with("text_encoder") {
+                let stem = if name.starts_with("text_encoder") || name == "vocoder" {
                     "model"
                 } else {
                     "diffusion_pytorch_model"
@@ -380,6 +382,52 @@ impl PipelineFolder {
             &cfg,
             with_projection,
         )
+    }
+
+    /// Loads AudioLDM's CLAP text encoder (`ClapTextModelWithProjection`) from component `name`.
+    pub fn load_clap_text_encoder(&self, name: &str, opts: &LoadOptions) -> Result<ClapTextModel> {
+        match self.index.class_of(name).unwrap_or_default() {
+            "ClapTextModelWithProjection" => {}
+            other => {
+                return Err(Error::unsupported(
+                    "model_index.json",
+                    name,
+                    other,
+                    "ClapTextModelWithProjection",
+                ))
+            }
+        }
+        let cfg: ClapTextConfig = self.read_config(name, "config.json")?;
+        let files = self.weight_files(name, opts.variant)?;
+        ClapTextModel::new(files.var_builder(opts.dtype, &opts.device), &cfg)
+    }
+
+    /// Loads a RoBERTa tokenizer (AudioLDM's) from component `name`.
+    pub fn load_roberta_tokenizer(&self, name: &str) -> Result<RobertaTokenizer> {
+        RobertaTokenizer::from_folder(self.component_dir(name)?)
+    }
+
+    /// Reads `vocoder/config.json`.
+    pub fn vocoder_config(&self) -> Result<HifiGanConfig> {
+        self.read_config("vocoder", "config.json")
+    }
+
+    /// Loads the vocoder (`SpeechT5HifiGan`).
+    pub fn load_vocoder(&self, opts: &LoadOptions) -> Result<HifiGan> {
+        match self.index.class_of("vocoder").unwrap_or_default() {
+            "SpeechT5HifiGan" => {}
+            other => {
+                return Err(Error::unsupported(
+                    "model_index.json",
+                    "vocoder",
+                    other,
+                    "SpeechT5HifiGan",
+                ))
+            }
+        }
+        let cfg = self.vocoder_config()?;
+        let files = self.weight_files("vocoder", opts.variant)?;
+        HifiGan::new(files.var_builder(opts.dtype, &opts.device), &cfg)
     }
 
     /// Loads tokenizer `name` (`tokenizer` or `tokenizer_2`).

@@ -2,6 +2,7 @@
 
 pub mod activations;
 pub mod attention;
+pub mod clap;
 pub mod clip;
 pub mod config_values;
 pub mod conv;
@@ -13,3 +14,4 @@ pub mod sampling;
 pub mod transformer_2d;
 pub mod unet;
 pub mod vae;
+pub mod vocoder;

@@ -146,13 +146,16 @@ impl BasicTransformerBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let first_context = self.only_cross_attention.then_some(context);
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let first_context = if self.only_cross_attention {
+            context
+        } else {
+            None
+        };
         let x = (self.attn1.forward(&self.norm1.forward(x)?, first_context)? + x)?;
-        let x = (self
-            .attn2
-            .forward(&self.norm2.forward(&x)?, Some(context))?
-            + &x)?;
+        // Without a context (AudioLDM), the second attention attends to the block's own tokens, as diffusers'
+        // attention processors do when `encoder_hidden_states` is None.
+        let x = (self.attn2.forward(&self.norm2.forward(&x)?, context)? + &x)?;
         self.ff.forward(&self.norm3.forward(&x)?)? + x
     }
 }
@@ -191,8 +194,9 @@ impl Transformer2DModel {
         })
     }
 
-    /// `x`: `[batch, channels, h, w]`; `context`: the text embeddings `[batch, tokens, cross_attention_dim]`.
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x`: `[batch, channels, h, w]`; `context`: the text embeddings `[batch, tokens, cross_attention_dim]`, or
+    /// none (every attention then attends to the feature map's own tokens).
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let normed = self.norm.forward(x)?;
         let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));

@@ -1,5 +1,6 @@
 //! Pipelines: text-to-image, image-to-image and inpainting, as diffusers runs them.
 
+pub mod audio;
 mod divergence;
 pub mod embeddings;
 mod exif;
@@ -16,6 +17,7 @@ pub mod request;
 pub mod stable_diffusion;
 mod weighted_prompt;
 
+pub use audio::{AudioLdm, AudioPlan, AudioRequest, GeneratedAudio};
 pub use embeddings::EmbeddingChoice;
 pub use images::{ImageFormat, RgbImage};
 pub use loras::{LoraChoice, LoraSource};

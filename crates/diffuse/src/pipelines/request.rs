@@ -107,11 +107,15 @@ pub enum RequestField {
     Latents,
     /// [`GenerationRequest::loras`] (and the prompt's `<lora:…>` tags).
     Loras,
+    /// [`crate::pipelines::audio::AudioRequest::audio_length_s`].
+    AudioLength,
+    /// [`crate::pipelines::audio::AudioRequest::num_waveforms`].
+    NumWaveforms,
 }
 
 impl RequestField {
     /// Every field.
-    pub const ALL: [RequestField; 15] = [
+    pub const ALL: [RequestField; 17] = [
         Self::Prompt,
         Self::NegativePrompt,
         Self::Steps,
@@ -127,6 +131,8 @@ impl RequestField {
         Self::Mask,
         Self::Latents,
         Self::Loras,
+        Self::AudioLength,
+        Self::NumWaveforms,
     ];
 
     /// The name errors give it (`invalid steps: …`).
@@ -147,6 +153,8 @@ impl RequestField {
             Self::Mask => "mask",
             Self::Latents => "latents",
             Self::Loras => "loras",
+            Self::AudioLength => "audio_length_s",
+            Self::NumWaveforms => "num_waveforms",
         }
     }
 

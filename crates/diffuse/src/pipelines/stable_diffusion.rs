@@ -489,6 +489,7 @@ impl StableDiffusion {
                 .text_embeds
                 .map(|t| t.to_dtype(self.dtype))
                 .transpose()?,
+            class_labels: None,
         };
         // diffusers' inpainting pipeline has no guidance rescale.
         let rescale = if prepared.inpaint.is_some() {
@@ -510,8 +511,12 @@ impl StableDiffusion {
                 None => input,
             };
             let timestep = Tensor::new(&[t as f32], &self.device)?;
-            let prediction =
-                unet.forward(&input.to_dtype(self.dtype)?, &timestep, &context, &extra)?;
+            let prediction = unet.forward(
+                &input.to_dtype(self.dtype)?,
+                &timestep,
+                Some(&context),
+                &extra,
+            )?;
             let prediction = if guidance {
                 combine(&prediction, req.guidance_scale, rescale)?
             } else {

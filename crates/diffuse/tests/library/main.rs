@@ -3,6 +3,7 @@
 
 mod common;
 
+mod audioldm;
 mod embeddings;
 mod gradients;
 mod kernels;

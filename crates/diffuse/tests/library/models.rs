@@ -109,12 +109,13 @@ fn check_unet(name: &str, dtype: DType, tolerance: f64) {
             text_embeds: optional(&reference, &key("text_embeds"), dtype),
             time_ids: optional(&reference, &key("time_ids"), DType::F32),
             timestep_cond: optional(&reference, &key("timestep_cond"), dtype),
+            class_labels: None,
         };
         let out = unet
             .forward(
                 &get(&reference, &key("sample")).to_dtype(dtype).unwrap(),
                 get(&reference, &key("timestep")),
-                &get(&reference, &key("context")).to_dtype(dtype).unwrap(),
+                Some(&get(&reference, &key("context")).to_dtype(dtype).unwrap()),
                 &extra,
             )
             .unwrap();

@@ -163,7 +163,7 @@ fn models_match_the_diffusers_references() {
                 .forward(
                     get(&reference, &key("sample")),
                     get(&reference, &key("timestep")),
-                    get(&reference, &key("context")),
+                    Some(get(&reference, &key("context"))),
                     &ExtraConditioning::default(),
                 )
                 .unwrap()

@@ -7,8 +7,8 @@
 //! the tokenizer: `tokenizer(prompt, padding="max_length", max_length=model_max_length, truncation=True)`.
 
 mod backend;
-mod files;
-mod options;
+pub(crate) mod files;
+pub(crate) mod options;
 mod special;
 
 use std::path::{Path, PathBuf};

@@ -71,7 +71,7 @@ impl DownBlock {
         &self,
         x: &Tensor,
         temb: &Tensor,
-        context: &Tensor,
+        context: Option<&Tensor>,
         skips: &mut Vec<Tensor>,
     ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
@@ -145,7 +145,7 @@ impl UpBlock {
         &self,
         x: &Tensor,
         temb: &Tensor,
-        context: &Tensor,
+        context: Option<&Tensor>,
         skips: &mut Vec<Tensor>,
         upsample_size: Option<(usize, usize)>,
     ) -> candle_core::Result<Tensor> {
@@ -197,7 +197,7 @@ impl MidBlock {
         &self,
         x: &Tensor,
         temb: &Tensor,
-        context: &Tensor,
+        context: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let mut x = self.first.forward(x, Some(temb))?;
         for (attn, resnet) in &self.rest {

@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::group_norm::{group_norm, GroupNorm};
+use crate::kernels::linear::{linear, Linear};
 
 use super::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
 use super::config::UNet2DConditionConfig;
@@ -25,6 +26,9 @@ pub struct ExtraConditioning {
     pub time_ids: Option<Tensor>,
     /// LCM's guidance embedding (`timestep_cond`): `[batch, time_cond_proj_dim]`.
     pub timestep_cond: Option<Tensor>,
+    /// The class labels of a UNet with `class_embed_type: "simple_projection"` (AudioLDM's normalised text
+    /// embeddings): `[batch, projection_class_embeddings_input_dim]`.
+    pub class_labels: Option<Tensor>,
 }
 
 struct TextTimeEmbedding {
@@ -37,6 +41,7 @@ pub struct UNet2DConditionModel {
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
     add_embedding: Option<TextTimeEmbedding>,
+    class_embedding: Option<Linear>,
     time_embed_act: Option<Activation>,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<MidBlock>,
@@ -87,8 +92,22 @@ fn check_supported(cfg: &UNet2DConditionConfig) -> Result<()> {
     if cfg.attention_type != "default" {
         return Err(reject("attention_type", &cfg.attention_type, "\"default\""));
     }
-    if let Some(v) = &cfg.class_embed_type {
-        return Err(reject("class_embed_type", v, "null"));
+    match cfg.class_embed_type.as_deref() {
+        None | Some("simple_projection") => {}
+        Some(other) => {
+            return Err(reject(
+                "class_embed_type",
+                other,
+                "null or \"simple_projection\"",
+            ))
+        }
+    }
+    if cfg.class_embeddings_concat && cfg.class_embed_type.is_none() {
+        return Err(reject(
+            "class_embeddings_concat",
+            true,
+            "false without a class_embed_type",
+        ));
     }
     if let Some(v) = cfg.num_class_embeds {
         return Err(reject("num_class_embeds", v, "null"));
@@ -101,9 +120,6 @@ fn check_supported(cfg: &UNet2DConditionConfig) -> Result<()> {
     }
     if cfg.dual_cross_attention {
         return Err(reject("dual_cross_attention", true, "false"));
-    }
-    if cfg.class_embeddings_concat {
-        return Err(reject("class_embeddings_concat", true, "false"));
     }
     if cfg
         .reverse_transformer_layers_per_block
@@ -248,10 +264,29 @@ impl UNet2DConditionModel {
             None
         };
 
+        let class_embedding = match cfg.class_embed_type.as_deref() {
+            Some(_) => {
+                let input = cfg.projection_class_embeddings_input_dim.ok_or_else(|| {
+                    reject(
+                        "projection_class_embeddings_input_dim",
+                        "null",
+                        "an integer with class_embed_type simple_projection",
+                    )
+                })?;
+                Some(linear(input, time_embed_dim, vb.pp("class_embedding"))?)
+            }
+            None => None,
+        };
+        // With `class_embeddings_concat`, the resnets take the time and class embeddings side by side.
+        let blocks_time_embed_dim = if cfg.class_embeddings_concat {
+            2 * time_embed_dim
+        } else {
+            time_embed_dim
+        };
         let resnet = |scale: f64| ResnetConfig {
             in_channels: 0,
             out_channels: 0,
-            temb_channels: Some(time_embed_dim),
+            temb_channels: Some(blocks_time_embed_dim),
             groups,
             eps: cfg.norm_eps,
             act,
@@ -357,6 +392,7 @@ impl UNet2DConditionModel {
             conv_in,
             time_embedding,
             add_embedding,
+            class_embedding,
             time_embed_act: parse_act(&cfg.time_embedding_act_fn, "time_embedding_act_fn")?,
             down_blocks,
             mid_block,
@@ -385,12 +421,12 @@ impl UNet2DConditionModel {
 
     /// Predicts the noise (or v, or x₀, per the scheduler's `prediction_type`) for `sample` (`[batch, in, h, w]`)
     /// at `timestep` (`[batch]` or a single value, any float dtype) given the text `context`
-    /// (`[batch, tokens, cross_attention_dim]`).
+    /// (`[batch, tokens, cross_attention_dim]`; none for a UNet conditioned by class labels only, as AudioLDM's).
     pub fn forward(
         &self,
         sample: &Tensor,
         timestep: &Tensor,
-        context: &Tensor,
+        context: Option<&Tensor>,
         extra: &ExtraConditioning,
     ) -> Result<Tensor> {
         let (batch, channels, height, width) = sample.dims4()?;
@@ -424,6 +460,20 @@ impl UNet2DConditionModel {
         let mut emb = self
             .time_embedding
             .forward(&t_emb, extra.timestep_cond.as_ref())?;
+        if let Some(class_embedding) = &self.class_embedding {
+            let labels = extra.class_labels.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "class_labels",
+                    "required by a UNet with class_embed_type \"simple_projection\"",
+                )
+            })?;
+            let class_emb = class_embedding.forward(&labels.to_dtype(dtype)?)?;
+            emb = if self.config.class_embeddings_concat {
+                Tensor::cat(&[&emb, &class_emb], 1)?
+            } else {
+                (emb + class_emb)?
+            };
+        }
         if let Some(add) = &self.add_embedding {
             emb = (emb + self.text_time_embedding(add, extra, batch, dtype)?)?;
         }

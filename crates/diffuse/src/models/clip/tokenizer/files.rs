@@ -14,7 +14,7 @@ use tokenizers::models::bpe::{Merges, Vocab};
 use crate::{Error, Result};
 
 /// The BPE tables and the file they came from.
-pub(super) struct BpeTables {
+pub(crate) struct BpeTables {
     /// Token to id.
     pub vocab: Vocab,
     /// Merge rules, highest priority first.
@@ -24,7 +24,7 @@ pub(super) struct BpeTables {
 }
 
 /// Reads `path` as text.
-pub(super) fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         cause: source,
@@ -32,7 +32,7 @@ pub(super) fn read_text(path: &Path) -> Result<String> {
 }
 
 /// A JSON error naming `path`.
-pub(super) fn json_error(path: &Path, message: impl Into<String>) -> Error {
+pub(crate) fn json_error(path: &Path, message: impl Into<String>) -> Error {
     Error::Json {
         path: path.to_path_buf(),
         message: message.into(),
@@ -40,7 +40,7 @@ pub(super) fn json_error(path: &Path, message: impl Into<String>) -> Error {
 }
 
 /// Parses `text`, the contents of `path`, as a JSON object.
-pub(super) fn parse_json_object(path: &Path, text: &str) -> Result<Map<String, Value>> {
+pub(crate) fn parse_json_object(path: &Path, text: &str) -> Result<Map<String, Value>> {
     match crate::loaders::json::parse_json(text, path) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(json_error(path, "expected a JSON object at the top level")),
@@ -49,7 +49,7 @@ pub(super) fn parse_json_object(path: &Path, text: &str) -> Result<Map<String, V
 }
 
 /// The vocabulary and merges of `tokenizer.json` (already parsed) at `path`.
-pub(super) fn tables_from_tokenizer_json(
+pub(crate) fn tables_from_tokenizer_json(
     path: &Path,
     json: &Map<String, Value>,
 ) -> Result<BpeTables> {
@@ -96,7 +96,7 @@ pub(super) fn tables_from_tokenizer_json(
 }
 
 /// The vocabulary and merges from the texts of `vocab.json` and `merges.txt` (each with its path).
-pub(super) fn tables_from_vocab_and_merges(
+pub(crate) fn tables_from_vocab_and_merges(
     (vocab_path, vocab_text): (&Path, &str),
     (merges_path, text): (&Path, &str),
 ) -> Result<BpeTables> {

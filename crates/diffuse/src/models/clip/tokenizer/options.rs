@@ -8,7 +8,7 @@ use super::files::json_error;
 use crate::{Error, Result};
 
 /// The options of `tokenizer_config.json` that change the ids.
-pub(super) struct Options {
+pub(crate) struct Options {
     /// `model_max_length`: the length every prompt is truncated and padded to.
     pub max_length: usize,
     /// `split_special_tokens`: special tokens' text in a prompt is tokenized as ordinary text.
@@ -17,7 +17,7 @@ pub(super) struct Options {
 
 impl Options {
     /// Reads the options from `tokenizer_config.json` (already parsed) at `path`.
-    pub(super) fn from_config(path: &Path, config: &Map<String, Value>) -> Result<Self> {
+    pub(crate) fn from_config(path: &Path, config: &Map<String, Value>) -> Result<Self> {
         let file = path.display().to_string();
         let max_length = match config.get("model_max_length") {
             Some(value) => value
