@@ -1,4 +1,7 @@
-//! `diffuse generate`: text-to-image, image-to-image and inpainting from the command line.
+//! `diffuse generate`: text-to-image, image-to-image and inpainting from the command line, and text-to-audio
+//! when the model is an AudioLDM pipeline (see [`audio`]).
+
+mod audio;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -10,6 +13,7 @@ use diffuse::loaders::hub::{resolve_config, resolve_model};
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
 use diffuse::metadata::{GenerationParameters, RngSource};
 use diffuse::pipelines::images::read_image_parameters;
+use diffuse::pipelines::parameters::AUDIO_LENGTH_KEY;
 use diffuse::pipelines::{
     EmbeddingChoice, GenerationRequest, ImageFormat, InitImage, LoraChoice, PromptSyntax,
     Provenance, RgbImage, StableDiffusion,
@@ -104,9 +108,20 @@ pub struct GenerateArgs {
     #[arg(long, requires = "image")]
     mask: Option<PathBuf>,
     /// Output image: .png, .jpg or .webp by extension, with the generation parameters where A1111 puts them;
-    /// with several images, STEM-1.png … STEM-N.png.
+    /// with several images, STEM-1.png … STEM-N.png. For an audio model: a .wav file (default output.wav).
     #[arg(long, short, default_value = "output.png")]
     output: PathBuf,
+    /// Audio models: seconds of audio (default: the model's, 5.12 s for AudioLDM).
+    #[arg(
+        long,
+        id = "audio_length_s",
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
+    audio_length: Option<f64>,
+    /// Audio models: also write each mel spectrogram as a PNG beside its WAV (STEM.spectrogram.png).
+    #[arg(long)]
+    spectrogram: bool,
     /// Also write the final latents (before VAE decoding) as safetensors with one tensor `latents`.
     #[arg(long)]
     save_latents: Option<PathBuf>,
@@ -157,7 +172,8 @@ pub struct GenerateArgs {
     #[arg(long, short)]
     quiet: bool,
     /// Regenerate the image whose generation parameters this PNG, JPEG or WebP holds (prompt, sampler, steps,
-    /// CFG, seed, size); settings given with it (a prompt, --seed, --steps, …) replace the image's.
+    /// CFG, seed, size), or the audio of a WAV diffuse wrote (its length instead of the size); settings given with
+    /// it (a prompt, --seed, --steps, …) replace the file's.
     #[arg(long)]
     replay: Option<PathBuf>,
 }
@@ -193,7 +209,6 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         None => None,
     };
     let replay_pos = replay.as_ref().and_then(|r| r.pos);
-    check_outputs(&args)?;
     let prompt = args
         .prompt
         .clone()
@@ -220,6 +235,17 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
     let model_path = resolve_model(&model_spec, variant)?;
     let config = args.config.as_deref().map(resolve_config).transpose()?;
     let folder = PipelineFolder::open_path(&model_path, config)?;
+    let class = folder.index().class_name.clone();
+    let is_audio = diffuse::pipelines::audio::AUDIO_PIPELINES.contains(&class.as_str());
+    if is_audio {
+        audio::check_audio_arguments(&args, given, &class)?;
+        if !given.iter().any(|g| g == "output") {
+            args.output = PathBuf::from("output.wav");
+        }
+    } else {
+        audio::check_image_arguments(&args, &class)?;
+    }
+    check_outputs(&args, is_audio)?;
     let device = diffuse::device::device_from_name(&args.device)?;
     let dtype = match args.dtype.trim() {
         "auto" => diffuse::system::auto_dtype(&device),
@@ -233,6 +259,23 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         device,
         variant,
     };
+    if is_audio {
+        let settled = audio::Settled {
+            prompt,
+            seed,
+            model_name: model_name(&model_spec),
+            model_hash: model_hash(&folder).ok(),
+            replay_pos,
+            folder: &folder,
+            opts,
+        };
+        // A replay sets the steps and the guidance as given values: the audio defaults do not apply.
+        let mut given = given.to_vec();
+        if replay.is_some() {
+            given.extend(["steps", "guidance"].map(String::from));
+        }
+        return audio::generate(&args, &given, settled);
+    }
     let loras = args
         .loras
         .iter()
@@ -355,10 +398,7 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
     progress.finish();
 
     if let Some(path) = &args.save_latents {
-        let tensors =
-            std::collections::HashMap::from([("latents".to_string(), generated.latents.clone())]);
-        candle_core::safetensors::save(&tensors, path)
-            .with_context(|| format!("cannot write --save-latents {}", path.display()))?;
+        save_latents(path, &generated.latents)?;
     }
 
     let provenance = Provenance {
@@ -387,6 +427,13 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
         println!("wrote {} (seed {seed})", path.display());
     }
     Ok(())
+}
+
+/// Writes `latents` as safetensors with one tensor `latents` (`--save-latents`).
+fn save_latents(path: &Path, latents: &candle_core::Tensor) -> Result<()> {
+    let tensors = std::collections::HashMap::from([("latents".to_string(), latents.clone())]);
+    candle_core::safetensors::save(&tensors, path)
+        .with_context(|| format!("cannot write --save-latents {}", path.display()))
 }
 
 /// A `--lora FILE[:WEIGHT]` value; the weight is whatever follows the last `:`, if that is a number.
@@ -436,9 +483,9 @@ fn parse_embedding(spec: &str) -> Result<EmbeddingChoice> {
     })
 }
 
-/// Checks before any work that the outputs can be written: their folders exist, and the image format (by
-/// extension) is one that carries the generation parameters: PNG, JPEG or WebP.
-fn check_outputs(args: &GenerateArgs) -> Result<()> {
+/// Checks before any work that the outputs can be written: their folders exist, and the format (by extension)
+/// is one that carries the generation parameters: PNG, JPEG or WebP for images, WAV for audio.
+fn check_outputs(args: &GenerateArgs, audio: bool) -> Result<()> {
     let folder_of = |path: &Path| {
         path.parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -458,6 +505,19 @@ fn check_outputs(args: &GenerateArgs) -> Result<()> {
                 folder.display()
             );
         }
+    }
+    if audio {
+        let wav = args
+            .output
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
+        if !wav {
+            bail!(
+                "--output {}: an audio model writes .wav files",
+                args.output.display()
+            );
+        }
+        return Ok(());
     }
     ImageFormat::of_path(&args.output)
         .map_err(|e| anyhow::anyhow!("--output {}", strip_name(e)))?;
@@ -540,6 +600,19 @@ fn read_latents(path: &Path, device: &candle_core::Device) -> Result<candle_core
         .with_context(|| format!("--latents {}: no tensor named `latents`", path.display()))
 }
 
+/// The generation parameters of an image (PNG, JPEG, WebP) or of a WAV file.
+fn read_parameters(path: &Path) -> Result<Option<String>> {
+    let mut head = [0u8; 12];
+    let is_wav = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|_| diffuse::pipelines::wav::is_wav(&head));
+    Ok(if is_wav {
+        diffuse::pipelines::wav::read_wav_parameters(path)?
+    } else {
+        read_image_parameters(path)?
+    })
+}
+
 /// What `--replay` took from the PNG beyond the arguments it set.
 struct Replay {
     /// The image's position in its batch, when the batch is regenerated whole to reproduce it.
@@ -562,7 +635,7 @@ fn sampler_label(
 /// Fills the generation settings from a PNG's `parameters` text. Settings in `given` (chosen on the command
 /// line) win over the PNG's, as A1111's "send to txt2img" lets a user change fields; each is announced.
 fn apply_replay(args: &mut GenerateArgs, png: &Path, given: &[String]) -> Result<Replay> {
-    let text = read_image_parameters(png)
+    let text = read_parameters(png)
         .with_context(|| format!("--replay {}", png.display()))?
         .with_context(|| {
             format!(
@@ -601,11 +674,26 @@ fn apply_replay(args: &mut GenerateArgs, png: &Path, given: &[String]) -> Result
     if keep("seed", "--seed") {
         args.seed = Some(p.seed as i128);
     }
-    if keep("width", "--width") {
-        args.width = Some(p.width as usize);
-    }
-    if keep("height", "--height") {
-        args.height = Some(p.height as usize);
+    // An audio generation records its length; its "Size" is the spectrogram's, not an image size to ask for.
+    match get(AUDIO_LENGTH_KEY) {
+        Some(length) => {
+            if keep("audio_length_s", "--audio-length") {
+                args.audio_length = Some(length.trim().parse().with_context(|| {
+                    format!(
+                        "--replay {}: {AUDIO_LENGTH_KEY} {length:?} is not a number",
+                        png.display()
+                    )
+                })?);
+            }
+        }
+        None => {
+            if keep("width", "--width") {
+                args.width = Some(p.width as usize);
+            }
+            if keep("height", "--height") {
+                args.height = Some(p.height as usize);
+            }
+        }
     }
     if keep("clip_skip", "--clip-skip") {
         args.clip_skip = p

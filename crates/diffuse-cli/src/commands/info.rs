@@ -14,8 +14,8 @@ use diffuse::pipelines::images::read_image_parameters;
 /// Arguments of `diffuse info`.
 #[derive(Args)]
 pub struct InfoArgs {
-    /// A diffusers pipeline folder, a single-file checkpoint (.safetensors), or a PNG, JPEG or WebP image
-    /// written by diffuse or AUTOMATIC1111.
+    /// A diffusers pipeline folder, a single-file checkpoint (.safetensors), a PNG, JPEG or WebP image written by
+    /// diffuse or AUTOMATIC1111, or a WAV file written by diffuse.
     #[arg(required_unless_present = "system")]
     path: Option<PathBuf>,
     /// Describe this machine instead: CPU model, features, topology, caches, memory, and which kernel paths
@@ -36,6 +36,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
         );
         return Ok(());
     };
+    if is_wav(&path) {
+        let text = diffuse::pipelines::wav::read_wav_parameters(&path)?.with_context(|| {
+            format!(
+                "{}: no generation parameters in this WAV file",
+                path.display()
+            )
+        })?;
+        println!("{text}");
+        return Ok(());
+    }
     if is_image(&path) {
         let text = read_image_parameters(&path)?.with_context(|| {
             format!("{}: no generation parameters in this image", path.display())
@@ -47,6 +57,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let folder = PipelineFolder::open_path(&path, config)?;
     print!("{}", PipelineSummary::of(&folder)?);
     Ok(())
+}
+
+/// Whether `path` is a file starting with a WAV header.
+fn is_wav(path: &Path) -> bool {
+    let mut head = [0u8; 12];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|_| diffuse::pipelines::wav::is_wav(&head))
 }
 
 /// Whether `path` is a file starting with a PNG, JPEG or WebP signature.

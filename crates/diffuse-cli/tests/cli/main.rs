@@ -1,5 +1,6 @@
 //! The `diffuse` command's tests in one binary (one module per subcommand or concern), so CI links it once.
 
+mod audio;
 mod generate;
 mod info;
 mod serve;

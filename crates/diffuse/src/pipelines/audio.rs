@@ -460,3 +460,47 @@ fn validate(req: &AudioRequest) -> Result<()> {
     }
     Ok(())
 }
+
+impl GeneratedAudio {
+    /// Spectrogram `index` as a picture: time from left to right, low frequencies at the bottom, the log-mel
+    /// values from their minimum (black) to their maximum (white).
+    pub fn spectrogram_image(&self, index: usize) -> Result<super::images::RgbImage> {
+        let spectrograms = self.spectrograms.as_ref().ok_or_else(|| {
+            Error::invalid("spectrogram", "this generation returned latents only")
+        })?;
+        let n = spectrograms.dim(0)?;
+        if index >= n {
+            return Err(Error::invalid(
+                "spectrogram",
+                format!("index {index}: the generation has {n} spectrograms"),
+            ));
+        }
+        let values = spectrograms
+            .get(index)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        let (frames, bins) = (values.len(), values.first().map_or(0, Vec::len));
+        let (lo, hi) = values
+            .iter()
+            .flatten()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        let range = (hi - lo).max(f32::MIN_POSITIVE);
+        let mut pixels = Vec::with_capacity(frames * bins * 3);
+        for row in (0..bins).rev() {
+            for frame in &values {
+                let level = ((frame[row] - lo) / range * 255.0)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
+                pixels.extend([level; 3]);
+            }
+        }
+        Ok(super::images::RgbImage {
+            width: frames,
+            height: bins,
+            pixels,
+        })
+    }
+}

@@ -15,6 +15,7 @@ pub mod prompt;
 pub mod prompt_syntax;
 pub mod request;
 pub mod stable_diffusion;
+pub mod wav;
 mod weighted_prompt;
 
 pub use audio::{AudioLdm, AudioPlan, AudioRequest, GeneratedAudio};

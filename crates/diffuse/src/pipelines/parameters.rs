@@ -100,3 +100,52 @@ fn prompt_with_lora_tags(request: &GenerationRequest) -> String {
     }
     prompt
 }
+
+/// The parameters key holding the audio length of an audio generation, in seconds.
+pub const AUDIO_LENGTH_KEY: &str = "Audio length";
+
+impl super::audio::AudioLdm {
+    /// The parameters of each waveform of `generated`, made by `request` with `provenance`'s generator and
+    /// weights, in A1111's format: "Size" is the generated spectrogram's (mel bins × frames) and "Audio length"
+    /// the seconds returned; waveforms of one batch record the batch size and their position.
+    pub fn audio_parameters(
+        &self,
+        request: &super::audio::AudioRequest,
+        plan: &super::audio::AudioPlan,
+        provenance: &Provenance,
+    ) -> Vec<GenerationParameters> {
+        let scheduler = request.scheduler.as_ref().unwrap_or(&self.scheduler);
+        let (sampler, schedule_type) = a1111_sampler_of(scheduler, &self.scheduler);
+        let n = request.num_waveforms;
+        let f = self.vae_scale_factor();
+        (0..n)
+            .map(|i| {
+                let mut extra = vec![(
+                    AUDIO_LENGTH_KEY.to_string(),
+                    plan.audio_length_s.to_string(),
+                )];
+                if n > 1 {
+                    extra.push(("Batch size".to_string(), n.to_string()));
+                    extra.push(("Batch pos".to_string(), i.to_string()));
+                }
+                GenerationParameters {
+                    prompt: request.prompt.clone(),
+                    negative_prompt: request.negative_prompt.clone(),
+                    steps: request.steps as u32,
+                    sampler: sampler.clone(),
+                    schedule_type: schedule_type.map(String::from),
+                    cfg_scale: request.guidance_scale,
+                    seed: provenance.seed,
+                    width: (plan.latent_shape[3] * f) as u32,
+                    height: plan.frames as u32,
+                    model_hash: provenance.model_hash.clone(),
+                    model: provenance.model.clone(),
+                    denoising_strength: None,
+                    clip_skip: None,
+                    rng: provenance.rng,
+                    extra,
+                }
+            })
+            .collect()
+    }
+}
