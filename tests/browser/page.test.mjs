@@ -1,5 +1,6 @@
 // End-to-end test of the web page of `diffuse serve` in headless Chromium (Debian's, driven by playwright-core):
-// type a prompt, generate, see the image; reuse its settings; paint a mask and inpaint.
+// type a prompt, generate, see the image; reuse its settings; paint a mask and inpaint; pick the audio model,
+// generate, and get a player and the spectrogram.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -12,6 +13,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 const binary = process.env.DIFFUSE_BIN
   || path.join(process.env.CARGO_TARGET_DIR || path.join(root, "target"), "debug", "diffuse");
 const model = path.join(root, "tests/fixtures/models/sd1");
+const audioModel = path.join(root, "tests/fixtures/audioldm/tiny");
 const screenshots = process.env.DIFFUSE_SCREENSHOTS; // a folder, to look at the page
 
 let server;
@@ -20,7 +22,7 @@ let browser;
 let page;
 
 async function startServer() {
-  server = spawn(binary, ["serve", "--model", `sd1=${model}`, "--port", "0",
+  server = spawn(binary, ["serve", "--model", `sd1=${model}`, "--model", `audio=${audioModel}`, "--port", "0",
     "--lora-dir", path.join(root, "tests/fixtures/loras/files"),
     "--embeddings-dir", path.join(root, "tests/fixtures/embeddings/files")], {
     stdio: ["ignore", "pipe", "inherit"],
@@ -141,4 +143,38 @@ test("paint a mask on a result and inpaint", { timeout: 120_000 }, async () => {
   const parameters = await page.textContent("#gallery .card .parameters");
   assert.match(parameters, /^a red door\n.*Denoising strength: 1\.0/);
   await shot("inpainted");
+});
+
+test("pick the audio model, generate, play the sound and see its spectrogram", { timeout: 120_000 }, async () => {
+  await page.selectOption("#model", "audio");
+  assert.equal(await page.isVisible("#width"), false, "an audio model takes no image size");
+  assert.equal(await page.isVisible("#input-image"), false, "nor an input image");
+  assert.equal(await page.inputValue("#audio-length"), "0.016", "the model's default length");
+  assert.equal(await page.inputValue("#guidance"), "2.5", "AudioLDM's default guidance");
+  await page.fill("#prompt", "rain on a tin roof");
+  await page.fill("#audio-length", "0.02");
+  await page.fill("#steps", "3");
+  await page.fill("#seed", "42");
+  await page.click("#generate");
+  await page.waitForFunction(() => document.querySelectorAll("#gallery .card").length === 3, null,
+    { timeout: 120_000 });
+  const card = page.locator("#gallery .card").first();
+  assert.equal(await card.locator("audio").isVisible(), true, "a player for the sound");
+  const duration = await card.locator("audio").evaluate((audio) => new Promise((resolve, reject) => {
+    if (audio.readyState >= 1) resolve(audio.duration);
+    audio.addEventListener("loadedmetadata", () => resolve(audio.duration));
+    audio.addEventListener("error", () => reject(new Error("the browser cannot play the WAV")));
+  }));
+  assert.ok(Math.abs(duration - 0.02) < 1e-3, `the WAV lasts ${duration} s`);
+  await page.waitForFunction(() => {
+    const img = document.querySelector("#gallery .card img.result");
+    return img && img.complete && img.naturalWidth > 0;
+  });
+  const size = await card.locator("img.result").evaluate((img) => [img.naturalWidth, img.naturalHeight]);
+  assert.deepEqual(size, [80, 16], "the spectrogram: 80 frames across, 16 mel bins up");
+  assert.match(await card.locator(".parameters").textContent(), /^rain on a tin roof\nSteps: 3, .*Audio length: 0\.02/);
+  assert.equal(await card.locator(".download").getAttribute("download"), "diffuse.wav");
+  await shot("audio");
+  await page.selectOption("#model", "sd1");
+  assert.equal(await page.isVisible("#width"), true, "back to an image model");
 });

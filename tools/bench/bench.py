@@ -49,6 +49,11 @@ ROWS = [
     ("peak_rss_vae_tiled", "peak RSS (vae-tiled)", "GiB"),
     ("peak_gpu", "peak GPU memory (generate)", "GiB"),
     ("peak_gpu_vae_tiled", "peak GPU memory (vae-tiled)", "GiB"),
+    ("audio_generate", "AudioLDM: whole generation of the default length (task audio)", "s"),
+    ("audio_text_encode", "AudioLDM: text encoding (prompt + negative)", "s"),
+    ("audio_unet_step", "AudioLDM: UNet step, batch 2", "s"),
+    ("audio_vae_decode", "AudioLDM: VAE decode to the mel spectrogram", "s"),
+    ("audio_vocoder", "AudioLDM: vocoder, spectrogram → waveform", "s"),
 ]
 
 
@@ -132,7 +137,7 @@ def main():
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--dtypes", default="f32,bf16")
-    p.add_argument("--tasks", default="components,generate", help="components, generate, vae-tiled")
+    p.add_argument("--tasks", default="components,generate", help="components, generate, vae-tiled; audio (an AudioLDM folder)")
     p.add_argument("--engines", default="diffuse,diffusers")
     p.add_argument("--diffusers-alloc", default="default,tuned")
     p.add_argument("--reps", type=int, default=3)
@@ -186,6 +191,10 @@ def main():
                     got.pop("peak_rss")
                     got.pop("peak_gpu", None)
                     got["loadavg_components"] = got.pop("loadavg")
+                elif task == "audio":
+                    got.pop("peak_gpu", None)
+                    got["peak_rss_audio"] = got.pop("peak_rss")
+                    got["loadavg_audio"] = got.pop("loadavg")
                 elif task == "vae-tiled":
                     got["peak_rss_vae_tiled"] = got.pop("peak_rss")
                     if "peak_gpu" in got:
@@ -225,9 +234,15 @@ def print_tables(raw, args, columns):
                 base = vals.get("diffuse", math.nan)
                 cells += [f"{vals[n] / base:.2f}×" for n in names if n != "diffuse"]
                 print("| " + " | ".join(cells) + " |")
-        loads = [cell(raw, n, dtype, k, "wall") for n in names for k in ["loadavg_components", "loadavg", "loadavg_vae_tiled"]]
+        loads = [cell(raw, n, dtype, k, "wall") for n in names
+                 for k in ["loadavg_components", "loadavg", "loadavg_vae_tiled", "loadavg_audio"]]
         loads = [x for x in loads if not math.isnan(x)]
         print(f"\n1-minute load average after each process: {', '.join(f'{x:.1f}' for x in loads)}")
+        for n in names:
+            seconds, compute = cell(raw, n, dtype, "audio_seconds", "wall"), cell(raw, n, dtype, "audio_generate", "wall")
+            if not math.isnan(seconds) and not math.isnan(compute):
+                print(f"{n} {dtype}: {seconds / compute:.3f} seconds of audio per second of compute "
+                      f"({seconds:.2f} s of audio in {compute:.2f} s)")
     dtypes = args.dtypes.split(",")
     if "generate" in args.tasks and "f32" in dtypes and "bf16" in dtypes:
         print()

@@ -3,6 +3,7 @@
     python diffusers_runner.py MODEL --task components|generate --dtype f32|bf16 --reps N --steps N [--save PNG]
     python diffusers_runner.py MODEL --task loras --steps N --lora A --lora B ...
     python diffusers_runner.py MODEL --task turbo --steps 1 --reps N [--vae-decoder TAESD_FOLDER]
+    python diffusers_runner.py AUDIOLDM_MODEL --task audio --steps N --reps N
 
 Thread count: torch.set_num_threads(--threads), as users of diffusers set it.
 """
@@ -42,7 +43,8 @@ def sync():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--task", choices=["components", "generate", "vae-tiled", "loras", "turbo"], default="components")
+    p.add_argument("--task", choices=["components", "generate", "vae-tiled", "loras", "turbo", "audio"],
+                   default="components")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--dtype", choices=list(DTYPES), default="f32")
     p.add_argument("--reps", type=int, default=3)
@@ -58,6 +60,10 @@ def main():
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     dtype = DTYPES[args.dtype]
+    if args.task == "audio":
+        with torch.inference_mode():
+            audio(args, dtype)
+        return
     loaded = []
     load = timed(lambda: loaded.append(
         StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)))
@@ -138,6 +144,51 @@ def turbo(pipe, args, dtype):
     emit("turbo_generate_512", time_reps(args.reps, run))
     z = latents[-1] / pipe.vae.config.scaling_factor
     emit("decode_512", time_reps(args.reps, lambda: pipe.vae.decode(z)))
+
+
+AUDIO_PROMPT = "techno music with a strong, upbeat tempo and high melodic riffs"
+
+
+def audio(args, dtype):
+    """`diffuse bench --task audio`: whole AudioLDM generations of the default length with the folder's scheduler at
+    guidance 2.5, then text encoding, one UNet step at batch 2, the VAE decode and the vocoder."""
+    from diffusers import AudioLDMPipeline
+    import torch.nn.functional as F
+
+    loaded = []
+    load = timed(lambda: loaded.append(AudioLDMPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)))
+    pipe = loaded[0]
+    pipe.set_progress_bar_config(disable=True)
+    emit("load", [load])
+    seconds = pipe.unet.config.sample_size * pipe.vae_scale_factor * \
+        float(torch.tensor(pipe.vocoder.config.upsample_rates).prod()) / pipe.vocoder.config.sampling_rate
+    print(json.dumps({"name": "audio_seconds", "times": [seconds]}), flush=True)
+    latents = []
+
+    def run():
+        pipe(AUDIO_PROMPT, num_inference_steps=args.steps, guidance_scale=2.5,
+             generator=torch.Generator("cpu").manual_seed(0),
+             callback=lambda i, t, x: latents.append(x), callback_steps=args.steps)
+
+    emit("audio_generate", time_reps(args.reps, run))
+
+    def text():
+        for prompt in [AUDIO_PROMPT, ""]:
+            ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt")
+            F.normalize(pipe.text_encoder(ids.input_ids, attention_mask=ids.attention_mask).text_embeds, dim=-1)
+
+    emit("audio_text_encode", time_reps(args.reps, text))
+    ids = pipe.tokenizer(AUDIO_PROMPT, return_tensors="pt")
+    labels = F.normalize(pipe.text_encoder(ids.input_ids).text_embeds, dim=-1).repeat(2, 1)
+    z = latents[-1]
+    batch = torch.cat([z, z])
+    t = torch.tensor([999.0], device=args.device)
+    emit("audio_unet_step", time_reps(args.reps, lambda: pipe.unet(batch, t, encoder_hidden_states=None,
+                                                                    class_labels=labels)))
+    mel = []
+    emit("audio_vae_decode", time_reps(args.reps, lambda: mel.append(pipe.decode_latents(z))))
+    emit("audio_vocoder", time_reps(args.reps, lambda: pipe.mel_spectrogram_to_waveform(mel[-1])))
 
 
 def step_times(pipe, args):

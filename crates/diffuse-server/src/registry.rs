@@ -7,17 +7,26 @@ use diffuse::loaders::hash::model_hash;
 use diffuse::loaders::hub::resolve_model;
 use diffuse::loaders::tiny_vae::{expand_shorthand, load_tiny_decoder};
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
-use diffuse::pipelines::StableDiffusion;
+use diffuse::pipelines::audio::AUDIO_PIPELINES;
+use diffuse::pipelines::{AudioLdm, StableDiffusion};
 
 use crate::config::ModelSpec;
 use crate::error::{ApiError, ServerError};
+
+/// A served pipeline: images (Stable Diffusion) or audio (AudioLDM), as its `model_index.json` says.
+pub enum Pipeline {
+    /// Text-to-image, image-to-image and inpainting.
+    Image(Box<StableDiffusion>),
+    /// Text-to-audio.
+    Audio(Box<AudioLdm>),
+}
 
 /// One loaded model.
 pub struct LoadedModel {
     /// The name requests use.
     pub name: String,
     /// The loaded pipeline, shared by every worker.
-    pub pipeline: StableDiffusion,
+    pub pipeline: Pipeline,
     /// When it was loaded (Unix seconds).
     pub loaded_at: u64,
     /// A1111's short model hash, recorded in the PNG parameters.
@@ -25,9 +34,64 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// The default output (width, height).
+    /// The image pipeline, or a 400 naming `param` for an audio model.
+    pub fn image(&self, param: &str) -> Result<&StableDiffusion, ApiError> {
+        match &self.pipeline {
+            Pipeline::Image(pipeline) => Ok(pipeline.as_ref()),
+            Pipeline::Audio(_) => Err(ApiError::bad_field(
+                param,
+                format!(
+                    "{:?} is an audio model (AudioLDM): submit it to POST /v1/jobs with \"audio_length_s\"",
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    /// Whether the model generates audio.
+    pub fn is_audio(&self) -> bool {
+        matches!(self.pipeline, Pipeline::Audio(_))
+    }
+
+    /// The scheduler configuration generations default to.
+    pub fn scheduler(&self) -> &diffuse::schedulers::SchedulerConfig {
+        match &self.pipeline {
+            Pipeline::Image(pipeline) => &pipeline.scheduler,
+            Pipeline::Audio(pipeline) => &pipeline.scheduler,
+        }
+    }
+
+    /// An audio model's default length in seconds; `None` for an image model.
+    pub fn default_audio_length_s(&self) -> Option<f64> {
+        match &self.pipeline {
+            Pipeline::Image(_) => None,
+            Pipeline::Audio(pipeline) => Some(pipeline.default_audio_length_s()),
+        }
+    }
+
+    /// The multiple every image side must be (the VAE factor); for an audio model, that of its spectrogram.
+    pub fn size_multiple(&self) -> usize {
+        match &self.pipeline {
+            Pipeline::Image(pipeline) => pipeline.vae_scale_factor(),
+            Pipeline::Audio(pipeline) => pipeline.vae_scale_factor(),
+        }
+    }
+
+    /// The default output (width, height): an image's, or an audio model's spectrogram as pictured (frames × mel
+    /// bins).
     pub fn default_size(&self) -> (usize, usize) {
-        self.pipeline.default_size()
+        match &self.pipeline {
+            Pipeline::Image(pipeline) => pipeline.default_size(),
+            Pipeline::Audio(pipeline) => pipeline
+                .plan(&diffuse::pipelines::AudioRequest::default())
+                .map(|plan| {
+                    (
+                        plan.latent_shape[3] * pipeline.vae_scale_factor(),
+                        plan.frames,
+                    )
+                })
+                .unwrap_or((0, 0)),
+        }
     }
 
     /// A1111's title: "name [hash]", or the name alone when the hash is unknown.
@@ -40,11 +104,7 @@ impl LoadedModel {
 
     /// The diffusers class of the model's own scheduler.
     pub fn scheduler_class(&self) -> String {
-        self.pipeline
-            .scheduler
-            .class_name
-            .clone()
-            .unwrap_or_default()
+        self.scheduler().class_name.clone().unwrap_or_default()
     }
 }
 
@@ -75,10 +135,17 @@ impl Registry {
         let models = specs
             .iter()
             .map(|spec| {
-                let load = || -> diffuse::Result<(StableDiffusion, Option<String>)> {
+                let load = || -> diffuse::Result<(Pipeline, Option<String>)> {
                     // Whatever `diffuse generate --model` takes: a folder, a Hub id or a single file.
                     let path = resolve_model(&spec.path.to_string_lossy(), Variant::Default)?;
                     let folder = PipelineFolder::open_path(&path, None)?;
+                    if AUDIO_PIPELINES.contains(&folder.index().class_name.as_str()) {
+                        let pipeline = AudioLdm::load(&folder, opts)?;
+                        return Ok((
+                            Pipeline::Audio(Box::new(pipeline)),
+                            model_hash(&folder).ok(),
+                        ));
+                    }
                     let pipeline = StableDiffusion::load(&folder, opts)?;
                     let pipeline = match &extras.lora_dir {
                         Some(dir) => pipeline.with_lora_dir(dir),
@@ -96,7 +163,10 @@ impl Registry {
                         }
                         None => pipeline,
                     };
-                    Ok((pipeline, model_hash(&folder).ok()))
+                    Ok((
+                        Pipeline::Image(Box::new(pipeline)),
+                        model_hash(&folder).ok(),
+                    ))
                 };
                 let (pipeline, hash) = load().map_err(|source| ServerError::Load {
                     name: spec.name.clone(),

@@ -86,6 +86,47 @@ fn hub_ids_resolve_from_the_cache_offline() {
         "{err}"
     );
 
+    // An AudioLDM repo, as cvssp publishes them: vocoder and RoBERTa tokenizer files come along.
+    let audio_repo = scratch.path().join("models--cvssp--audioldm-s-full-v2");
+    std::fs::create_dir_all(audio_repo.join("refs")).unwrap();
+    std::fs::create_dir_all(audio_repo.join("blobs")).unwrap();
+    std::fs::write(audio_repo.join("refs/main"), commit).unwrap();
+    cache_snapshot(
+        &fixtures("audioldm").join("tiny"),
+        &audio_repo.join("snapshots").join(commit),
+        &audio_repo.join("blobs"),
+        Path::new(""),
+    );
+    let audio = diffuse::pipelines::AudioLdm::from_pretrained(
+        "cvssp/audioldm-s-full-v2",
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(audio.vocoder.config().sampling_rate, 16000);
+    let audio_listing: Vec<String> = [
+        "model_index.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "text_encoder/pytorch_model.bin",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "vocoder/config.json",
+        "vocoder/model.safetensors",
+        "vocoder/pytorch_model.bin",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut wanted = wanted_files(&audio_listing, Variant::Default);
+    wanted.sort();
+    let kept: Vec<String> = audio_listing
+        .into_iter()
+        .filter(|f| !f.ends_with(".bin"))
+        .collect();
+    assert_eq!(wanted, kept);
+
     let err = resolve_model("acme/not-cached", Variant::Default)
         .unwrap_err()
         .to_string();

@@ -1,4 +1,4 @@
-//! `diffuse bench FOLDER`: times the pieces of a Stable Diffusion pipeline, or one whole generation, and prints
+//! `diffuse bench FOLDER`: times the pieces of a Stable Diffusion (or AudioLDM) pipeline, or whole generations, and prints
 //! one JSON object per line (`tools/bench/bench.py` runs this next to diffusers and tabulates both).
 
 use std::ops::ControlFlow;
@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use diffuse::loaders::tiny_vae::load_tiny_decoder;
 use diffuse::loaders::{LoadOptions, PipelineFolder};
 use diffuse::models::unet::ExtraConditioning;
-use diffuse::pipelines::{GenerationRequest, LoraChoice, StableDiffusion};
+use diffuse::pipelines::{AudioLdm, AudioRequest, GenerationRequest, LoraChoice, StableDiffusion};
 use diffuse::rng::TorchCpuRng;
 use diffuse::schedulers::scheduler_config_for;
 
@@ -34,6 +34,10 @@ enum Task {
     /// decoded by `--vae-decoder` (TAESD) when given; `--reps` generations after one warm-up, each timed from
     /// the prompt to the 8-bit image (text encoding, denoising, decoding), and the decode alone.
     Turbo,
+    /// An AudioLDM folder: `--reps` whole text-to-audio generations of the model's default length (5.12 s for
+    /// AudioLDM) with `--steps` steps of the folder's scheduler at guidance 2.5, then text encoding (prompt and
+    /// empty negative prompt), one UNet step at batch 2, the VAE decode and the vocoder, each `--reps` times.
+    Audio,
 }
 
 /// The compute dtype.
@@ -153,6 +157,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         device: device.clone(),
         ..LoadOptions::default()
     };
+    if let Task::Audio = args.task {
+        return audio(&folder, &opts, args.steps, args.reps);
+    }
     let mut loaded: Option<StableDiffusion> = None;
     let load = timed(|| {
         loaded = Some(StableDiffusion::load(&folder, &opts)?);
@@ -181,6 +188,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             turbo(&pipe, args.steps, args.reps, args.vae_decoder.is_some())
         }
+        Task::Audio => bail!("the audio task loads its own pipeline"),
         Task::VaeTiled => {
             pipe.vae.enable_tiling();
             let side = args.size / pipe.vae_scale_factor();
@@ -292,6 +300,76 @@ fn turbo(pipe: &StableDiffusion, steps: usize, reps: usize, tiny: bool) -> Resul
         Ok(())
     })?;
     emit("decode_512", &times);
+    Ok(())
+}
+
+const AUDIO_PROMPT: &str = "techno music with a strong, upbeat tempo and high melodic riffs";
+
+/// `--task audio` on an AudioLDM folder.
+fn audio(folder: &PipelineFolder, opts: &LoadOptions, steps: usize, reps: usize) -> Result<()> {
+    if reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let mut loaded = None;
+    let load = timed(|| {
+        loaded = Some(AudioLdm::load(folder, opts)?);
+        Ok(())
+    })?;
+    emit("load", &[load]);
+    let pipe = loaded.context("the pipeline did not load")?;
+    let request = AudioRequest {
+        prompt: AUDIO_PROMPT.to_string(),
+        steps,
+        ..AudioRequest::default()
+    };
+    let plan = pipe.plan(&request)?;
+    println!(
+        "{{\"name\": \"audio_seconds\", \"times\": [{:.6}]}}",
+        plan.audio_length_s
+    );
+    let mut latents = None;
+    let times = time_reps(reps, || {
+        let generated = pipe.generate(&request, &mut TorchCpuRng::new(0), &mut |_| {
+            ControlFlow::Continue(())
+        })?;
+        latents = Some(generated.latents);
+        Ok(())
+    })?;
+    emit("audio_generate", &times);
+    let latents = latents.context("no generation ran")?;
+
+    let times = time_reps(reps, || {
+        for text in [AUDIO_PROMPT, ""] {
+            let ids = pipe.tokenizer.encode(text)?;
+            sync(&pipe.text_encoder.text_embeds(&ids)?)?;
+        }
+        Ok(())
+    })?;
+    emit("audio_text_encode", &times);
+    let ids = pipe.tokenizer.encode(AUDIO_PROMPT)?;
+    let labels = pipe.text_encoder.text_embeds(&ids)?.repeat((2, 1))?;
+    let extra = ExtraConditioning {
+        class_labels: Some(labels),
+        ..ExtraConditioning::default()
+    };
+    let batch = Tensor::cat(&[&latents, &latents], 0)?.to_dtype(pipe.dtype())?;
+    let timestep = Tensor::new(&[999f32], latents.device())?;
+    let times = time_reps(reps, || {
+        sync(&pipe.unet.forward(&batch, &timestep, None, &extra)?)
+    })?;
+    emit("audio_unet_step", &times);
+    let z = latents.to_dtype(pipe.vae.dtype())?;
+    let mut mel = None;
+    let times = time_reps(reps, || {
+        let decoded = pipe.vae.decode(&z)?;
+        sync(&decoded)?;
+        mel = Some(decoded);
+        Ok(())
+    })?;
+    emit("audio_vae_decode", &times);
+    let mel = mel.context("no decode ran")?.squeeze(1)?;
+    let times = time_reps(reps, || sync(&pipe.vocoder.forward(&mel)?))?;
+    emit("audio_vocoder", &times);
     Ok(())
 }
 

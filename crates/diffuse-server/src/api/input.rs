@@ -2,15 +2,16 @@
 
 use std::sync::Arc;
 
-use diffuse::pipelines::{GenerationRequest, RequestField};
-use diffuse::schedulers::{scheduler_config_for, TimestepRequest};
+use diffuse::pipelines::{AudioRequest, GenerationRequest, RequestField};
+use diffuse::schedulers::{scheduler_config_for, SchedulerConfig, TimestepRequest};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::jobs::spec::{JobSpec, RngKind, SeedMode};
+use crate::jobs::spec::{JobSpec, RngKind, SeedMode, Work};
 use crate::registry::LoadedModel;
+use crate::registry::Pipeline;
 
 /// Parses a JSON body; errors name the field (`n`, `override_settings.randn_source`, …) and what was wrong.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -173,9 +174,8 @@ impl Draft {
                 ),
             ));
         }
-        let (width, height) = self
-            .model
-            .pipeline
+        let pipeline = self.model.image("model")?;
+        let (width, height) = pipeline
             .output_size(request)
             .map_err(|e| rename_error(e, fields))?;
         check_size(&self.model, width, height, limits, fields)?;
@@ -188,19 +188,18 @@ impl Draft {
         if let Some(name) = self.scheduler.as_deref().map(str::trim) {
             if !name.is_empty() {
                 request.scheduler = Some(
-                    scheduler_config_for(name, &self.model.pipeline.scheduler)
+                    scheduler_config_for(name, &pipeline.scheduler)
                         .map_err(|e| ApiError::bad_field(fields.scheduler, e.to_string()))?,
                 );
             }
         }
-        self.model
-            .pipeline
+        pipeline
             .check(request)
             .map_err(|e| rename_error(e, fields))?;
-        check_schedule(&self.model, request, fields)?;
+        check_schedule(&pipeline.scheduler, request, fields)?;
         Ok(JobSpec {
             model: self.model,
-            request: self.request,
+            work: Work::Image(self.request),
             images: self.images,
             seed: self.seed.resolve(),
             seed_mode: self.seed_mode,
@@ -209,17 +208,95 @@ impl Draft {
     }
 }
 
+/// An audio generation request before validation (native API only).
+pub struct AudioDraft {
+    /// The model, which must be an audio model.
+    pub model: Arc<LoadedModel>,
+    /// The generation; `num_waveforms` is the job's count.
+    pub request: AudioRequest,
+    /// A scheduler name, or none for the model's own.
+    pub scheduler: Option<String>,
+    /// The seed.
+    pub seed: Seed,
+}
+
+impl AudioDraft {
+    /// Checks the draft against the limits and the model, and makes the job's spec.
+    pub fn into_spec(mut self, limits: &Limits, fields: &FieldNames) -> Result<JobSpec, ApiError> {
+        let Pipeline::Audio(pipeline) = &self.model.pipeline else {
+            return Err(ApiError::bad_field(
+                "audio_length_s",
+                format!(
+                    "{:?} is an image model; only an audio model (AudioLDM) takes audio_length_s",
+                    self.model.name
+                ),
+            ));
+        };
+        let request = &mut self.request;
+        for (name, text) in [
+            ("prompt", &request.prompt),
+            ("negative_prompt", &request.negative_prompt),
+        ] {
+            let chars = text.chars().count();
+            if chars > limits.max_prompt_chars {
+                return Err(ApiError::bad_field(
+                    name,
+                    format!("{chars} characters; at most {}", limits.max_prompt_chars),
+                ));
+            }
+        }
+        if request.steps == 0 || request.steps > limits.max_steps {
+            return Err(ApiError::bad_field(
+                fields.steps,
+                format!("{}: must be from 1 to {}", request.steps, limits.max_steps),
+            ));
+        }
+        if request.num_waveforms == 0 || request.num_waveforms > limits.max_images {
+            return Err(ApiError::bad_field(
+                fields.images,
+                format!(
+                    "{} waveforms: must be from 1 to {}",
+                    request.num_waveforms, limits.max_images
+                ),
+            ));
+        }
+        if let Some(name) = self
+            .scheduler
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            request.scheduler = Some(
+                scheduler_config_for(name, &pipeline.scheduler)
+                    .map_err(|e| ApiError::bad_field(fields.scheduler, e.to_string()))?,
+            );
+        }
+        pipeline
+            .plan(request)
+            .map_err(|e| rename_error(e, fields))?;
+        let images = request.num_waveforms;
+        Ok(JobSpec {
+            model: self.model,
+            work: Work::Audio(self.request),
+            images,
+            seed: self.seed.resolve(),
+            seed_mode: SeedMode::Batch,
+            rng: RngKind::Cpu,
+        })
+    }
+}
+
 /// Builds the schedule once, as the pipeline will, so that a step count the scheduler refuses, or a strength
 /// that leaves no step to run, is the client's 400 before the job is queued.
 fn check_schedule(
-    model: &LoadedModel,
+    model_scheduler: &SchedulerConfig,
     request: &GenerationRequest,
     fields: &FieldNames,
 ) -> Result<(), ApiError> {
     let mut config = request
         .scheduler
         .clone()
-        .unwrap_or_else(|| model.pipeline.scheduler.clone());
+        .unwrap_or_else(|| model_scheduler.clone());
     config.eta = Some(request.eta);
     config
         .build(&TimestepRequest::Steps(request.steps))
@@ -255,7 +332,7 @@ fn check_size(
     limits: &Limits,
     fields: &FieldNames,
 ) -> Result<(), ApiError> {
-    let f = model.pipeline.vae_scale_factor();
+    let f = model.image("model")?.vae_scale_factor();
     for (field, value) in [(fields.width, width), (fields.height, height)] {
         if value == 0 || value % f != 0 || value > limits.max_side {
             return Err(ApiError::bad_field(

@@ -70,6 +70,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/jobs/{id}/events", get(native::events))
         .route("/v1/jobs/{id}/preview", get(native::preview))
         .route("/v1/jobs/{id}/images/{file}", get(native::image))
+        .route("/v1/jobs/{id}/audio/{file}", get(native::audio))
         .route("/sdapi/v1/txt2img", post(a1111::txt2img))
         .route("/sdapi/v1/img2img", post(a1111::img2img))
         .route("/sdapi/v1/samplers", get(a1111::samplers))

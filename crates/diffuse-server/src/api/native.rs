@@ -1,5 +1,6 @@
 //! The native job API: submit (`POST /v1/jobs` → 202), watch (`GET /v1/jobs/{id}`, server-sent events at
-//! `/v1/jobs/{id}/events`), fetch images and previews, cancel (`DELETE`).
+//! `/v1/jobs/{id}/events`), fetch images, audio (`/v1/jobs/{id}/audio/{i}.wav`, for an audio model's jobs) and
+//! previews, cancel (`DELETE`).
 //!
 //! Seeds follow diffusers: `n` images come from one torch CPU generator seeded once.
 
@@ -12,12 +13,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use diffuse::pipelines::{GenerationRequest, InitImage, LoraChoice, LoraSource, PromptSyntax};
+use diffuse::pipelines::{
+    AudioRequest, GenerationRequest, InitImage, LoraChoice, LoraSource, PromptSyntax,
+};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::input::{parse_json, Draft, FieldNames, Seed};
+use super::input::{parse_json, AudioDraft, Draft, FieldNames, Seed};
 use super::uploads::{self, MaskRule};
 use super::SharedState;
 use crate::error::ApiError;
@@ -72,6 +75,58 @@ struct JobBody {
     strength: Option<f64>,
     /// LoRAs from the server's LoRA folder, by name (besides the prompt's `<lora:NAME:W>` tags).
     loras: Option<Vec<LoraField>>,
+    /// Audio models: seconds of audio (default: the model's).
+    audio_length_s: Option<f64>,
+}
+
+impl JobBody {
+    /// The first image-only field given, which an audio model refuses.
+    fn image_only_field(&self) -> Option<&'static str> {
+        [
+            ("width", self.width.is_some()),
+            ("height", self.height.is_some()),
+            ("guidance_rescale", self.guidance_rescale.is_some()),
+            ("clip_skip", self.clip_skip.is_some()),
+            ("prompt_syntax", self.prompt_syntax.is_some()),
+            ("image", self.image.is_some()),
+            ("mask", self.mask.is_some()),
+            ("strength", self.strength.is_some()),
+            ("loras", self.loras.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| given.then_some(name))
+    }
+}
+
+/// An audio job: AudioLDM's defaults (10 steps, guidance 2.5) where the body gives none.
+fn audio_spec(
+    state: &SharedState,
+    model: std::sync::Arc<crate::registry::LoadedModel>,
+    body: JobBody,
+) -> Result<crate::jobs::spec::JobSpec, ApiError> {
+    if let Some(field) = body.image_only_field() {
+        return Err(ApiError::bad_field(
+            field,
+            format!("an image option; {:?} is an audio model, which takes prompt, negative_prompt, audio_length_s, steps, guidance, eta, seed, scheduler and n", model.name),
+        ));
+    }
+    let defaults = AudioRequest::default();
+    let draft = AudioDraft {
+        model,
+        request: AudioRequest {
+            prompt: body.prompt,
+            negative_prompt: body.negative_prompt.unwrap_or_default(),
+            audio_length_s: body.audio_length_s,
+            steps: body.steps.unwrap_or(defaults.steps),
+            guidance_scale: body.guidance.unwrap_or(defaults.guidance_scale),
+            num_waveforms: body.n.unwrap_or(1),
+            eta: body.eta.unwrap_or(0.0),
+            ..defaults
+        },
+        scheduler: body.scheduler,
+        seed: body.seed.unwrap_or(Seed(None)),
+    };
+    draft.into_spec(&state.limits, &FIELDS)
 }
 
 /// One entry of `loras`: a name in the server's LoRA folder (never a path) and its weight (default 1), or
@@ -114,6 +169,10 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body: JobBody = parse_json(&body)?;
     let model = state.registry.get(body.model.as_deref(), "model")?;
+    if model.is_audio() || body.audio_length_s.is_some() {
+        let spec = audio_spec(&state, model, body)?;
+        return submitted(&state, spec);
+    }
     let init = match body.image.clone() {
         Some(text) => {
             let (mask, strength, limits) = (body.mask.clone(), body.strength, state.limits.clone());
@@ -190,10 +249,15 @@ pub async fn create(
         scheduler: body.scheduler,
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
+    submitted(&state, spec)
+}
+
+/// Queues `spec` and answers 202 with the job, its seed and its URL.
+fn submitted(state: &SharedState, spec: crate::jobs::spec::JobSpec) -> Result<Response, ApiError> {
     let seed = spec.seed;
     let job = state.engine.submit(spec)?;
     let url = format!("/v1/jobs/{}", job.id);
-    let mut body = describe(&state, &job, &job.status(), false);
+    let mut body = describe(state, &job, &job.status(), false);
     if let Some(object) = body.as_object_mut() {
         object.insert("seed".into(), json!(seed));
     }
@@ -216,13 +280,21 @@ fn describe(state: &SharedState, job: &Job, status: &JobStatus, preview: bool) -
         .iter()
         .enumerate()
         .map(|(i, image)| {
-            json!({
+            let mut entry = json!({
                 "url": format!("{base}/images/{i}.png"),
                 "seed": image.seed,
                 "width": image.width,
                 "height": image.height,
                 "parameters": image.infotext,
-            })
+            });
+            // An audio output's image is its spectrogram; the sound is the WAV.
+            if let (Some(wav), Some(object)) = (&image.wav, entry.as_object_mut()) {
+                object.insert(
+                    "audio".into(),
+                    json!({"url": format!("{base}/audio/{i}.wav"), "bytes": wav.len()}),
+                );
+            }
+            entry
         })
         .collect();
     let preview = status.preview.as_ref().filter(|_| preview).map(|png| {
@@ -299,6 +371,26 @@ pub async fn image(
         .get(index)
         .ok_or_else(|| ApiError::not_found(format!("job {id} has no image {index}")))?;
     Ok(png(image.png.clone()))
+}
+
+/// `GET /v1/jobs/{id}/audio/{i}.wav`: an audio job's waveform.
+pub async fn audio(
+    State(state): State<SharedState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let job = find(&state, &id)?;
+    let status = job.status();
+    let index: usize = file
+        .strip_suffix(".wav")
+        .unwrap_or(&file)
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no audio {file:?}")))?;
+    let wav = status
+        .outputs
+        .get(index)
+        .and_then(|output| output.wav.clone())
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no audio {index}")))?;
+    Ok(([(header::CONTENT_TYPE, "audio/wav")], wav).into_response())
 }
 
 /// `GET /v1/jobs/{id}/preview`: the latest preview PNG (404 before the first step).

@@ -94,8 +94,10 @@ pub enum EarlyEnd {
 /// One generated image.
 #[derive(Debug)]
 pub struct ImageOutput {
-    /// The PNG file, with A1111's `parameters` text.
+    /// The PNG file, with A1111's `parameters` text (for audio: the mel spectrogram's picture).
     pub png: Vec<u8>,
+    /// For audio: the WAV file, with the parameters in its comment.
+    pub wav: Option<Vec<u8>>,
     /// The seed its noise was drawn with.
     pub seed: u64,
     /// Width in pixels.
@@ -173,7 +175,7 @@ impl Job {
         Self {
             id,
             model: spec.model.name.clone(),
-            prompt: spec.request.prompt.clone(),
+            prompt: spec.prompt().to_string(),
             spec: Mutex::new(Some(spec)),
             cancel: AtomicU8::new(0),
             early: AtomicU8::new(0),

@@ -1,13 +1,16 @@
-//! What a job runs: a validated generation request on a loaded model, and how its noise is seeded.
+//! What a job runs: a validated generation request (image or audio) on a loaded model, and how its noise is
+//! seeded.
 
 use std::sync::Arc;
 
 use diffuse::metadata::{GenerationParameters, RngSource};
-use diffuse::pipelines::{Generated, GenerationRequest, Provenance};
+use diffuse::pipelines::{
+    AudioLdm, AudioRequest, Generated, GenerationRequest, Provenance, StableDiffusion,
+};
 use diffuse::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use diffuse::schedulers::a1111_sampler_of;
 
-use crate::registry::LoadedModel;
+use crate::registry::{LoadedModel, Pipeline};
 
 /// Which generator draws the noise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,12 +30,20 @@ pub enum SeedMode {
     PerImage,
 }
 
+/// The request of a job's generations.
+pub enum Work {
+    /// Images; in [`SeedMode::PerImage`], `num_images` is 1 and it runs `images` times.
+    Image(GenerationRequest),
+    /// Audio: `num_waveforms` waveforms from one generator.
+    Audio(AudioRequest),
+}
+
 /// A job's work.
 pub struct JobSpec {
     /// The model.
     pub model: Arc<LoadedModel>,
-    /// The request of one generation; in [`SeedMode::PerImage`], `num_images` is 1 and it runs `images` times.
-    pub request: GenerationRequest,
+    /// The request of one generation.
+    pub work: Work,
     /// Images in all.
     pub images: usize,
     /// The first seed.
@@ -44,6 +55,30 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// The prompt.
+    pub fn prompt(&self) -> &str {
+        match &self.work {
+            Work::Image(request) => &request.prompt,
+            Work::Audio(request) => &request.prompt,
+        }
+    }
+
+    /// The image request and its pipeline, if this is an image job on an image model.
+    pub fn image(&self) -> Option<(&GenerationRequest, &StableDiffusion)> {
+        match (&self.work, &self.model.pipeline) {
+            (Work::Image(request), Pipeline::Image(pipeline)) => Some((request, pipeline.as_ref())),
+            _ => None,
+        }
+    }
+
+    /// The audio request and its pipeline, if this is an audio job on an audio model.
+    pub fn audio(&self) -> Option<(&AudioRequest, &AudioLdm)> {
+        match (&self.work, &self.model.pipeline) {
+            (Work::Audio(request), Pipeline::Audio(pipeline)) => Some((request, pipeline.as_ref())),
+            _ => None,
+        }
+    }
+
     /// How many `generate` calls the job makes.
     pub fn generations(&self) -> usize {
         match self.seed_mode {
@@ -72,25 +107,34 @@ impl JobSpec {
     /// Steps the whole job will run: the library's plan of one generation (after image-to-image's strength cut),
     /// times the generations. A request the plan refuses fails when it runs; until then it counts its steps.
     pub fn expected_steps(&self) -> usize {
-        let per_generation = self
-            .model
-            .pipeline
-            .plan(&self.request)
-            .map(|plan| plan.steps())
-            .unwrap_or(self.request.steps);
+        let per_generation = match (self.image(), self.audio(), &self.work) {
+            (Some((request, pipeline)), _, _) => pipeline
+                .plan(request)
+                .map(|plan| plan.steps())
+                .unwrap_or(request.steps),
+            (_, Some((request, pipeline)), _) => pipeline
+                .plan(request)
+                .map(|plan| plan.timesteps.len())
+                .unwrap_or(request.steps),
+            (None, None, Work::Image(request)) => request.steps,
+            (None, None, Work::Audio(request)) => request.steps,
+        };
         per_generation * self.generations()
     }
 
     /// The sampler and schedule type as A1111 names them.
     pub fn sampler(&self) -> (String, Option<&'static str>) {
-        let model = &self.model.pipeline.scheduler;
-        a1111_sampler_of(self.request.scheduler.as_ref().unwrap_or(model), model)
+        let model = self.model.scheduler();
+        let chosen = match &self.work {
+            Work::Image(request) => request.scheduler.as_ref(),
+            Work::Audio(request) => request.scheduler.as_ref(),
+        };
+        a1111_sampler_of(chosen.unwrap_or(model), model)
     }
 
-    /// The PNG parameters of each image `generated` holds, drawn with `seed` (see
-    /// [`StableDiffusion::image_parameters`](diffuse::pipelines::StableDiffusion::image_parameters)).
-    pub fn image_parameters(&self, seed: u64, generated: &Generated) -> Vec<GenerationParameters> {
-        let provenance = Provenance {
+    /// What the parameters record of where the noise and weights came from, for a generation seeded `seed`.
+    pub fn provenance(&self, seed: u64) -> Provenance {
+        Provenance {
             seed,
             rng: match self.rng {
                 RngKind::Cpu => RngSource::Cpu,
@@ -98,9 +142,17 @@ impl JobSpec {
             },
             model: Some(self.model.name.clone()),
             model_hash: self.model.hash.clone(),
-        };
-        self.model
-            .pipeline
-            .image_parameters(&self.request, generated, &provenance)
+        }
+    }
+
+    /// The PNG parameters of each image `generated` holds, drawn with `seed` (see
+    /// [`StableDiffusion::image_parameters`](diffuse::pipelines::StableDiffusion::image_parameters)).
+    pub fn image_parameters(&self, seed: u64, generated: &Generated) -> Vec<GenerationParameters> {
+        match self.image() {
+            Some((request, pipeline)) => {
+                pipeline.image_parameters(request, generated, &self.provenance(seed))
+            }
+            None => Vec::new(),
+        }
     }
 }

@@ -67,6 +67,18 @@ fn run_one(engine: &Engine, job: &Job) {
 }
 
 fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<ImageOutput>> {
+    if let Some((request, pipeline)) = spec.audio() {
+        return generate_audio(engine, job, spec, request, pipeline);
+    }
+    let Some((request, pipeline)) = spec.image() else {
+        return Err(diffuse::Error::invalid(
+            "model",
+            format!(
+                "{}: the job's request does not fit the model's pipeline",
+                spec.model.name
+            ),
+        ));
+    };
     let generations = spec.generations();
     let mut outputs = Vec::with_capacity(spec.images);
     for index in 0..generations {
@@ -80,7 +92,7 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
         let mut last_step = Instant::now();
         let mut progress = |p: &Progress| {
             engine.metrics.step(last_step.elapsed());
-            let preview = preview_png(&spec.model.pipeline, p);
+            let preview = preview_png(pipeline, p);
             job.update(|s| {
                 s.step = index * p.total + p.step;
                 s.total_steps = generations * p.total;
@@ -97,22 +109,69 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
                 ControlFlow::Continue(())
             }
         };
-        let generated =
-            spec.model
-                .pipeline
-                .generate(&spec.request, noise.as_mut(), &mut progress)?;
+        let generated = pipeline.generate(request, noise.as_mut(), &mut progress)?;
         job.clear_skip();
         let seed = spec.generation_seed(index);
         let parameters = spec.image_parameters(seed, &generated);
         for (image, parameters) in generated.images.iter().zip(parameters) {
             outputs.push(ImageOutput {
                 png: image.to_png(Some(&parameters))?,
+                wav: None,
                 seed,
                 width: image.width,
                 height: image.height,
                 infotext: parameters.to_parameters_string(),
             });
         }
+    }
+    Ok(outputs)
+}
+
+/// An audio job: one generation of `num_waveforms` waveforms; each output is the WAV and its spectrogram's PNG,
+/// both with the generation parameters.
+fn generate_audio(
+    engine: &Engine,
+    job: &Job,
+    spec: &JobSpec,
+    request: &diffuse::pipelines::AudioRequest,
+    pipeline: &diffuse::pipelines::AudioLdm,
+) -> diffuse::Result<Vec<ImageOutput>> {
+    let plan = pipeline.plan(request)?;
+    let mut noise = spec.noise(0);
+    let mut last_step = Instant::now();
+    let mut progress = |p: &Progress| {
+        engine.metrics.step(last_step.elapsed());
+        job.update(|s| {
+            s.step = p.step;
+            s.total_steps = p.total;
+        });
+        last_step = Instant::now();
+        if job.cancel_reason().is_some() {
+            ControlFlow::Break(Stop::Cancel)
+        } else if job.early_end().is_some() {
+            ControlFlow::Break(Stop::Finish)
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let generated = pipeline.generate(request, noise.as_mut(), &mut progress)?;
+    let parameters = pipeline.audio_parameters(request, &plan, &spec.provenance(spec.seed));
+    let mut outputs = Vec::with_capacity(generated.waveforms.len());
+    for (i, (waveform, parameters)) in generated.waveforms.iter().zip(parameters).enumerate() {
+        let text = parameters.to_parameters_string();
+        let picture = generated.spectrogram_image(i)?;
+        outputs.push(ImageOutput {
+            png: picture.to_png(Some(&parameters))?,
+            wav: Some(diffuse::pipelines::wav::encode_wav(
+                waveform,
+                generated.sampling_rate as u32,
+                Some(&text),
+            )),
+            seed: spec.seed,
+            width: picture.width,
+            height: picture.height,
+            infotext: text,
+        });
     }
     Ok(outputs)
 }

@@ -73,16 +73,51 @@ async function loadNetworks() {
   }
 }
 
-function applyModelDefaults() {
+function currentModel() {
   const models = JSON.parse($("model").dataset.models || "[]");
-  const model = models.find((m) => m.id === $("model").value);
-  if (!model || input) return;
+  return models.find((m) => m.id === $("model").value);
+}
+
+function isAudio() {
+  const model = currentModel();
+  return Boolean(model && model.kind === "audio");
+}
+
+function applyModelDefaults() {
+  const model = currentModel();
+  if (!model) return;
+  // An audio model (AudioLDM) takes a length instead of a size, and no input image, LoRAs or embeddings.
+  const audio = model.kind === "audio";
+  for (const el of document.querySelectorAll(".image-only")) el.hidden = audio;
+  for (const el of document.querySelectorAll(".audio-only")) el.hidden = !audio;
+  if (audio) {
+    $("audio-length").value = model.default_audio_length_s;
+    // AudioLDM's defaults in diffusers.
+    $("steps").value = 10;
+    $("guidance").value = 2.5;
+    return;
+  }
+  if (input) return;
   $("width").value = model.default_width;
   $("height").value = model.default_height;
   $("width").step = $("height").step = model.size_multiple;
 }
 
 function settingsFromForm() {
+  if (isAudio()) {
+    const settings = {
+      model: $("model").value,
+      prompt: $("prompt").value,
+      negative_prompt: $("negative").value,
+      n: parseInt($("n-audio").value, 10),
+      steps: parseInt($("steps").value, 10),
+      guidance: parseFloat($("guidance").value),
+      seed: parseInt($("seed").value, 10),
+    };
+    if ($("audio-length").value !== "") settings.audio_length_s = parseFloat($("audio-length").value);
+    if ($("scheduler").value) settings.scheduler = $("scheduler").value;
+    return settings;
+  }
   const settings = {
     model: $("model").value,
     prompt: $("prompt").value,
@@ -102,9 +137,12 @@ function applySettings(settings) {
   $("model").value = settings.model;
   $("prompt").value = settings.prompt;
   $("negative").value = settings.negative_prompt || "";
+  applyModelDefaults();
   for (const key of ["width", "height", "n", "steps", "guidance", "seed"]) {
     if (settings[key] !== undefined) $(key).value = settings[key];
   }
+  if (settings.audio_length_s !== undefined) $("audio-length").value = settings.audio_length_s;
+  if (settings.audio_length_s !== undefined && settings.n !== undefined) $("n-audio").value = settings.n;
   $("scheduler").value = settings.scheduler || "";
 }
 
@@ -128,7 +166,7 @@ async function generate(event) {
   event.preventDefault();
   const settings = settingsFromForm();
   const body = Object.assign({}, settings);
-  if (input) {
+  if (input && !isAudio()) {
     body.image = input.dataUrl;
     // Empty: the API's default (0.8 for image-to-image, 1 for inpainting), as every client gets it.
     if ($("strength").value !== "") body.strength = parseFloat($("strength").value);
@@ -219,16 +257,26 @@ async function finish(status, settings) {
     const url = URL.createObjectURL(blob);
     // The live area ends on the final image, not on the last latent preview (whose colours are approximate).
     if (i === 0) $("preview").src = url;
+    // An audio output's picture is its mel spectrogram; the sound comes as a WAV.
+    const sound = image.audio ? URL.createObjectURL(await (await api(image.audio.url)).blob()) : null;
     // The whole batch comes from one seed (diffusers' batching): reusing n and the seed reproduces this image.
-    addCard(url, image, Object.assign({}, settings, { seed: image.seed }));
+    addCard(url, image, Object.assign({}, settings, { seed: image.seed }), sound);
   }
 }
 
-function addCard(url, image, settings) {
+function addCard(url, image, settings, sound) {
   const card = $("card").content.firstElementChild.cloneNode(true);
   card.querySelector("img").src = url;
   card.querySelector(".parameters").textContent = image.parameters;
-  card.querySelector(".download").href = url;
+  card.querySelector(".download").href = sound || url;
+  if (sound) {
+    const player = card.querySelector("audio");
+    player.src = sound;
+    player.hidden = false;
+    card.querySelector("img").alt = "mel spectrogram";
+    card.querySelector(".download").download = "diffuse.wav";
+    card.querySelector(".use-input").hidden = true;
+  }
   card.querySelector(".reuse").addEventListener("click", () => applySettings(settings));
   card.querySelector(".use-input").addEventListener("click", () => loadInput(url));
   $("gallery").prepend(card);

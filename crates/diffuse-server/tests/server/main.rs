@@ -3,6 +3,7 @@
 mod common;
 
 mod a1111;
+mod audio;
 mod fuzz;
 mod jobs;
 mod loras;

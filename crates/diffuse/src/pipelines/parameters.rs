@@ -106,7 +106,7 @@ pub const AUDIO_LENGTH_KEY: &str = "Audio length";
 
 impl super::audio::AudioLdm {
     /// The parameters of each waveform of `generated`, made by `request` with `provenance`'s generator and
-    /// weights, in A1111's format: "Size" is the generated spectrogram's (mel bins × frames) and "Audio length"
+    /// weights, in A1111's format: "Size" is the generated spectrogram's as pictured (frames × mel bins) and "Audio length"
     /// the seconds returned; waveforms of one batch record the batch size and their position.
     pub fn audio_parameters(
         &self,
@@ -136,8 +136,8 @@ impl super::audio::AudioLdm {
                     schedule_type: schedule_type.map(String::from),
                     cfg_scale: request.guidance_scale,
                     seed: provenance.seed,
-                    width: (plan.latent_shape[3] * f) as u32,
-                    height: plan.frames as u32,
+                    width: plan.frames as u32,
+                    height: (plan.latent_shape[3] * f) as u32,
                     model_hash: provenance.model_hash.clone(),
                     model: provenance.model.clone(),
                     denoising_strength: None,

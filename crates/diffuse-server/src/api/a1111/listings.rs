@@ -58,7 +58,14 @@ pub async fn embeddings(State(state): State<SharedState>) -> Result<Json<Value>,
         let (mut loaded, mut skipped) = (serde_json::Map::new(), serde_json::Map::new());
         for (name, path) in listing.entries() {
             let opened = Embedding::open(path, Some(name));
-            match opened.and_then(|e| model.pipeline.check_embedding(&e).map(|()| e)) {
+            let fits = |e: &Embedding| match &model.pipeline {
+                crate::registry::Pipeline::Image(pipeline) => pipeline.check_embedding(e),
+                crate::registry::Pipeline::Audio(_) => Err(diffuse::Error::invalid(
+                    "embedding",
+                    "the default model is an audio model, which takes no embeddings",
+                )),
+            };
+            match opened.and_then(|e| fits(&e).map(|()| e)) {
                 Ok(e) => {
                     let width = e
                         .first

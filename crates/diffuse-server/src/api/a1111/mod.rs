@@ -188,7 +188,9 @@ impl Upload {
 
 /// The fields of A1111's `info` known before the job runs.
 fn info_base(spec: &JobSpec, batch_size: usize) -> Value {
-    let request = &spec.request;
+    let Some((request, _)) = spec.image() else {
+        return json!({});
+    };
     let (sampler, schedule_type) = spec.sampler();
     json!({
         "prompt": request.prompt,

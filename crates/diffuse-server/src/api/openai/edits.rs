@@ -186,7 +186,7 @@ async fn run(
         Ok((image, mask))
     })
     .await?;
-    let f = model.pipeline.vae_scale_factor();
+    let f = model.image("model")?.vae_scale_factor();
     let (width, height) = match parse_size(form.size.as_deref())? {
         (Some(w), Some(h)) => (w, h),
         _ => (image.width / f * f, image.height / f * f),

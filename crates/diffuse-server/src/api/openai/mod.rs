@@ -263,7 +263,9 @@ fn describe(m: &LoadedModel) -> Value {
         "owned_by": "diffuse",
         "default_width": width,
         "default_height": height,
-        "size_multiple": m.pipeline.vae_scale_factor(),
+        "size_multiple": m.size_multiple(),
         "scheduler": m.scheduler_class(),
+        "kind": if m.is_audio() { "audio" } else { "image" },
+        "default_audio_length_s": m.default_audio_length_s(),
     })
 }
