@@ -1,7 +1,7 @@
 //! Parity of the CPU kernels with their references built from plain candle ops, on random inputs.
 
 use candle_core::{DType, Device, Tensor};
-use diffuse::internals::kernels::{attention, conv, group_norm};
+use diffuse::internals::kernels::{attention, conv, conv1d, group_norm};
 use diffuse::rng::{randn_tensor, TorchCpuRng};
 
 fn randn(rng: &mut TorchCpuRng, shape: &[usize]) -> Tensor {
@@ -120,6 +120,75 @@ fn conv2d_matches_reference() {
             .unwrap();
         assert!(max_abs_diff(&got, &want) <= scale * 8e-3, "bf16 conv");
     }
+}
+
+#[test]
+fn conv1d_and_its_transpose_match_reference() {
+    let mut rng = TorchCpuRng::new(5);
+    // (batch, in, out, len, kernel, padding, dilation): HiFi-GAN's residual convolutions, the 7-tap ends, edges
+    // wider than the input, and several unfolded tiles.
+    for (b, cin, cout, len, k, pad, dil) in [
+        (2, 6, 6, 37, 3, 1, 1),
+        (1, 8, 8, 40, 7, 15, 5),
+        (2, 5, 3, 9, 11, 25, 5),
+        (1, 4, 7, 20, 7, 3, 1),
+        (1, 3, 2, 6, 5, 0, 1),
+        (1, 96, 96, 500, 11, 15, 3),
+    ] {
+        let x = randn(&mut rng, &[b, cin, len]);
+        let weight = randn(&mut rng, &[cout, cin, k]);
+        let bias = randn(&mut rng, &[cout]);
+        for leaky_slope in [None, Some(0.1)] {
+            let p = conv1d::Conv1dParams {
+                padding: pad,
+                step: dil,
+                leaky_slope,
+            };
+            let got = conv1d::conv1d(&x, &weight, &bias, p).unwrap();
+            let want = conv1d::conv1d_reference(&x, &weight, &bias, p).unwrap();
+            let err = max_abs_diff(&got, &want);
+            let bound = (1e-6 * (cin * k) as f32).max(1e-5);
+            assert!(
+                err < bound,
+                "conv1d {cin}→{cout} len {len} k{k} {p:?}: {err}"
+            );
+        }
+    }
+    // (batch, in, out, len, kernel, padding, stride): the vocoder's upsamplings (k16 s5 p5 makes 5·len + 1).
+    for (b, cin, cout, len, k, pad, stride) in [
+        (2, 6, 4, 11, 16, 5, 5),
+        (1, 8, 4, 13, 16, 6, 4),
+        (1, 4, 2, 17, 8, 3, 2),
+        (2, 4, 2, 9, 4, 1, 2),
+        (1, 3, 5, 1, 4, 0, 2),
+    ] {
+        let x = randn(&mut rng, &[b, cin, len]);
+        let weight = randn(&mut rng, &[cin, cout, k]);
+        let bias = randn(&mut rng, &[cout]);
+        for leaky_slope in [None, Some(0.01)] {
+            let p = conv1d::Conv1dParams {
+                padding: pad,
+                step: stride,
+                leaky_slope,
+            };
+            let got = conv1d::conv_transpose1d(&x, &weight, &bias, p).unwrap();
+            let want = conv1d::conv_transpose1d_reference(&x, &weight, &bias, p).unwrap();
+            let err = max_abs_diff(&got, &want);
+            let bound = 1e-5 * (cin * k) as f32;
+            assert!(
+                err < bound,
+                "conv_transpose1d {cin}→{cout} len {len} k{k} {p:?}: {err}"
+            );
+        }
+    }
+    let x = randn(&mut rng, &[1, 3, 4]);
+    let weight = randn(&mut rng, &[2, 4, 3]);
+    let p = conv1d::Conv1dParams {
+        padding: 1,
+        step: 1,
+        leaky_slope: None,
+    };
+    assert!(conv1d::conv1d(&x, &weight, &randn(&mut rng, &[2]), p).is_err());
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //! convolution and tanh. Weights stored with weight normalisation (`weight_g`/`weight_v`, or torch's
 //! `parametrizations.weight.original0/1`) are folded into plain weights when loading.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::HifiGanConfig;
+use crate::kernels::conv1d::{conv1d, conv_transpose1d, Conv1dParams};
 use crate::{Error, Result};
 
 const FILE: &str = "vocoder/config.json";
@@ -54,11 +55,32 @@ impl Conv1d {
     }
 }
 
-impl Module for Conv1d {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Conv1d {
+    /// The convolution of `leaky_relu(x, slope)` (of `x` itself without a slope): on the CPU one kernel does
+    /// both, elsewhere candle's ops.
+    fn forward(&self, x: &Tensor, slope: Option<f64>) -> candle_core::Result<Tensor> {
+        let (padding, step) = (
+            self.padding,
+            self.transposed_stride.unwrap_or(self.dilation),
+        );
+        if x.device().is_cpu() {
+            let params = Conv1dParams {
+                padding,
+                step,
+                leaky_slope: slope.map(|s| s as f32),
+            };
+            return match self.transposed_stride {
+                None => conv1d(x, &self.weight, &self.bias, params),
+                Some(_) => conv_transpose1d(x, &self.weight, &self.bias, params),
+            };
+        }
+        let x = match slope {
+            Some(slope) => leaky_relu(x, slope)?,
+            None => x.clone(),
+        };
         let y = match self.transposed_stride {
-            None => x.conv1d(&self.weight, self.padding, 1, self.dilation, 1)?,
-            Some(stride) => x.conv_transpose1d(&self.weight, self.padding, 0, stride, 1, 1)?,
+            None => x.conv1d(&self.weight, padding, 1, step, 1)?,
+            Some(stride) => x.conv_transpose1d(&self.weight, padding, 0, stride, 1, 1)?,
         };
         y.broadcast_add(&self.bias.reshape((1, (), 1))?)
     }
@@ -124,8 +146,8 @@ impl ResidualBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for (conv1, conv2) in &self.convs {
-            let h = conv1.forward(&leaky_relu(&x, self.slope)?)?;
-            let h = conv2.forward(&leaky_relu(&h, self.slope)?)?;
+            let h = conv1.forward(&x, Some(self.slope))?;
+            let h = conv2.forward(&h, Some(self.slope))?;
             x = (h + x)?;
         }
         Ok(x)
@@ -280,10 +302,12 @@ impl HifiGan {
         if let Some((mean, scale)) = &self.normalize {
             x = x.broadcast_sub(mean)?.broadcast_div(scale)?;
         }
-        let mut x = self.conv_pre.forward(&x.transpose(1, 2)?.contiguous()?)?;
+        let mut x = self
+            .conv_pre
+            .forward(&x.transpose(1, 2)?.contiguous()?, None)?;
         let slope = self.config.leaky_relu_slope;
         for (upsampler, blocks) in self.upsamplers.iter().zip(&self.resblocks) {
-            x = upsampler.forward(&leaky_relu(&x, slope)?)?;
+            x = upsampler.forward(&x, Some(slope))?;
             let mut sum = blocks[0].forward(&x)?;
             for block in &blocks[1..] {
                 sum = (sum + block.forward(&x)?)?;
@@ -291,7 +315,7 @@ impl HifiGan {
             x = (sum / blocks.len() as f64)?;
         }
         // transformers calls torch's leaky_relu with its default slope here.
-        let x = self.conv_post.forward(&leaky_relu(&x, 0.01)?)?.tanh()?;
+        let x = self.conv_post.forward(&x, Some(0.01))?.tanh()?;
         Ok(x.squeeze(D::Minus2)?)
     }
 }
