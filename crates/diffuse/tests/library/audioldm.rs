@@ -360,6 +360,10 @@ fn the_published_audioldm_s_configs_build_the_full_size_models() {
         (512, 512)
     );
     let vae = folder.vae_config().unwrap();
+    assert_eq!(
+        (vae.latent_channels, vae.scaling_factor),
+        (8, 0.9392935633659363)
+    );
     // 5.12 s: the UNet's 128 latent rows × the VAE's 4 × 160 samples at 16 kHz, 16 latent columns of 64 mel bins.
     let (h, _) = unet_config.sample_size_hw().unwrap();
     assert_eq!(
