@@ -2,6 +2,7 @@
 //! diffusers' class names, arguments and defaults; this module holds the loaded pipeline, the generators and the
 //! conversion of requests and results, and releases the GIL while a generation runs.
 
+mod audio;
 mod errors;
 mod generator;
 mod pipeline;
@@ -38,6 +39,7 @@ fn read_scheduler_config(path: &str) -> PyResult<String> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<generator::Generator>()?;
     m.add_class::<pipeline::Pipeline>()?;
+    m.add_class::<audio::AudioPipeline>()?;
     m.add_function(wrap_pyfunction!(scheduler_classes, m)?)?;
     m.add_function(wrap_pyfunction!(check_scheduler_config, m)?)?;
     m.add_function(wrap_pyfunction!(read_scheduler_config, m)?)?;

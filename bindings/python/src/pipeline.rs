@@ -35,13 +35,13 @@ type PyImage<'py> = (usize, usize, Bound<'py, PyBytes>);
 /// A tensor as `(f32 bytes, shape)`.
 type PyTensor<'py> = (Bound<'py, PyBytes>, Vec<usize>);
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn variant_named(name: Option<&str>) -> PyResult<Variant> {
+pub(crate) fn variant_named(name: Option<&str>) -> PyResult<Variant> {
     match name {
         None => Ok(Variant::Default),
         Some("fp16") => Ok(Variant::Fp16),

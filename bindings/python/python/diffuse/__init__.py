@@ -14,6 +14,7 @@ device; a ``torch.Generator`` is accepted too. torch is optional.
 """
 
 from . import schedulers
+from .audio import AudioLDMPipeline, AudioPipelineOutput
 from .generators import Generator
 from .pipelines import (AutoencoderTiny, DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
                         StableDiffusionPipeline, StableDiffusionPipelineOutput, StableDiffusionXLImg2ImgPipeline,
@@ -21,6 +22,6 @@ from .pipelines import (AutoencoderTiny, DiffusionPipeline, StableDiffusionImg2I
 from .schedulers import *  # noqa: F401,F403 (every scheduler class by its diffusers name)
 from .schedulers import SCHEDULER_CLASSES, SchedulerMixin
 
-__all__ = ["AutoencoderTiny", "Generator", "DiffusionPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+__all__ = ["AudioLDMPipeline", "AudioPipelineOutput", "AutoencoderTiny", "Generator", "DiffusionPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
            "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
            "StableDiffusionPipelineOutput", "SchedulerMixin", *sorted(SCHEDULER_CLASSES)]
