@@ -249,7 +249,11 @@ fn generate(mut args: GenerateArgs, given: &[String]) -> Result<()> {
     let device = diffuse::device::device_from_name(&args.device)?;
     let dtype = match args.dtype.trim() {
         "auto" => diffuse::system::auto_dtype(&device),
-        name => diffuse::device::dtype_from_name(name)?,
+        name => diffuse::device::dtype_from_name(name).map_err(|_| {
+            anyhow::anyhow!(
+                "invalid --dtype: {name:?}: expected auto (f16 on CUDA, f32 on the CPU), f32, f16 or bf16"
+            )
+        })?,
     };
     if dtype == candle_core::DType::BF16 && device.is_cpu() {
         notice_slow_bf16();

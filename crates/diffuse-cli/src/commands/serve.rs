@@ -113,6 +113,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
     }
     config.embeddings_dir = args.embeddings_dir;
+    // A folder or Hub id is checked now, so that its error names the flag (`taesd` depends on each model).
+    if let Some(spec) = args.preview_decoder.as_deref().filter(|s| *s != "taesd") {
+        diffuse::loaders::hub::resolve_model_folder(spec, "preview decoder")
+            .with_context(|| format!("--preview-decoder {spec}"))?;
+    }
     config.preview_decoder = args.preview_decoder;
     config.limits = Limits {
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),

@@ -418,6 +418,10 @@ fn bad_inputs_fail_clearly() {
         &["width", "100", "multiple of 8"],
     );
     fails_with(
+        &["generate", "x", "--model", m, "-o", o, "--dtype", "f64"],
+        &["invalid --dtype", "expected auto"],
+    );
+    fails_with(
         &["generate", "x", "--model", m, "-o", o, "--height", "8192"],
         &["height", "8192", "4096"],
     );

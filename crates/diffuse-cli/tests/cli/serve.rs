@@ -92,7 +92,7 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn serve_refuses_bad_setups_naming_the_option() {
-    let cases: [(&[&str], &str); 2] = [
+    let cases: [(&[&str], &str); 3] = [
         (
             &["serve", "--model", "/nonexistent/model"],
             "/nonexistent/model",
@@ -100,6 +100,10 @@ fn serve_refuses_bad_setups_naming_the_option() {
         (
             &["serve", "--model", "x=/tmp", "--host", "0.0.0.0"],
             "--api-key",
+        ),
+        (
+            &["serve", "--preview-decoder", "/nonexistent/taesd"],
+            "--preview-decoder",
         ),
     ];
     for (args, expected) in cases {
