@@ -136,6 +136,25 @@ fn the_wav_equals_diffusers_and_replays_to_the_same_samples() {
 }
 
 #[test]
+fn info_describes_the_audio_components() {
+    let info = ok(&["info", &tiny()]);
+    assert!(info.contains("AudioLDMPipeline"), "{info}");
+    // transformers' integer buffers (position_ids, token_type_ids) are not counted as parameters.
+    assert!(
+        info.contains("text_encoder    transformers.ClapTextModelWithProjection  85.7K parameters, stored as f16\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains("vocoder         transformers.SpeechT5HifiGan"),
+        "{info}"
+    );
+    assert!(
+        info.contains("sampling_rate                 16000"),
+        "{info}"
+    );
+}
+
+#[test]
 fn several_waveforms_are_numbered_and_default_to_output_wav() {
     let dir = scratch("batch");
     let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))

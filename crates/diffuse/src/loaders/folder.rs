@@ -224,7 +224,11 @@ impl PipelineFolder {
     }
 
     /// Reads `<component>/<file>` of the configurations.
-    fn read_config<T: DeserializeOwned>(&self, component: &str, file: &str) -> Result<T> {
+    pub(crate) fn read_config<T: DeserializeOwned>(
+        &self,
+        component: &str,
+        file: &str,
+    ) -> Result<T> {
         match &self.configs {
             ConfigSource::Folder(_) => read_json(&self.component_dir(component)?.join(file)),
             ConfigSource::Builtin(config) => {

@@ -46,6 +46,11 @@ fn weights_summary(
     let mut dtypes = BTreeMap::new();
     let mut total = 0u64;
     for (_, shape, dtype) in files.stored() {
+        // Integer buffers (transformers' `position_ids`, `token_type_ids`) are not parameters.
+        use safetensors::Dtype;
+        if !matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
+            continue;
+        }
         let count = shape.iter().product::<usize>() as u64;
         total += count;
         *dtypes
@@ -95,6 +100,32 @@ fn component_details(folder: &PipelineFolder, name: &str) -> Result<Vec<(String,
                 pair("force_upcast", c.force_upcast.to_string()),
             ]
         }
+        n if n.starts_with("text_encoder")
+            && folder.index().class_of(n) == Some("ClapTextModelWithProjection") =>
+        {
+            let c: crate::models::clap::ClapTextConfig = folder.read_config(n, "config.json")?;
+            vec![
+                pair("hidden_size", c.hidden_size.to_string()),
+                pair("num_hidden_layers", c.num_hidden_layers.to_string()),
+                pair("num_attention_heads", c.num_attention_heads.to_string()),
+                pair("hidden_act", c.hidden_act.clone()),
+                pair("projection_dim", c.projection_dim.to_string()),
+                pair("vocab_size", c.vocab_size.to_string()),
+            ]
+        }
+        "vocoder" => {
+            let c = folder.vocoder_config()?;
+            vec![
+                pair("model_in_dim", c.model_in_dim.to_string()),
+                pair("sampling_rate", c.sampling_rate.to_string()),
+                pair("upsample_rates", list(&c.upsample_rates)),
+                pair(
+                    "upsample_initial_channel",
+                    c.upsample_initial_channel.to_string(),
+                ),
+                pair("normalize_before", c.normalize_before.to_string()),
+            ]
+        }
         n if n.starts_with("text_encoder") => {
             let c = folder.text_encoder_config(n)?;
             vec![
@@ -116,7 +147,10 @@ impl PipelineSummary {
     pub fn of(folder: &PipelineFolder) -> Result<Self> {
         let mut components = Vec::new();
         for (name, class) in &folder.index().components {
-            let has_weights = name == "unet" || name == "vae" || name.starts_with("text_encoder");
+            let has_weights = name == "unet"
+                || name == "vae"
+                || name == "vocoder"
+                || name.starts_with("text_encoder");
             let (parameters, stored_dtypes) = if has_weights {
                 weights_summary(folder, name)?
             } else {

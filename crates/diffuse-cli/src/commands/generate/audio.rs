@@ -87,25 +87,28 @@ pub(super) fn generate(args: &GenerateArgs, given: &[String], settled: Settled) 
         .as_deref()
         .map(|path| super::read_latents(path, &settled.opts.device))
         .transpose()?;
-    let given_or = |id: &str, value: f64, default: f64| {
-        if given.iter().any(|g| g == id) {
-            value
-        } else {
-            default
-        }
-    };
+    let was_given = |id: &str| given.iter().any(|g| g == id);
+    // diffusers' AudioLDM defaults (10 steps, guidance 2.5) where the command line's image defaults would differ.
+    let defaults = AudioRequest::default();
     let request = AudioRequest {
         prompt: settled.prompt,
         negative_prompt: args.negative_prompt.clone(),
         audio_length_s: args.audio_length,
-        // diffusers' AudioLDM defaults where the command line's image defaults would differ.
-        steps: given_or("steps", args.steps as f64, 10.0) as usize,
-        guidance_scale: given_or("guidance", args.guidance, 2.5),
+        steps: if was_given("steps") {
+            args.steps
+        } else {
+            defaults.steps
+        },
+        guidance_scale: if was_given("guidance") {
+            args.guidance
+        } else {
+            defaults.guidance_scale
+        },
         num_waveforms: args.num_images,
         eta: args.eta,
         scheduler,
         latents,
-        ..AudioRequest::default()
+        ..defaults
     };
     let plan = pipe.plan(&request).map_err(rename)?;
     let mut noise: Box<dyn NoiseSource> = match args.rng {
