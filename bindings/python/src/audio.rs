@@ -14,7 +14,7 @@ use pyo3::types::PyBytes;
 
 use crate::errors;
 use crate::generator::Generator;
-use crate::pipeline::{lock, variant_named};
+use crate::pipeline::{change_options, lock, variant_named};
 use crate::tensors;
 
 /// A tensor as `(f32 bytes, shape)`.
@@ -73,16 +73,7 @@ impl AudioPipeline {
     /// Moves the pipeline to `device` and/or `dtype`; the weights are read again on next use if either changed.
     #[pyo3(signature = (device = None, dtype = None))]
     fn set_options(&self, device: Option<&str>, dtype: Option<&str>) -> PyResult<()> {
-        let mut options = lock(&self.options);
-        let mut changed = options.clone();
-        if let Some(device) = device {
-            changed.device = device_from_name(device).map_err(errors::to_py)?;
-        }
-        if let Some(dtype) = dtype {
-            changed.dtype = dtype_from_name(dtype).map_err(errors::to_py)?;
-        }
-        if !changed.device.same_device(&options.device) || changed.dtype != options.dtype {
-            *options = changed;
+        if change_options(&self.options, device, dtype)? {
             *lock(&self.loaded) = None;
         }
         Ok(())

@@ -51,6 +51,27 @@ pub(crate) fn variant_named(name: Option<&str>) -> PyResult<Variant> {
     }
 }
 
+/// Sets `device` and/or `dtype` in `options`; whether either changed (the weights must then be read again).
+pub(crate) fn change_options(
+    options: &Mutex<LoadOptions>,
+    device: Option<&str>,
+    dtype: Option<&str>,
+) -> PyResult<bool> {
+    let mut options = lock(options);
+    let mut changed = options.clone();
+    if let Some(device) = device {
+        changed.device = device_from_name(device).map_err(errors::to_py)?;
+    }
+    if let Some(dtype) = dtype {
+        changed.dtype = dtype_from_name(dtype).map_err(errors::to_py)?;
+    }
+    let differs = !changed.device.same_device(&options.device) || changed.dtype != options.dtype;
+    if differs {
+        *options = changed;
+    }
+    Ok(differs)
+}
+
 #[pymethods]
 impl Pipeline {
     /// Opens `model` (a diffusers folder, a Hub id, or one `.safetensors` checkpoint) and reads its
@@ -111,16 +132,7 @@ impl Pipeline {
     /// changed.
     #[pyo3(signature = (device = None, dtype = None))]
     fn set_options(&self, device: Option<&str>, dtype: Option<&str>) -> PyResult<()> {
-        let mut options = lock(&self.options);
-        let mut changed = options.clone();
-        if let Some(device) = device {
-            changed.device = device_from_name(device).map_err(errors::to_py)?;
-        }
-        if let Some(dtype) = dtype {
-            changed.dtype = dtype_from_name(dtype).map_err(errors::to_py)?;
-        }
-        if !changed.device.same_device(&options.device) || changed.dtype != options.dtype {
-            *options = changed;
+        if change_options(&self.options, device, dtype)? {
             *lock(&self.loaded) = None;
         }
         Ok(())

@@ -147,33 +147,13 @@ impl Draft {
     /// Checks the draft against the limits and the model, and makes the job's spec.
     pub fn into_spec(mut self, limits: &Limits, fields: &FieldNames) -> Result<JobSpec, ApiError> {
         let request = &mut self.request;
-        for (name, text) in [
-            ("prompt", &request.prompt),
-            ("negative_prompt", &request.negative_prompt),
-        ] {
-            let chars = text.chars().count();
-            if chars > limits.max_prompt_chars {
-                return Err(ApiError::bad_field(
-                    name,
-                    format!("{chars} characters; at most {}", limits.max_prompt_chars),
-                ));
-            }
-        }
-        if request.steps == 0 || request.steps > limits.max_steps {
-            return Err(ApiError::bad_field(
-                fields.steps,
-                format!("{}: must be from 1 to {}", request.steps, limits.max_steps),
-            ));
-        }
-        if self.images == 0 || self.images > limits.max_images {
-            return Err(ApiError::bad_field(
-                fields.images,
-                format!(
-                    "{} images: must be from 1 to {}",
-                    self.images, limits.max_images
-                ),
-            ));
-        }
+        check_limits(
+            limits,
+            fields,
+            [&request.prompt, &request.negative_prompt],
+            request.steps,
+            (self.images, "images"),
+        )?;
         let pipeline = self.model.image("model")?;
         let (width, height) = pipeline
             .output_size(request)
@@ -233,33 +213,13 @@ impl AudioDraft {
             ));
         };
         let request = &mut self.request;
-        for (name, text) in [
-            ("prompt", &request.prompt),
-            ("negative_prompt", &request.negative_prompt),
-        ] {
-            let chars = text.chars().count();
-            if chars > limits.max_prompt_chars {
-                return Err(ApiError::bad_field(
-                    name,
-                    format!("{chars} characters; at most {}", limits.max_prompt_chars),
-                ));
-            }
-        }
-        if request.steps == 0 || request.steps > limits.max_steps {
-            return Err(ApiError::bad_field(
-                fields.steps,
-                format!("{}: must be from 1 to {}", request.steps, limits.max_steps),
-            ));
-        }
-        if request.num_waveforms == 0 || request.num_waveforms > limits.max_images {
-            return Err(ApiError::bad_field(
-                fields.images,
-                format!(
-                    "{} waveforms: must be from 1 to {}",
-                    request.num_waveforms, limits.max_images
-                ),
-            ));
-        }
+        check_limits(
+            limits,
+            fields,
+            [&request.prompt, &request.negative_prompt],
+            request.steps,
+            (request.num_waveforms, "waveforms"),
+        )?;
         if let Some(name) = self
             .scheduler
             .as_deref()
@@ -284,6 +244,39 @@ impl AudioDraft {
             rng: RngKind::Cpu,
         })
     }
+}
+
+/// The server's limits every generation request meets: prompt and negative prompt lengths, steps, and the
+/// number of outputs (`count`, named `what` in the message).
+fn check_limits(
+    limits: &Limits,
+    fields: &FieldNames,
+    texts: [&String; 2],
+    steps: usize,
+    (count, what): (usize, &str),
+) -> Result<(), ApiError> {
+    for (name, text) in ["prompt", "negative_prompt"].into_iter().zip(texts) {
+        let chars = text.chars().count();
+        if chars > limits.max_prompt_chars {
+            return Err(ApiError::bad_field(
+                name,
+                format!("{chars} characters; at most {}", limits.max_prompt_chars),
+            ));
+        }
+    }
+    if steps == 0 || steps > limits.max_steps {
+        return Err(ApiError::bad_field(
+            fields.steps,
+            format!("{steps}: must be from 1 to {}", limits.max_steps),
+        ));
+    }
+    if count == 0 || count > limits.max_images {
+        return Err(ApiError::bad_field(
+            fields.images,
+            format!("{count} {what}: must be from 1 to {}", limits.max_images),
+        ));
+    }
+    Ok(())
 }
 
 /// Builds the schedule once, as the pipeline will, so that a step count the scheduler refuses, or a strength

@@ -24,7 +24,7 @@ use super::input::{parse_json, AudioDraft, Draft, FieldNames, Seed};
 use super::uploads::{self, MaskRule};
 use super::SharedState;
 use crate::error::ApiError;
-use crate::jobs::job::{CancelReason, Job, JobStatus};
+use crate::jobs::job::{CancelReason, ImageOutput, Job, JobStatus};
 use crate::jobs::spec::{RngKind, SeedMode};
 
 const FIELDS: FieldNames = FieldNames {
@@ -354,23 +354,36 @@ fn png(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "image/png")], bytes).into_response()
 }
 
+/// What `pick` takes from output `file` (`{i}` followed by `extension`, which may be left out) of job `id`; a
+/// 404 naming `what` when there is no such output or it holds none.
+fn output_part<T>(
+    state: &SharedState,
+    (id, file): (&str, &str),
+    (extension, what): (&str, &str),
+    pick: impl FnOnce(&ImageOutput) -> Option<T>,
+) -> Result<T, ApiError> {
+    let job = find(state, id)?;
+    let index: usize = file
+        .strip_suffix(extension)
+        .unwrap_or(file)
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no {what} {file:?}")))?;
+    job.status()
+        .outputs
+        .get(index)
+        .and_then(pick)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no {what} {index}")))
+}
+
 /// `GET /v1/jobs/{id}/images/{i}.png`.
 pub async fn image(
     State(state): State<SharedState>,
     Path((id, file)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let job = find(&state, &id)?;
-    let status = job.status();
-    let index: usize = file
-        .strip_suffix(".png")
-        .unwrap_or(&file)
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no image {file:?}")))?;
-    let image = status
-        .outputs
-        .get(index)
-        .ok_or_else(|| ApiError::not_found(format!("job {id} has no image {index}")))?;
-    Ok(png(image.png.clone()))
+    let bytes = output_part(&state, (&id, &file), (".png", "image"), |o| {
+        Some(o.png.clone())
+    })?;
+    Ok(png(bytes))
 }
 
 /// `GET /v1/jobs/{id}/audio/{i}.wav`: an audio job's waveform.
@@ -378,18 +391,7 @@ pub async fn audio(
     State(state): State<SharedState>,
     Path((id, file)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let job = find(&state, &id)?;
-    let status = job.status();
-    let index: usize = file
-        .strip_suffix(".wav")
-        .unwrap_or(&file)
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no audio {file:?}")))?;
-    let wav = status
-        .outputs
-        .get(index)
-        .and_then(|output| output.wav.clone())
-        .ok_or_else(|| ApiError::not_found(format!("job {id} has no audio {index}")))?;
+    let wav = output_part(&state, (&id, &file), (".wav", "audio"), |o| o.wav.clone())?;
     Ok(([(header::CONTENT_TYPE, "audio/wav")], wav).into_response())
 }
 

@@ -323,6 +323,11 @@ fn folders_whose_parts_do_not_fit_are_refused_by_name() {
         err.contains("upsample_rates/upsample_kernel_sizes"),
         "{err}"
     );
+    let dir = edited_copy("vocoder-dilation", "vocoder/config.json", |c| {
+        c["resblock_dilation_sizes"] = serde_json::json!([[1, 0, 5], [1, 3, 5]])
+    });
+    let err = load_error(&dir);
+    assert!(err.contains("resblock_dilation_sizes"), "{err}");
     let dir = edited_copy("class-embed", "unet/config.json", |c| {
         c["class_embed_type"] = "timestep".into()
     });

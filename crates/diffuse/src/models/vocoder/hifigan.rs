@@ -196,6 +196,17 @@ fn check(cfg: &HifiGanConfig) -> Result<()> {
         ));
     }
     if cfg
+        .resblock_dilation_sizes
+        .iter()
+        .any(|d| d.is_empty() || d.contains(&0))
+    {
+        return Err(reject(
+            "resblock_dilation_sizes",
+            format!("{:?}", cfg.resblock_dilation_sizes),
+            "non-empty lists of positive dilations",
+        ));
+    }
+    if cfg
         .resblock_kernel_sizes
         .iter()
         .any(|k| k.is_multiple_of(2))
