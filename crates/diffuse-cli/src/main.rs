@@ -55,6 +55,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Serve models over HTTP: OpenAI Images, AUTOMATIC1111 and a job API, and a web page at `/`.
     Serve(commands::serve::ServeArgs),
+    /// Run jobs from a Redis broker that `diffuse serve --broker` servers feed (scale-out).
+    Worker(commands::worker::WorkerArgs),
     /// Train a pipeline from scratch (shapes or a captioned image folder) or fine-tune a pipeline's UNet.
     Train(Box<commands::train::TrainArgs>),
 }
@@ -81,8 +83,8 @@ fn main() -> std::process::ExitCode {
     resolve_thread_count();
     let matches = Cli::command().get_matches();
     // DIFFUSE_LOG takes tracing's filter syntax ("info", "diffuse=debug"); the server logs each request and
-    // job at info by default, the other commands only warnings.
-    let default_level = if matches.subcommand_name() == Some("serve") {
+    // job at info by default (a worker each job), the other commands only warnings.
+    let default_level = if matches!(matches.subcommand_name(), Some("serve" | "worker")) {
         "info"
     } else {
         "warn"
@@ -108,6 +110,7 @@ fn main() -> std::process::ExitCode {
         Command::Info(args) => commands::info::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Worker(args) => commands::worker::run(args),
         Command::Train(args) => commands::train::run(*args),
     };
     match result {

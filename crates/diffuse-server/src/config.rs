@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use diffuse::loaders::LoadOptions;
 
+use crate::broker::BrokerConfig;
 use crate::error::ServerError;
 
 /// One model to serve: the name requests use, and its diffusers folder (never shown to clients).
@@ -99,9 +100,10 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// The Bearer key every API request must carry; required to listen on a non-loopback address.
     pub api_key: Option<String>,
-    /// Generation threads (each runs one job at a time).
+    /// Generation threads (each runs one job at a time); with a broker, 0 serves the API only.
     pub workers: usize,
-    /// Jobs that may wait for a worker; beyond that requests get 429 with Retry-After.
+    /// Jobs that may wait for a worker (with a broker: per model); beyond that requests get 429 with
+    /// Retry-After.
     pub queue_capacity: usize,
     /// Finished jobs kept for `GET /v1/jobs/{id}` and image URLs; the oldest are forgotten first.
     pub retained_jobs: usize,
@@ -122,6 +124,9 @@ pub struct ServerConfig {
     /// TAESD (a folder, a Hub id, or `taesd` for the published one matching each model) to draw live previews
     /// with instead of the linear latent projection; final images still come from each model's VAE.
     pub preview_decoder: Option<String>,
+    /// The broker jobs go through (shared with other servers and `diffuse worker` processes); `None` keeps
+    /// them in this process.
+    pub broker: Option<BrokerConfig>,
 }
 
 impl ServerConfig {
@@ -141,25 +146,13 @@ impl ServerConfig {
             lora_dir: None,
             embeddings_dir: None,
             preview_decoder: None,
+            broker: None,
         }
     }
 
     /// Checks the options against each other; the message names the option to change.
     pub fn validate(&self) -> Result<(), ServerError> {
-        if self.models.is_empty() {
-            return Err(ServerError::Config(
-                "no model to serve: give --model".into(),
-            ));
-        }
-        for (i, model) in self.models.iter().enumerate() {
-            model.check_name()?;
-            if self.models[..i].iter().any(|m| m.name == model.name) {
-                return Err(ServerError::Config(format!(
-                    "--model: two models are named {:?}; name them with NAME=PATH",
-                    model.name
-                )));
-            }
-        }
+        validate_models(&self.models)?;
         for (alias, model) in &self.openai_aliases {
             if !self.models.iter().any(|m| &m.name == model) {
                 return Err(ServerError::Config(format!(
@@ -176,8 +169,14 @@ impl ServerConfig {
         if matches!(&self.api_key, Some(key) if key.trim().is_empty()) {
             return Err(ServerError::Config("--api-key: must not be empty".into()));
         }
+        if let Some(broker) = &self.broker {
+            broker.validate()?;
+        } else if self.workers == 0 {
+            return Err(ServerError::Config(
+                "--workers: must be at least 1 (0, an API-only server, needs --broker)".into(),
+            ));
+        }
         let positive = [
-            ("--workers", self.workers),
             ("--queue-capacity", self.queue_capacity),
             ("--max-images", self.limits.max_images),
             ("--max-steps", self.limits.max_steps),
@@ -191,4 +190,23 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// Checks that there is a model, that each name is valid, and that no two share one.
+pub fn validate_models(models: &[ModelSpec]) -> Result<(), ServerError> {
+    if models.is_empty() {
+        return Err(ServerError::Config(
+            "no model to serve: give --model".into(),
+        ));
+    }
+    for (i, model) in models.iter().enumerate() {
+        model.check_name()?;
+        if models[..i].iter().any(|m| m.name == model.name) {
+            return Err(ServerError::Config(format!(
+                "--model: two models are named {:?}; name them with NAME=PATH",
+                model.name
+            )));
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! interrupt, and at shutdown after a grace period.
 
 pub mod api;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod registry;
 mod server;
 
+pub use broker::BrokerConfig;
 pub use config::{Limits, ModelSpec, ServerConfig};
 pub use error::{ApiError, ServerError};
-pub use server::{run_until_signal, Server};
+pub use server::{run_until_signal, run_worker_until_signal, Server, WorkerConfig};

@@ -1,5 +1,6 @@
 //! Counters and histograms for `GET /metrics`, in the Prometheus text format.
 
+use crate::broker::client::{BrokerHealth, StreamStats};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +102,8 @@ pub struct Gauges {
     pub workers: usize,
     /// Loaded models.
     pub models: usize,
+    /// The broker, when jobs go through one.
+    pub broker: Option<BrokerHealth>,
 }
 
 impl Default for Metrics {
@@ -234,6 +237,9 @@ impl Metrics {
             "diffuse_job_seconds",
             "Time from submission to the end of a job.",
         );
+        if let Some(broker) = &gauges.broker {
+            render_broker(&mut out, broker);
+        }
         let _ = writeln!(
             out,
             "# HELP diffuse_http_responses_total HTTP responses, by status.\n\
@@ -248,4 +254,47 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The broker's rows: whether it answers, each model's stream, claims and workers seen.
+fn render_broker(out: &mut String, broker: &BrokerHealth) {
+    let up = matches!(broker, BrokerHealth::Reachable(_)) as u8;
+    let _ = writeln!(
+        out,
+        "# HELP diffuse_broker_up Whether the job broker answered.\n# TYPE diffuse_broker_up gauge\n\
+         diffuse_broker_up {up}"
+    );
+    let BrokerHealth::Reachable(stats) = broker else {
+        return;
+    };
+    for (name, help, pick) in [
+        (
+            "diffuse_broker_stream_length",
+            "Jobs in a model's stream (waiting or running).",
+            (|s: &StreamStats| s.length) as fn(&StreamStats) -> u64,
+        ),
+        (
+            "diffuse_broker_waiting",
+            "Jobs of a model waiting for a worker.",
+            |s| s.waiting,
+        ),
+        (
+            "diffuse_broker_pending",
+            "Jobs of a model delivered to a worker and not yet acknowledged.",
+            |s| s.pending,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for stream in &stats.streams {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", stream.model, pick(stream));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP diffuse_broker_claimed_total Jobs taken over from workers that stopped.\n\
+         # TYPE diffuse_broker_claimed_total counter\ndiffuse_broker_claimed_total {}\n\
+         # HELP diffuse_broker_workers_seen Workers that sent a heartbeat in the last minute.\n\
+         # TYPE diffuse_broker_workers_seen gauge\ndiffuse_broker_workers_seen {}",
+        stats.claimed_total, stats.workers_seen
+    );
 }

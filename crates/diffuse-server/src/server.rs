@@ -1,6 +1,7 @@
 //! Starting and stopping the server: load the models, start the workers, bind, serve, shut down gracefully.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState};
-use crate::config::ServerConfig;
+use crate::broker::client::BrokerClient;
+use crate::broker::worker::WorkerContext;
+use crate::broker::BrokerConfig;
+use crate::config::{Limits, ModelSpec, ServerConfig};
 use crate::error::ServerError;
 use crate::jobs::Engine;
 use crate::metrics::Metrics;
@@ -48,18 +52,39 @@ impl Server {
             source,
         })?;
         let metrics = Arc::new(Metrics::default());
-        let engine = Engine::start(
-            config.workers,
-            config.queue_capacity,
-            config.retained_jobs,
-            metrics.clone(),
-        )
+        let registry = Arc::new(registry);
+        let engine = match &config.broker {
+            Some(broker) => {
+                let client = BrokerClient::connect(broker.clone())?;
+                tracing::info!("jobs go through the broker at {}", broker.redacted_url());
+                let context = Arc::new(WorkerContext {
+                    broker: broker.clone(),
+                    registry: registry.clone(),
+                    limits: config.limits.clone(),
+                    metrics: metrics.clone(),
+                    stop: Arc::new(AtomicBool::new(false)),
+                });
+                Engine::start_brokered(
+                    client,
+                    context,
+                    config.workers,
+                    config.queue_capacity,
+                    config.retained_jobs,
+                )
+            }
+            None => Engine::start(
+                config.workers,
+                config.queue_capacity,
+                config.retained_jobs,
+                metrics.clone(),
+            ),
+        }
         .map_err(|source| ServerError::Io {
             addr: addr.to_string(),
             source,
         })?;
         let state = Arc::new(AppState {
-            registry: Arc::new(registry),
+            registry,
             engine: engine.clone(),
             metrics,
             limits: config.limits.clone(),
@@ -161,4 +186,79 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Everything `diffuse worker` is started with.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The broker to take jobs from.
+    pub broker: BrokerConfig,
+    /// The models whose streams this worker reads, named as the servers name them.
+    pub models: Vec<ModelSpec>,
+    /// How models are loaded.
+    pub load: diffuse::loaders::LoadOptions,
+    /// Generation threads.
+    pub threads: usize,
+    /// The limits jobs are validated against again (as the servers' are).
+    pub limits: Limits,
+    /// The folder LoRAs are named from.
+    pub lora_dir: Option<std::path::PathBuf>,
+    /// The folder of textual-inversion embeddings.
+    pub embeddings_dir: Option<std::path::PathBuf>,
+    /// TAESD for previews (see [`ServerConfig::preview_decoder`]).
+    pub preview_decoder: Option<String>,
+}
+
+/// Runs broker workers until Ctrl-C or SIGTERM, then lets each finish its current job and returns. `on_ready`
+/// is told the worker count once the models are loaded and the workers read their streams.
+pub fn run_worker_until_signal(
+    config: WorkerConfig,
+    on_ready: impl FnOnce(usize),
+) -> Result<(), ServerError> {
+    config.broker.validate()?;
+    if config.threads == 0 {
+        return Err(ServerError::Config("--workers: must be at least 1".into()));
+    }
+    crate::config::validate_models(&config.models)?;
+    let extras = ModelExtras {
+        lora_dir: config.lora_dir.clone(),
+        embeddings_dir: config.embeddings_dir.clone(),
+        preview_decoder: config.preview_decoder.clone(),
+    };
+    let registry = Registry::load(&config.models, &config.load, &extras)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Io {
+            addr: config.broker.redacted_url(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let signal = shutdown_signal();
+        let stop = Arc::new(AtomicBool::new(false));
+        let context = Arc::new(WorkerContext {
+            broker: config.broker.clone(),
+            registry: Arc::new(registry),
+            limits: config.limits.clone(),
+            metrics: Arc::new(Metrics::default()),
+            stop: stop.clone(),
+        });
+        let handles = crate::broker::worker::spawn(context, config.threads).map_err(|source| {
+            ServerError::Io {
+                addr: config.broker.redacted_url(),
+                source,
+            }
+        })?;
+        on_ready(handles.len());
+        signal.await;
+        tracing::info!("stopping: each worker finishes its current job");
+        stop.store(true, Ordering::SeqCst);
+        tokio::task::spawn_blocking(move || {
+            for handle in handles {
+                let _ = handle.join();
+            }
+        })
+        .await
+        .map_err(|e| ServerError::Config(format!("a worker thread failed: {e}")))
+    })
 }

@@ -9,7 +9,9 @@ mod flags;
 pub mod generate;
 pub mod info;
 pub mod serve;
+mod serving;
 pub mod train;
+pub mod worker;
 
 /// The model used when `--model` is not given: `DIFFUSE_MODEL` if set, else the bundled model (inside the
 /// binary, written out to the cache on first use).

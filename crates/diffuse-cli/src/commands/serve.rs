@@ -6,33 +6,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use diffuse_server::{Limits, ModelSpec, ServerConfig};
+use diffuse_server::ServerConfig;
+
+use super::serving::{DeliveryArgs, LimitArgs, ModelArgs};
 
 /// Arguments of `diffuse serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A model to serve, `MODEL` or `NAME=MODEL`: a diffusers folder, a Hub id (from the local cache) or a
-    /// single `.safetensors` checkpoint; repeat for several, the first is the default. Without it: the
-    /// bundled model.
-    #[arg(long = "model", value_name = "[NAME=]MODEL")]
-    models: Vec<String>,
+    #[command(flatten)]
+    models: ModelArgs,
     /// Answer an OpenAI model name with a served model, `ALIAS=NAME` (e.g. `dall-e-3=sd15`; `*=NAME` for
     /// every unknown name); repeatable. Without it, unknown model names are refused.
     #[arg(long = "openai-model-alias", value_name = "ALIAS=NAME")]
     openai_aliases: Vec<String>,
-    /// The folder LoRAs are named from: `<lora:NAME:W>` prompt tags and the native API's `loras` field
-    /// resolve NAME to NAME.safetensors there (subfolders included); requests never give paths.
-    #[arg(long, value_name = "DIR")]
-    lora_dir: Option<std::path::PathBuf>,
-    /// The folder of textual-inversion embeddings (`.safetensors`), each used where a prompt names its file's
-    /// stem, on every API.
-    #[arg(long, value_name = "DIR")]
-    embeddings_dir: Option<std::path::PathBuf>,
-    /// Draw live previews with TAESD (diffusers' `AutoencoderTiny`) instead of the cheap latent projection: a
-    /// folder, a Hub id, or `taesd` for madebyollin/taesd (taesdxl on SDXL models). Final images still come
-    /// from each model's VAE.
-    #[arg(long, id = "preview decoder", value_name = "FOLDER|HUB_ID|taesd")]
-    preview_decoder: Option<String>,
     /// Address to listen on; anything but loopback needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -42,47 +28,42 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every API request.
     #[arg(long, env = "DIFFUSE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Generation threads.
+    /// Send jobs through a Redis broker shared with other servers and `diffuse worker` processes:
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (the password is never logged). Without it, jobs stay in this
+    /// process.
+    #[arg(
+        long,
+        env = "DIFFUSE_BROKER",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    broker: Option<String>,
+    /// Generation threads; with --broker, 0 serves the API only (workers run elsewhere).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Jobs that may wait; beyond that requests get 429.
+    /// Jobs that may wait (with --broker: per model, in the broker); beyond that requests get 429.
     #[arg(long, default_value_t = 64)]
     queue_capacity: usize,
-    /// Finished jobs kept for their status and image URLs.
+    /// Finished jobs kept in memory for their status and image URLs (with --broker they are also kept in
+    /// the broker for --result-ttl).
     #[arg(long, default_value_t = 100)]
     retained_jobs: usize,
-    /// Seconds running jobs may take to finish at shutdown before they are cancelled.
+    /// Seconds running jobs may take to finish at shutdown before they are cancelled (with --broker: before
+    /// they are left to another worker).
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
     /// Largest request body, in MiB.
     #[arg(long, default_value_t = 32)]
     max_body_mib: usize,
-    /// Most images per request.
-    #[arg(long, default_value_t = Limits::default().max_images)]
-    max_images: usize,
-    /// Most denoising steps per request.
-    #[arg(long, default_value_t = Limits::default().max_steps)]
-    max_steps: usize,
-    /// Largest output width or height.
-    #[arg(long, default_value_t = Limits::default().max_side)]
-    max_side: usize,
-    /// Largest output width × height.
-    #[arg(long, default_value_t = Limits::default().max_pixels)]
-    max_pixels: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Starts the server and serves until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<()> {
-    let models = if args.models.is_empty() {
-        let path = super::default_model()?;
-        vec![ModelSpec::parse(&path.to_string_lossy())?]
-    } else {
-        args.models
-            .iter()
-            .map(|m| ModelSpec::parse(m))
-            .collect::<Result<_, _>>()?
-    };
-    let mut config = ServerConfig::new(models);
+    let mut config = ServerConfig::new(args.models.specs()?);
     config.addr = SocketAddr::new(args.host, args.port);
     config.api_key = args.api_key;
     config.workers = args.workers;
@@ -98,35 +79,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("--openai-model-alias {pair:?}: expected ALIAS=NAME"))
         })
         .collect::<Result<_>>()?;
-    if let Some(dir) = &args.lora_dir {
-        if !dir.is_dir() {
-            anyhow::bail!("invalid --lora-dir: {} is not a folder", dir.display());
-        }
-    }
-    config.lora_dir = args.lora_dir;
-    if let Some(dir) = &args.embeddings_dir {
-        if !dir.is_dir() {
-            anyhow::bail!(
-                "invalid --embeddings-dir: {} is not a folder",
-                dir.display()
-            );
-        }
-    }
-    config.embeddings_dir = args.embeddings_dir;
-    // A folder or Hub id is checked now, so that its error names the flag (`taesd` depends on each model).
-    if let Some(spec) = args.preview_decoder.as_deref().filter(|s| *s != "taesd") {
-        diffuse::loaders::hub::resolve_model_folder(spec, "preview decoder")
-            .with_context(|| format!("--preview-decoder {spec}"))?;
-    }
-    config.preview_decoder = args.preview_decoder;
-    config.limits = Limits {
+    config.lora_dir = args.models.lora_dir;
+    config.embeddings_dir = args.models.embeddings_dir;
+    config.preview_decoder = args.models.preview_decoder;
+    config.limits = diffuse_server::Limits {
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
-        max_images: args.max_images,
-        max_steps: args.max_steps,
-        max_side: args.max_side,
-        max_pixels: args.max_pixels,
-        ..Limits::default()
+        ..args.limits.limits()
     };
+    config.broker = args.broker.map(|url| args.delivery.config(url));
     diffuse_server::run_until_signal(config, |addr| {
         println!("diffuse serve: listening on http://{addr}");
         let _ = std::io::stdout().flush();

@@ -3,6 +3,7 @@
 mod audio;
 mod generate;
 mod info;
+mod scale_out;
 mod serve;
 mod single_file;
 mod train;

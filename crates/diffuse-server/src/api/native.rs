@@ -27,7 +27,8 @@ use crate::error::ApiError;
 use crate::jobs::job::{CancelReason, ImageOutput, Job, JobStatus};
 use crate::jobs::spec::{RngKind, SeedMode};
 
-const FIELDS: FieldNames = FieldNames {
+/// The native API's field names (also the names a worker's re-validation of a brokered job reports).
+pub(crate) const FIELDS: FieldNames = FieldNames {
     steps: "steps",
     guidance: "guidance",
     width: "width",
@@ -171,7 +172,7 @@ pub async fn create(
     let model = state.registry.get(body.model.as_deref(), "model")?;
     if model.is_audio() || body.audio_length_s.is_some() {
         let spec = audio_spec(&state, model, body)?;
-        return submitted(&state, spec);
+        return submitted(&state, spec).await;
     }
     let init = match body.image.clone() {
         Some(text) => {
@@ -249,13 +250,16 @@ pub async fn create(
         scheduler: body.scheduler,
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
-    submitted(&state, spec)
+    submitted(&state, spec).await
 }
 
 /// Queues `spec` and answers 202 with the job, its seed and its URL.
-fn submitted(state: &SharedState, spec: crate::jobs::spec::JobSpec) -> Result<Response, ApiError> {
+async fn submitted(
+    state: &SharedState,
+    spec: crate::jobs::spec::JobSpec,
+) -> Result<Response, ApiError> {
     let seed = spec.seed;
-    let job = state.engine.submit(spec)?;
+    let job = state.engine.submit(spec).await?;
     let url = format!("/v1/jobs/{}", job.id);
     let mut body = describe(state, &job, &job.status(), false);
     if let Some(object) = body.as_object_mut() {
@@ -264,8 +268,8 @@ fn submitted(state: &SharedState, spec: crate::jobs::spec::JobSpec) -> Result<Re
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, url)], Json(body)).into_response())
 }
 
-fn find(state: &SharedState, id: &str) -> Result<std::sync::Arc<Job>, ApiError> {
-    state.engine.store.get(id).ok_or_else(|| {
+async fn find(state: &SharedState, id: &str) -> Result<std::sync::Arc<Job>, ApiError> {
+    state.engine.find(id).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "no job {id:?} (finished jobs are kept for a while)"
         ))
@@ -310,7 +314,7 @@ fn describe(state: &SharedState, job: &Job, status: &JobStatus, preview: bool) -
         "prompt": job.prompt,
         "state": status.state,
         "progress": {"step": status.step, "total": status.total_steps, "fraction": status.fraction()},
-        "queue_position": state.engine.queue.position(&job.id),
+        "queue_position": state.engine.queue_position(&job.id),
         "preview": preview,
         "images": images,
         "error": status.error.as_ref().map(|e| json!({
@@ -328,7 +332,7 @@ pub async fn get(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = find(&state, &id)?;
+    let job = find(&state, &id).await?;
     Ok(Json(describe(&state, &job, &job.status(), true)))
 }
 
@@ -337,12 +341,12 @@ pub async fn delete(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = find(&state, &id)?;
+    let job = find(&state, &id).await?;
     if job.status().state.is_terminal() {
-        state.engine.store.remove(&id);
+        state.engine.forget(&id).await?;
         return Ok((StatusCode::OK, Json(json!({"id": id, "deleted": true}))).into_response());
     }
-    state.engine.cancel(&job, CancelReason::Requested);
+    state.engine.cancel(&job, CancelReason::Requested).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(describe(&state, &job, &job.status(), false)),
@@ -356,13 +360,13 @@ fn png(bytes: Vec<u8>) -> Response {
 
 /// What `pick` takes from output `file` (`{i}` followed by `extension`, which may be left out) of job `id`; a
 /// 404 naming `what` when there is no such output or it holds none.
-fn output_part<T>(
+async fn output_part<T>(
     state: &SharedState,
     (id, file): (&str, &str),
     (extension, what): (&str, &str),
     pick: impl FnOnce(&ImageOutput) -> Option<T>,
 ) -> Result<T, ApiError> {
-    let job = find(state, id)?;
+    let job = find(state, id).await?;
     let index: usize = file
         .strip_suffix(extension)
         .unwrap_or(file)
@@ -382,7 +386,8 @@ pub async fn image(
 ) -> Result<Response, ApiError> {
     let bytes = output_part(&state, (&id, &file), (".png", "image"), |o| {
         Some(o.png.clone())
-    })?;
+    })
+    .await?;
     Ok(png(bytes))
 }
 
@@ -391,7 +396,7 @@ pub async fn audio(
     State(state): State<SharedState>,
     Path((id, file)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let wav = output_part(&state, (&id, &file), (".wav", "audio"), |o| o.wav.clone())?;
+    let wav = output_part(&state, (&id, &file), (".wav", "audio"), |o| o.wav.clone()).await?;
     Ok(([(header::CONTENT_TYPE, "audio/wav")], wav).into_response())
 }
 
@@ -400,7 +405,7 @@ pub async fn preview(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = find(&state, &id)?;
+    let job = find(&state, &id).await?;
     let preview = job
         .status()
         .preview
@@ -414,7 +419,7 @@ pub async fn events(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let job = find(&state, &id)?;
+    let job = find(&state, &id).await?;
     let updates = job.subscribe();
     let stream = stream::unfold(Some((state, job, updates, true)), |step| async move {
         let (state, job, mut updates, first) = step?;

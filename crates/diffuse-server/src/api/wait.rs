@@ -24,7 +24,12 @@ impl CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if self.armed && !self.job.status().state.is_terminal() {
-            self.engine.cancel(&self.job, CancelReason::ClientGone);
+            let engine = self.engine.clone();
+            let job = self.job.clone();
+            // A broker may be away: the cancel is retried by no one, and the job then simply runs to its end.
+            tokio::spawn(async move {
+                let _ = engine.cancel(&job, CancelReason::ClientGone).await;
+            });
         }
     }
 }
@@ -35,7 +40,7 @@ pub async fn run_to_end(
     engine: &Arc<Engine>,
     spec: JobSpec,
 ) -> Result<(Arc<Job>, JobStatus), ApiError> {
-    let job = engine.submit(spec)?;
+    let job = engine.submit(spec).await?;
     let guard = CancelOnDrop {
         engine: engine.clone(),
         job: job.clone(),

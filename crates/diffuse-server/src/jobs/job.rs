@@ -1,6 +1,6 @@
 //! One generation job: its immutable description, its cancel flag, and its status, which clients watch.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -156,6 +156,8 @@ pub struct Job {
     early: AtomicU8,
     status: watch::Sender<JobStatus>,
     submitted: Instant,
+    /// For a job mirrored from the broker: the number of the preview last fetched.
+    pub(crate) preview_seq: AtomicU64,
 }
 
 impl Job {
@@ -181,6 +183,22 @@ impl Job {
             early: AtomicU8::new(0),
             status: watch::channel(status).0,
             submitted: Instant::now(),
+            preview_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// A job another process runs, seen through the broker: no spec, and a status the broker's changes update.
+    pub(crate) fn mirror(id: String, model: String, prompt: String, status: JobStatus) -> Self {
+        Self {
+            id,
+            model,
+            prompt,
+            spec: Mutex::new(None),
+            cancel: AtomicU8::new(0),
+            early: AtomicU8::new(0),
+            status: watch::channel(status).0,
+            submitted: Instant::now(),
+            preview_seq: AtomicU64::new(0),
         }
     }
 
@@ -251,12 +269,34 @@ impl Job {
         self.status.send_modify(change);
     }
 
+    /// Changes the status unless the job has ended (a mirror's late news never reopens it).
+    pub(crate) fn update_unless_ended(&self, change: impl FnOnce(&mut JobStatus)) {
+        self.status.send_if_modified(|status| {
+            if status.state.is_terminal() {
+                return false;
+            }
+            change(status);
+            true
+        });
+    }
+
     /// Ends the job unless it already ended; returns whether this call ended it.
     pub(crate) fn finish(
         &self,
         state: JobState,
         outputs: Vec<ImageOutput>,
         error: Option<ApiError>,
+    ) -> bool {
+        self.finish_at(state, outputs, error, crate::clock::unix_seconds())
+    }
+
+    /// [`Job::finish`] with the time it ended (Unix seconds).
+    pub(crate) fn finish_at(
+        &self,
+        state: JobState,
+        outputs: Vec<ImageOutput>,
+        error: Option<ApiError>,
+        finished_at: f64,
     ) -> bool {
         let mut ended = false;
         self.status.send_if_modified(|status| {
@@ -266,7 +306,7 @@ impl Job {
             status.state = state;
             status.outputs = Arc::new(outputs);
             status.error = error;
-            status.finished_at = Some(crate::clock::unix_seconds());
+            status.finished_at = Some(finished_at);
             if state == JobState::Succeeded {
                 status.step = status.total_steps;
             }

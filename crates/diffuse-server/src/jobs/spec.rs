@@ -13,7 +13,8 @@ use diffuse::schedulers::a1111_sampler_of;
 use crate::registry::{LoadedModel, Pipeline};
 
 /// Which generator draws the noise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RngKind {
     /// torch's CPU generator, as diffusers with `torch.Generator("cpu")` (A1111's "CPU").
     Cpu,
@@ -22,7 +23,8 @@ pub enum RngKind {
 }
 
 /// How seeds map to images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SeedMode {
     /// diffusers: one generator seeded once draws the whole batch (`num_images_per_prompt`).
     Batch,

@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use diffuse::pipelines::{Progress, Stop};
+use diffuse::pipelines::{AudioLdm, AudioRequest, Progress, Stop};
 
 use super::job::{EarlyEnd, ImageOutput, Job, JobState};
 use super::spec::JobSpec;
 use super::Engine;
 use crate::error::ApiError;
-use crate::metrics::Outcome;
+use crate::metrics::{Metrics, Outcome};
 
 /// Longest side of a preview, in pixels: latents are upsampled up to this.
 const PREVIEW_SIDE: usize = 256;
@@ -37,17 +37,32 @@ fn run_one(engine: &Engine, job: &Job) {
         s.started_at = Some(crate::clock::unix_seconds());
     });
     engine.running.fetch_add(1, Ordering::SeqCst);
-    let result = catch_unwind(AssertUnwindSafe(|| generate(engine, job, &spec)));
+    let (state, outputs, error) = execute(&engine.metrics, job, spec, &mut |_| {});
     engine.running.fetch_sub(1, Ordering::SeqCst);
+    engine.end(job, state, outputs, error);
+}
+
+/// How a generation ended: the job's final state, its outputs and the error of a failed job.
+pub(crate) type Ending = (JobState, Vec<ImageOutput>, Option<ApiError>);
+
+/// Runs `spec` for `job` (a panic is the job's failure, not the thread's), updating the job's status at every
+/// step and then calling `each_step` (which may ask the job to stop).
+pub(crate) fn execute(
+    metrics: &Metrics,
+    job: &Job,
+    spec: JobSpec,
+    each_step: &mut dyn FnMut(&Job),
+) -> Ending {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        generate(metrics, job, &spec, each_step)
+    }));
     drop(spec);
     match result {
-        Ok(Ok(outputs)) => engine.end(job, JobState::Succeeded, outputs, None),
-        Ok(Err(diffuse::Error::Cancelled)) => {
-            engine.end(job, JobState::Cancelled, Vec::new(), None)
-        }
+        Ok(Ok(outputs)) => (JobState::Succeeded, outputs, None),
+        Ok(Err(diffuse::Error::Cancelled)) => (JobState::Cancelled, Vec::new(), None),
         Ok(Err(e)) => {
             tracing::warn!("job {} failed: {e}", job.id);
-            engine.end(job, JobState::Failed, Vec::new(), Some(ApiError::from(e)))
+            (JobState::Failed, Vec::new(), Some(ApiError::from(e)))
         }
         Err(panic) => {
             let message = panic
@@ -56,8 +71,7 @@ fn run_one(engine: &Engine, job: &Job) {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
             tracing::error!("job {} panicked: {message}", job.id);
-            engine.end(
-                job,
+            (
                 JobState::Failed,
                 Vec::new(),
                 Some(ApiError::internal(format!("generation failed: {message}"))),
@@ -66,9 +80,14 @@ fn run_one(engine: &Engine, job: &Job) {
     }
 }
 
-fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<ImageOutput>> {
+fn generate(
+    metrics: &Metrics,
+    job: &Job,
+    spec: &JobSpec,
+    each_step: &mut dyn FnMut(&Job),
+) -> diffuse::Result<Vec<ImageOutput>> {
     if let Some((request, pipeline)) = spec.audio() {
-        return generate_audio(engine, job, spec, request, pipeline);
+        return generate_audio(metrics, job, spec, (request, pipeline), each_step);
     }
     let Some((request, pipeline)) = spec.image() else {
         return Err(diffuse::Error::invalid(
@@ -91,7 +110,7 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
         let mut noise = spec.noise(index);
         let mut last_step = Instant::now();
         let mut progress = |p: &Progress| {
-            engine.metrics.step(last_step.elapsed());
+            metrics.step(last_step.elapsed());
             let preview = preview_png(pipeline, p);
             job.update(|s| {
                 s.step = index * p.total + p.step;
@@ -100,14 +119,9 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
                     s.preview = preview;
                 }
             });
+            each_step(job);
             last_step = Instant::now();
-            if job.cancel_reason().is_some() {
-                ControlFlow::Break(Stop::Cancel)
-            } else if job.early_end().is_some() {
-                ControlFlow::Break(Stop::Finish)
-            } else {
-                ControlFlow::Continue(())
-            }
+            stop_or_continue(job)
         };
         let generated = pipeline.generate(request, noise.as_mut(), &mut progress)?;
         job.clear_skip();
@@ -130,29 +144,24 @@ fn generate(engine: &Engine, job: &Job, spec: &JobSpec) -> diffuse::Result<Vec<I
 /// An audio job: one generation of `num_waveforms` waveforms; each output is the WAV and its spectrogram's PNG,
 /// both with the generation parameters.
 fn generate_audio(
-    engine: &Engine,
+    metrics: &Metrics,
     job: &Job,
     spec: &JobSpec,
-    request: &diffuse::pipelines::AudioRequest,
-    pipeline: &diffuse::pipelines::AudioLdm,
+    (request, pipeline): (&AudioRequest, &AudioLdm),
+    each_step: &mut dyn FnMut(&Job),
 ) -> diffuse::Result<Vec<ImageOutput>> {
     let plan = pipeline.plan(request)?;
     let mut noise = spec.noise(0);
     let mut last_step = Instant::now();
     let mut progress = |p: &Progress| {
-        engine.metrics.step(last_step.elapsed());
+        metrics.step(last_step.elapsed());
         job.update(|s| {
             s.step = p.step;
             s.total_steps = p.total;
         });
+        each_step(job);
         last_step = Instant::now();
-        if job.cancel_reason().is_some() {
-            ControlFlow::Break(Stop::Cancel)
-        } else if job.early_end().is_some() {
-            ControlFlow::Break(Stop::Finish)
-        } else {
-            ControlFlow::Continue(())
-        }
+        stop_or_continue(job)
     };
     let generated = pipeline.generate(request, noise.as_mut(), &mut progress)?;
     let parameters = pipeline.audio_parameters(request, &plan, &spec.provenance(spec.seed));
@@ -174,6 +183,18 @@ fn generate_audio(
         });
     }
     Ok(outputs)
+}
+
+/// Whether the generation goes on after a step: it stops when the job was cancelled, and finishes with the
+/// image as it stands on A1111's skip or interrupt.
+fn stop_or_continue(job: &Job) -> ControlFlow<Stop> {
+    if job.cancel_reason().is_some() {
+        ControlFlow::Break(Stop::Cancel)
+    } else if job.early_end().is_some() {
+        ControlFlow::Break(Stop::Finish)
+    } else {
+        ControlFlow::Continue(())
+    }
 }
 
 /// The preview of the batch's first image (TAESD's decode when the model has one, else the cheap projection), as

@@ -108,7 +108,8 @@ async fn run(state: SharedState, raw: &[u8], img2img: bool) -> Result<Json<Value
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
     let info_base = info_base(&spec, batch_size);
     let (job, status) = run_to_end(&state.engine, spec).await?;
-    state.engine.store.remove(&job.id);
+    // The images are in the answer: nothing is lost if the broker cannot delete them now (they expire).
+    let _ = state.engine.forget(&job.id).await;
     let images: Vec<String> = if body.send_images.unwrap_or(true) {
         status
             .outputs

@@ -150,16 +150,16 @@ pub async fn progress(
 
 /// `POST /sdapi/v1/interrupt`: the running jobs end their current images as they stand and run no more; their
 /// clients get 200 with the images made so far, as A1111 answers.
-pub async fn interrupt(State(state): State<SharedState>) -> Json<Value> {
-    let stopped = state.engine.end_running_early(true);
-    Json(json!({"interrupted": stopped}))
+pub async fn interrupt(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let stopped = state.engine.end_running_early(true).await?;
+    Ok(Json(json!({"interrupted": stopped})))
 }
 
 /// `POST /sdapi/v1/skip`: the running jobs end their current images as they stand and go on with the next;
 /// answers `null`, as A1111 does.
-pub async fn skip(State(state): State<SharedState>) -> Json<Value> {
-    state.engine.end_running_early(false);
-    Json(Value::Null)
+pub async fn skip(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    state.engine.end_running_early(false).await?;
+    Ok(Json(Value::Null))
 }
 
 /// The body of `POST /sdapi/v1/png-info`.

@@ -220,11 +220,14 @@ async fn run(
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
     let (job, status) = run_to_end(&state.engine, spec).await?;
-    Ok(Json(respond(
-        &state,
-        &job,
-        &status,
-        form.response_format.unwrap_or_default(),
-        &headers,
-    )))
+    Ok(Json(
+        respond(
+            &state,
+            &job,
+            &status,
+            form.response_format.unwrap_or_default(),
+            &headers,
+        )
+        .await,
+    ))
 }

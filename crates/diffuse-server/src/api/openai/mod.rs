@@ -147,13 +147,16 @@ pub async fn generations(
     };
     let spec = draft.into_spec(&state.limits, &FIELDS)?;
     let (job, status) = run_to_end(&state.engine, spec).await?;
-    Ok(Json(respond(
-        &state,
-        &job,
-        &status,
-        body.response_format.unwrap_or_default(),
-        &headers,
-    )))
+    Ok(Json(
+        respond(
+            &state,
+            &job,
+            &status,
+            body.response_format.unwrap_or_default(),
+            &headers,
+        )
+        .await,
+    ))
 }
 
 /// The model an OpenAI request names: a served model, or one an alias maps the name to; an unknown name is
@@ -190,7 +193,7 @@ pub(super) fn served_model(
 }
 
 /// The OpenAI response; with `b64_json` the job is forgotten at once, with `url` it is kept for its images.
-pub(super) fn respond(
+pub(super) async fn respond(
     state: &SharedState,
     job: &Job,
     status: &JobStatus,
@@ -218,7 +221,8 @@ pub(super) fn respond(
         })
         .collect();
     if format == ResponseFormat::B64Json {
-        state.engine.store.remove(&job.id);
+        // The images are in the answer: nothing is lost if the broker cannot delete them now (they expire).
+        let _ = state.engine.forget(&job.id).await;
     }
     let size = status
         .outputs
