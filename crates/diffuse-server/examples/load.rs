@@ -6,7 +6,9 @@
 //!     --url http://127.0.0.1:7860 --requests 200 --concurrency 16 --pid SERVER_PID
 //! ```
 //! Requests rotate over the OpenAI, A1111 and native job endpoints. It stops by itself and exits non-zero on
-//! any 5xx, any accepted request without its image, or a transport error.
+//! any 5xx, any accepted request without its image, or a transport error. With `--digests FILE` it writes one
+//! line per request, `INDEX DIGEST` (a hash of the PNG's bytes, parameters included), so that two runs (e.g.
+//! in-process and through a broker) can be compared image for image.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +24,7 @@ struct Options {
     steps: usize,
     size: usize,
     pid: Option<u32>,
+    digests: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -32,6 +35,7 @@ fn options() -> Result<Options, String> {
         steps: 4,
         size: 64,
         pid: None,
+        digests: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -48,6 +52,7 @@ fn options() -> Result<Options, String> {
             "--steps" => o.steps = number()?,
             "--size" => o.size = number()?,
             "--pid" => o.pid = Some(number()? as u32),
+            "--digests" => o.digests = Some(value.clone()),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -67,8 +72,29 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// One request; returns its status and whether an accepted request yielded its image.
-async fn one(client: &reqwest::Client, o: &Options, i: usize) -> Result<(u16, bool), String> {
+/// A digest of an image's bytes (the standard hasher with its fixed keys: equal bytes, equal digests, within one
+/// build of this tool).
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+fn base64_digest(text: &Value) -> Option<u64> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.as_str()?)
+        .ok()?;
+    Some(digest(&bytes))
+}
+
+/// One request; returns its status and the digest of the image an accepted request yielded.
+async fn one(
+    client: &reqwest::Client,
+    o: &Options,
+    i: usize,
+) -> Result<(u16, Option<u64>), String> {
     let size = o.size;
     let (path, body) = match i % 3 {
         0 => (
@@ -95,8 +121,9 @@ async fn one(client: &reqwest::Client, o: &Options, i: usize) -> Result<(u16, bo
         .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let answer: Value = response.json().await.map_err(|e| e.to_string())?;
-    let complete = match status {
-        200 => answer["data"][0]["b64_json"].is_string() || answer["images"][0].is_string(),
+    let image = match status {
+        200 => base64_digest(&answer["data"][0]["b64_json"])
+            .or_else(|| base64_digest(&answer["images"][0])),
         202 => {
             let id = answer["id"].as_str().unwrap_or_default().to_string();
             loop {
@@ -112,14 +139,27 @@ async fn one(client: &reqwest::Client, o: &Options, i: usize) -> Result<(u16, bo
                     Some("queued") | Some("running") => {
                         tokio::time::sleep(Duration::from_millis(50)).await
                     }
-                    Some("succeeded") => break job["images"][0]["url"].is_string(),
-                    _ => break false,
+                    Some("succeeded") => {
+                        let Some(url) = job["images"][0]["url"].as_str() else {
+                            break None;
+                        };
+                        let bytes = client
+                            .get(format!("{}{url}", o.url))
+                            .send()
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .bytes()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        break Some(digest(&bytes));
+                    }
+                    _ => break None,
                 }
             }
         }
-        _ => false,
+        _ => None,
     };
-    Ok((status, complete))
+    Ok((status, image))
 }
 
 #[tokio::main]
@@ -166,7 +206,7 @@ async fn main() -> std::process::ExitCode {
                     results
                         .lock()
                         .unwrap()
-                        .push((outcome, t0.elapsed().as_secs_f64()));
+                        .push((i, outcome, t0.elapsed().as_secs_f64()));
                 }
             })
         })
@@ -182,14 +222,16 @@ async fn main() -> std::process::ExitCode {
     let mut statuses = BTreeMap::new();
     let (mut errors, mut incomplete) = (0, 0);
     let mut latencies: Vec<f64> = Vec::new();
-    for (outcome, seconds) in results.iter() {
+    let mut digests = Vec::new();
+    for (i, outcome, seconds) in results.iter() {
         match outcome {
-            Ok((status, complete)) => {
+            Ok((status, image)) => {
                 *statuses.entry(*status).or_insert(0usize) += 1;
                 if matches!(status, 200 | 202) {
                     latencies.push(*seconds);
-                    if !complete {
-                        incomplete += 1;
+                    match image {
+                        Some(d) => digests.push(format!("{i} {d:016x}")),
+                        None => incomplete += 1,
                     }
                 }
             }
@@ -237,6 +279,13 @@ async fn main() -> std::process::ExitCode {
             mean(&values[3 * quarter..]),
             values.len()
         );
+    }
+    if let Some(path) = &o.digests {
+        digests.sort_by_key(|line| line.split(' ').next().and_then(|i| i.parse::<usize>().ok()));
+        if let Err(e) = std::fs::write(path, digests.join("\n") + "\n") {
+            eprintln!("load: --digests {path}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     }
     if server_errors > 0 || errors > 0 || incomplete > 0 {
         std::process::ExitCode::FAILURE

@@ -57,13 +57,22 @@ pub async fn health(State(state): State<SharedState>) -> Json<Value> {
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     let engine = &state.engine;
+    let broker = broker_health(&state).await;
+    // With a broker the queue and the running jobs are the cluster's.
+    let (queue_depth, running) = match &broker {
+        Some(BrokerHealth::Reachable(stats)) => (
+            stats.streams.iter().map(|s| s.waiting as usize).sum(),
+            stats.streams.iter().map(|s| s.pending as usize).sum(),
+        ),
+        _ => (engine.queue.len(), engine.running()),
+    };
     let text = state.metrics.render(&Gauges {
-        queue_depth: engine.queue.len(),
+        queue_depth,
         queue_capacity: engine.queue.capacity(),
-        running: engine.running(),
+        running,
         workers: engine.worker_count(),
         models: state.registry.all().len(),
-        broker: broker_health(&state).await,
+        broker,
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

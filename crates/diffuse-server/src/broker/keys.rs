@@ -20,6 +20,8 @@ pub const WORKERS: &str = "diffuse:workers";
 pub const STATS: &str = "diffuse:stats";
 /// A worker not heard from for this many seconds is no longer counted as seen.
 pub const WORKER_SEEN_SECONDS: f64 = 60.0;
+/// A worker not heard from for this many seconds is dropped from [`WORKERS`].
+pub const WORKER_FORGOTTEN_SECONDS: f64 = 86_400.0;
 
 /// The stream of `model`'s jobs.
 pub fn stream(model: &str) -> String {

@@ -117,3 +117,175 @@ return 1
 "#,
     )
 });
+
+#[cfg(test)]
+mod tests {
+    //! The scripts against a real redis-server (skipped when none is installed, unless `DIFFUSE_REQUIRE_REDIS`).
+
+    use super::*;
+    use crate::broker::keys;
+
+    struct Server(std::process::Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn connect() -> Option<(Server, redis::Connection)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            assert!(
+                std::env::var_os("DIFFUSE_REQUIRE_REDIS").is_none(),
+                "redis-server is not installed"
+            );
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        };
+        let server = Server(child);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+        for _ in 0..200 {
+            if let Ok(con) = client.get_connection() {
+                return Some((server, con));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("redis-server did not answer");
+    }
+
+    fn submit(con: &mut redis::Connection, id: &str, capacity: usize) -> i64 {
+        SUBMIT
+            .key(keys::stream("m"))
+            .key(keys::job(id))
+            .arg(capacity)
+            .arg(60)
+            .arg(id)
+            .arg("state")
+            .arg("queued")
+            .arg("spec")
+            .arg("{}")
+            .invoke(con)
+            .unwrap()
+    }
+
+    fn finish(con: &mut redis::Connection, id: &str, entry: &str, png: &[u8]) -> i64 {
+        FINISH
+            .key(keys::job(id))
+            .key(keys::result(id))
+            .key(keys::stream("m"))
+            .key(keys::control(id))
+            .key(keys::preview(id))
+            .arg(60)
+            .arg("succeeded")
+            .arg(1.0)
+            .arg("")
+            .arg("[]")
+            .arg(keys::GROUP)
+            .arg(entry)
+            .arg(id)
+            .arg("png:0")
+            .arg(png)
+            .invoke(con)
+            .unwrap()
+    }
+
+    #[test]
+    fn each_change_of_a_job_happens_once() {
+        let Some((_server, mut con)) = connect() else {
+            return;
+        };
+        use redis::Commands;
+        assert_eq!(submit(&mut con, "a", 2), 0);
+        assert_eq!(submit(&mut con, "a", 2), -2, "an id is used once");
+        assert_eq!(submit(&mut con, "b", 2), 1);
+        assert_eq!(submit(&mut con, "c", 2), -1, "two wait: full");
+        // A worker takes `a`; a second start of it (a re-delivery) runs it again; the first result stays.
+        let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(keys::GROUP)
+            .arg("w1")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(keys::stream("m"))
+            .arg(">")
+            .query(&mut con)
+            .unwrap();
+        let entry = read.keys[0].ids[0].id.clone();
+        let start = |con: &mut redis::Connection, id: &str| -> (String, String) {
+            START
+                .key(keys::job(id))
+                .key(keys::control(id))
+                .arg(1.0)
+                .arg("w1")
+                .arg(1)
+                .arg(60)
+                .arg(id)
+                .invoke(con)
+                .unwrap()
+        };
+        assert_eq!(start(&mut con, "a"), ("run".to_string(), "{}".to_string()));
+        assert_eq!(start(&mut con, "a").0, "run");
+        let heartbeat = |con: &mut redis::Connection, consumer: &str| -> i64 {
+            HEARTBEAT
+                .key(keys::stream("m"))
+                .arg(keys::GROUP)
+                .arg(&entry)
+                .arg(consumer)
+                .invoke(con)
+                .unwrap()
+        };
+        assert_eq!(heartbeat(&mut con, "w1"), 1);
+        assert_eq!(heartbeat(&mut con, "w2"), 0, "only the holder renews");
+        assert_eq!(finish(&mut con, "a", &entry, b"first"), 1);
+        assert_eq!(finish(&mut con, "a", &entry, b"second"), 0);
+        let png: Vec<u8> = con.hget(keys::result("a"), "png:0").unwrap();
+        assert_eq!(png, b"first");
+        assert_eq!(start(&mut con, "a").0, "ended");
+        assert_eq!(heartbeat(&mut con, "w1"), 0, "acknowledged");
+        // Cancelling a waiting job ends it and takes it out of the stream; a running one is flagged.
+        let cancel = |con: &mut redis::Connection, id: &str| -> i64 {
+            CANCEL
+                .key(keys::job(id))
+                .key(keys::control(id))
+                .key(keys::stream("m"))
+                .arg("requested")
+                .arg(2.0)
+                .arg("{}")
+                .arg(60)
+                .arg(id)
+                .invoke(con)
+                .unwrap()
+        };
+        assert_eq!(cancel(&mut con, "b"), 2);
+        let length: usize = con.xlen(keys::stream("m")).unwrap();
+        assert_eq!(length, 0);
+        assert_eq!(start(&mut con, "b").0, "ended");
+        assert_eq!(cancel(&mut con, "a"), 3, "had ended");
+        assert_eq!(cancel(&mut con, "nope"), 0);
+        assert_eq!(submit(&mut con, "d", 2), 0);
+        assert_eq!(start(&mut con, "d").0, "run");
+        assert_eq!(cancel(&mut con, "d"), 1);
+        assert_eq!(
+            start(&mut con, "d"),
+            ("cancelled".to_string(), "requested".to_string())
+        );
+    }
+}

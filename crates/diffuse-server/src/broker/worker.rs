@@ -420,7 +420,7 @@ impl Worker {
         let finished_at = crate::clock::unix_seconds();
         let error_text = error.as_ref().map(error_json).unwrap_or_default();
         let meta = outputs_json(&outputs);
-        link.call_until_ok("storing a job's result", |con| {
+        let stored: i64 = link.call_until_ok("storing a job's result", |con| {
             let mut invocation = FINISH.prepare_invoke();
             invocation
                 .key(keys::job(&delivery.job))
@@ -444,6 +444,12 @@ impl Worker {
             }
             invocation.invoke::<i64>(con)
         });
+        if stored == 0 && state == JobState::Succeeded {
+            tracing::warn!(
+                "job {} had already ended (another worker stored its result); this run's result is discarded",
+                delivery.job
+            );
+        }
     }
 }
 
@@ -555,6 +561,13 @@ fn make_group(con: &mut Connection, stream: &str) -> RedisResult<()> {
     }
 }
 
+/// Records `name` as seen now, and forgets workers not seen for a day (each process has a name of its own).
 fn announce(con: &mut Connection, name: &str) -> RedisResult<()> {
-    con.zadd(keys::WORKERS, name, crate::clock::unix_seconds())
+    let now = crate::clock::unix_seconds();
+    redis::pipe()
+        .zadd(keys::WORKERS, name, now)
+        .ignore()
+        .zrembyscore(keys::WORKERS, "-inf", now - keys::WORKER_FORGOTTEN_SECONDS)
+        .ignore()
+        .query(con)
 }

@@ -206,6 +206,16 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: alive but silent (no heartbeats), as a stalled machine.
+    pub fn pause(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
+    }
+
     /// SIGTERM, then its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         signal(&self.child, "TERM");

@@ -156,6 +156,37 @@ fn a_killed_worker_s_job_completes_once_on_another() {
 }
 
 #[test]
+fn a_job_that_runs_twice_keeps_one_result() {
+    if !redis_available("a_job_that_runs_twice_keeps_one_result") {
+        return;
+    }
+    let request = long_body("a windmill", 22);
+    let expected = in_process_images(std::slice::from_ref(&request));
+    let redis = Redis::start(None);
+    let url = redis.url();
+    let server = Process::serve(&["--broker", &url, "--workers", "0"]);
+    let stalled = Process::worker(&["--broker", &url, "--claim-after", "1"]);
+    let id = submit(&server.addr, request);
+    wait_running(&server.addr, &id, 3);
+    // The first worker stalls (no heartbeats); the second takes the job over and finishes it.
+    stalled.pause();
+    let _second = Process::worker(&["--broker", &url, "--claim-after", "1"]);
+    let ended = wait_for_end(&server.addr, &id, 2 * MINUTE);
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let finished_at = redis.cli(&["HGET", &format!("diffuse:job:{id}"), "finished_at"]);
+    // The first wakes up, finds the job is another's (or already ended) and stores nothing.
+    stalled.resume();
+    wait_until("the stalled worker gives the job up", MINUTE, || {
+        let log = stalled.log();
+        log.contains(&format!("job {id} was taken over")) || log.contains("result is discarded")
+    });
+    assert_eq!(images(&server.addr, &id), expected[0]);
+    let job_key = format!("diffuse:job:{id}");
+    assert_eq!(redis.cli(&["HGET", &job_key, "finished_at"]), finished_at);
+    assert_eq!(redis.cli(&["HLEN", &format!("{job_key}:result")]), "1");
+}
+
+#[test]
 fn queued_and_finished_jobs_outlive_a_server_restart() {
     if !redis_available("queued_and_finished_jobs_outlive_a_server_restart") {
         return;
@@ -195,9 +226,9 @@ fn two_servers_share_their_jobs() {
     }
     let redis = Redis::start(None);
     let url = redis.url();
+    // B runs the jobs itself (`--workers 1`), whichever server took them.
     let a = Process::serve(&["--broker", &url, "--workers", "0"]);
-    let b = Process::serve(&["--broker", &url, "--workers", "0"]);
-    let _worker = Process::worker(&["--broker", &url]);
+    let b = Process::serve(&["--broker", &url, "--workers", "1"]);
     let short = submit(&a.addr, body("a house", 8, 3));
     assert_eq!(wait_for_end(&b.addr, &short, MINUTE)["state"], "succeeded");
     assert_eq!(images(&b.addr, &short), images(&a.addr, &short));
@@ -226,6 +257,78 @@ fn two_servers_share_their_jobs() {
         ended["progress"]["step"].as_u64().unwrap() < 150,
         "stopped early: {ended}"
     );
+}
+
+#[test]
+fn interrupts_and_disconnects_reach_the_worker() {
+    if !redis_available("interrupts_and_disconnects_reach_the_worker") {
+        return;
+    }
+    let redis = Redis::start(None);
+    let url = redis.url();
+    let server = Process::serve(&["--broker", &url, "--workers", "0"]);
+    let _worker = Process::worker(&["--broker", &url]);
+    let running = || {
+        redis
+            .cli(&["--scan", "--pattern", "diffuse:job:*"])
+            .lines()
+            .filter(|key| key.matches(':').count() == 2)
+            .find(|key| redis.cli(&["HGET", key, "state"]) == "running")
+            .map(String::from)
+    };
+    // A1111's interrupt: the image as it stands comes back, unlike the whole run's.
+    let request =
+        json!({"prompt": "a comet", "seed": 70, "steps": 150, "width": 128, "height": 128});
+    let txt2img = |interrupt: bool| {
+        let addr = server.addr.clone();
+        let request = request.clone();
+        let call =
+            std::thread::spawn(move || http(&addr, "POST", "/sdapi/v1/txt2img", Some(&request)));
+        if interrupt {
+            wait_until("the txt2img job runs", MINUTE, || running().is_some());
+            let answer = http(&server.addr, "POST", "/sdapi/v1/interrupt", None);
+            assert_eq!(answer.json()["interrupted"], 1);
+        }
+        let answer = call.join().unwrap();
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        answer.json()["images"][0].as_str().unwrap().to_string()
+    };
+    assert_ne!(
+        txt2img(true),
+        txt2img(false),
+        "the interrupt ended the image early"
+    );
+    // A synchronous client that goes away cancels its job on the worker.
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    let body =
+        json!({"prompt": "a comet", "seed": 71, "steps": 150, "size": "128x128"}).to_string();
+    std::io::Write::write_all(
+        &mut stream,
+        format!(
+            "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut key = None;
+    wait_until("the generation job runs", MINUTE, || {
+        key = running();
+        key.is_some()
+    });
+    drop(stream);
+    let key = key.unwrap();
+    wait_until("the job is cancelled", MINUTE, || {
+        redis.cli(&["HGET", &key, "state"]) == "cancelled"
+    });
+    let step: u64 = redis.cli(&["HGET", &key, "step"]).parse().unwrap();
+    assert!(step < 150, "stopped at step {step}");
 }
 
 #[test]
