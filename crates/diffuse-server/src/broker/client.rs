@@ -284,16 +284,17 @@ impl BrokerClient {
         pipe.cmd("ZCOUNT").arg(keys::WORKERS).arg(since).arg("+inf");
         let values: Vec<redis::Value> =
             pipe.query_async(&mut con).await.map_err(|e| self.fail(e))?;
-        let number = |v: &redis::Value| {
-            redis::from_redis_value::<Option<u64>>(v.clone())
-                .ok()
+        let number = |i: usize| {
+            values
+                .get(i)
+                .and_then(|v| redis::from_redis_value::<Option<u64>>(v.clone()).ok())
                 .flatten()
                 .unwrap_or(0)
         };
         let mut streams = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {
-            let length = number(&values[2 * i]);
-            let pending = number(&values[2 * i + 1]);
+            let length = number(2 * i);
+            let pending = number(2 * i + 1);
             streams.push(StreamStats {
                 model: model.to_string(),
                 length,
@@ -304,8 +305,8 @@ impl BrokerClient {
         let tail = 2 * models.len();
         Ok(BrokerStats {
             streams,
-            claimed_total: number(&values[tail]),
-            workers_seen: number(&values[tail + 1]),
+            claimed_total: number(tail),
+            workers_seen: number(tail + 1),
         })
     }
 

@@ -110,13 +110,18 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The API's answer while the broker cannot be reached: 503 with a retry hint, naming the broker (never its
-/// password).
+/// The API's answer when the broker cannot be reached or fails a command: 503 with a retry hint, naming the
+/// broker (never its password).
 pub(crate) fn unreachable(config: &BrokerConfig, error: &redis::RedisError) -> ApiError {
+    let what = if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+        "cannot be reached"
+    } else {
+        "failed"
+    };
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         format!(
-            "the job broker at {} cannot be reached ({}); retry later",
+            "the job broker at {} {what} ({}); retry later",
             config.redacted_url(),
             describe(error)
         ),
