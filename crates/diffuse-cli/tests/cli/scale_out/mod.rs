@@ -115,6 +115,44 @@ fn brokered_jobs_give_the_in_process_images() {
     let health = http(&server.addr, "GET", "/health", None).json();
     assert_eq!(health["broker"]["state"], "ok", "{health}");
     assert_eq!(health["broker"]["workers_seen"], 2, "{health}");
+    let metrics = String::from_utf8(http(&server.addr, "GET", "/metrics", None).body).unwrap();
+    for line in [
+        "diffuse_broker_up 1",
+        "diffuse_broker_stream_length{model=\"sd1\"} 0",
+        "diffuse_broker_pending{model=\"sd1\"} 0",
+        "diffuse_broker_claimed_total 0",
+        "diffuse_broker_workers_seen 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn finished_jobs_expire_after_the_result_ttl() {
+    if !redis_available("finished_jobs_expire_after_the_result_ttl") {
+        return;
+    }
+    let redis = Redis::start(None);
+    let url = redis.url();
+    let server = Process::serve(&["--broker", &url, "--workers", "1", "--result-ttl", "2"]);
+    let id = submit(&server.addr, body("a moth", 80, 3));
+    assert_eq!(
+        wait_for_end(&server.addr, &id, MINUTE)["state"],
+        "succeeded"
+    );
+    let key = format!("diffuse:job:{id}");
+    let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    assert!((1..=2).contains(&ttl), "TTL {ttl}");
+    wait_until("the job expires", MINUTE, || {
+        redis.cli(&["EXISTS", &key]) == "0"
+            && redis.cli(&["EXISTS", &format!("{key}:result")]) == "0"
+    });
+    let other = Process::serve(&["--broker", &url, "--workers", "0"]);
+    let answer = http(&other.addr, "GET", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(answer.status, 404);
 }
 
 #[test]
@@ -240,6 +278,11 @@ fn two_servers_share_their_jobs() {
         std::thread::spawn(move || http(&addr, "GET", &path, None))
     };
     wait_running(&b.addr, &long, 2);
+    wait_until("a preview reaches the other server", MINUTE, || {
+        job(&a.addr, &long)["preview"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("data:image/png;base64,"))
+    });
     let answer = http(&b.addr, "DELETE", &format!("/v1/jobs/{long}"), None);
     assert_eq!(
         answer.status,
