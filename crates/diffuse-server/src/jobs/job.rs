@@ -132,6 +132,21 @@ pub struct JobStatus {
 }
 
 impl JobStatus {
+    /// A job just submitted, of `total_steps` steps.
+    pub fn queued(total_steps: usize) -> Self {
+        Self {
+            state: JobState::Queued,
+            step: 0,
+            total_steps,
+            preview: None,
+            outputs: Arc::new(Vec::new()),
+            error: None,
+            created_at: crate::clock::unix_seconds(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
     /// The fraction done, in [0, 1].
     pub fn fraction(&self) -> f64 {
         match self.state {
@@ -163,17 +178,7 @@ pub struct Job {
 impl Job {
     /// A queued job.
     pub fn new(id: String, spec: JobSpec) -> Self {
-        let status = JobStatus {
-            state: JobState::Queued,
-            step: 0,
-            total_steps: spec.expected_steps(),
-            preview: None,
-            outputs: Arc::new(Vec::new()),
-            error: None,
-            created_at: crate::clock::unix_seconds(),
-            started_at: None,
-            finished_at: None,
-        };
+        let status = JobStatus::queued(spec.expected_steps());
         Self {
             id,
             model: spec.model.name.clone(),

@@ -38,7 +38,7 @@ impl Engine {
                         id,
                         spec.model.name.clone(),
                         spec.prompt().to_string(),
-                        queued_status(total_steps),
+                        JobStatus::queued(total_steps),
                     ));
                     self.store.insert(job.clone());
                     return Ok(job);
@@ -59,7 +59,7 @@ impl Engine {
         let Some(stored) = client.load(id).await? else {
             return Ok(None);
         };
-        let mut status = queued_status(stored.total_steps);
+        let mut status = JobStatus::queued(stored.total_steps);
         status.created_at = stored.created_at;
         let job = Arc::new(Job::mirror(
             id.to_string(),
@@ -147,20 +147,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-}
-
-fn queued_status(total_steps: usize) -> JobStatus {
-    JobStatus {
-        state: super::job::JobState::Queued,
-        step: 0,
-        total_steps,
-        preview: None,
-        outputs: Arc::new(Vec::new()),
-        error: None,
-        created_at: crate::clock::unix_seconds(),
-        started_at: None,
-        finished_at: None,
     }
 }
 
