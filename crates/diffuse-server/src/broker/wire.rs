@@ -25,6 +25,9 @@ use crate::registry::Registry;
 pub struct WireJob {
     /// The served model's name.
     pub model: String,
+    /// A1111's short hash of the model the API validated the job against; a worker whose model of that name
+    /// has another hash refuses the job rather than draw another image.
+    pub model_hash: Option<String>,
     /// What to generate.
     pub work: WireWork,
     /// Outputs in all.
@@ -205,6 +208,7 @@ impl WireJob {
         };
         Ok(Self {
             model: spec.model.name.clone(),
+            model_hash: spec.model.hash.clone(),
             work,
             images: spec.images,
             seed: spec.seed,
@@ -229,6 +233,15 @@ impl WireJob {
 
     fn into_spec(self, registry: &Registry, limits: &Limits) -> Result<JobSpec, ApiError> {
         let model: Arc<_> = registry.get(Some(&self.model), "model")?;
+        if let (Some(wanted), Some(have)) = (&self.model_hash, &model.hash) {
+            if wanted != have {
+                return Err(ApiError::internal(format!(
+                    "the job was accepted for model {:?} with hash {wanted}, but this worker's {:?} has hash \
+                     {have}: give servers and workers the same checkpoint under each name",
+                    self.model, self.model
+                )));
+            }
+        }
         let seed = Seed(Some(self.seed));
         match self.work {
             WireWork::Image(w) => {

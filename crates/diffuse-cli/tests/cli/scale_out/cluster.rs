@@ -138,9 +138,10 @@ pub struct Process {
 }
 
 impl Process {
-    /// `diffuse serve --model sd1=… --port 0 ARGS`.
+    /// `diffuse serve --model sd1=… ARGS --port 0`.
     pub fn serve(args: &[&str]) -> Self {
-        let mut process = Self::spawn("serve", args, &["--port", "0"]);
+        let model = format!("sd1={}", sd1().display());
+        let mut process = Self::spawn("serve", &model, args, &["--port", "0"]);
         let mut line = String::new();
         BufReader::new(process.child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -155,7 +156,12 @@ impl Process {
 
     /// `diffuse worker --model sd1=… ARGS`, once it reads its streams.
     pub fn worker(args: &[&str]) -> Self {
-        let mut process = Self::spawn("worker", args, &[]);
+        Self::worker_with_model(&format!("sd1={}", sd1().display()), args)
+    }
+
+    /// `diffuse worker --model MODEL ARGS`, once it reads its streams.
+    pub fn worker_with_model(model: &str, args: &[&str]) -> Self {
+        let mut process = Self::spawn("worker", model, args, &[]);
         let mut line = String::new();
         BufReader::new(process.child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -168,7 +174,7 @@ impl Process {
         process
     }
 
-    fn spawn(command: &str, args: &[&str], extra: &[&str]) -> Self {
+    fn spawn(command: &str, model: &str, args: &[&str], extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "diffuse-{command}-{}-{}.log",
             std::process::id(),
@@ -176,8 +182,7 @@ impl Process {
         ));
         let child = Command::new(env!("CARGO_BIN_EXE_diffuse"))
             .arg(command)
-            .arg("--model")
-            .arg(format!("sd1={}", sd1().display()))
+            .args(["--model", model])
             .args(args)
             .args(extra)
             .env_remove("DIFFUSE_BROKER")

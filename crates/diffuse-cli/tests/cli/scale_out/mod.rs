@@ -98,7 +98,7 @@ fn brokered_jobs_give_the_in_process_images() {
         ),
         (
             "job-forged-steps",
-            r#"{"model":"sd1","work":{"kind":"image","prompt":"x","negative_prompt":"","steps":100000,"guidance_scale":7.5,"guidance_rescale":0.0,"clip_skip":null,"width":64,"height":64,"eta":0.0,"scheduler":null,"init":null,"plain_prompt":false,"loras":[]},"images":1,"seed":1,"seed_mode":"batch","rng":"cpu"}"#,
+            r#"{"model":"sd1","model_hash":null,"work":{"kind":"image","prompt":"x","negative_prompt":"","steps":100000,"guidance_scale":7.5,"guidance_rescale":0.0,"clip_skip":null,"width":64,"height":64,"eta":0.0,"scheduler":null,"init":null,"plain_prompt":false,"loras":[]},"images":1,"seed":1,"seed_mode":"batch","rng":"cpu"}"#,
             "100000: must be from 1 to 150",
         ),
     ] {
@@ -128,6 +128,28 @@ fn brokered_jobs_give_the_in_process_images() {
             "{line} not in:\n{metrics}"
         );
     }
+}
+
+#[test]
+fn a_worker_with_another_checkpoint_under_the_name_refuses_the_job() {
+    if !redis_available("a_worker_with_another_checkpoint_under_the_name_refuses_the_job") {
+        return;
+    }
+    let redis = Redis::start(None);
+    let url = redis.url();
+    let server = Process::serve(&["--broker", &url, "--workers", "0"]);
+    // `Process` names its model sd1=…/sd1; this worker's first --model takes the name for the SD 2 fixture.
+    let other = cluster::sd1().with_file_name("sd2");
+    let other = format!("sd1={}", other.display());
+    let _worker = Process::worker_with_model(&other, &["--broker", &url]);
+    let id = submit(&server.addr, body("a lamp", 90, 3));
+    let ended = wait_for_end(&server.addr, &id, MINUTE);
+    assert_eq!(ended["state"], "failed", "{ended}");
+    let message = ended["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("give servers and workers the same checkpoint"),
+        "{message}"
+    );
 }
 
 #[test]
