@@ -421,19 +421,28 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = find(&state, &id).await?;
     let updates = job.subscribe();
-    let stream = stream::unfold(Some((state, job, updates, true)), |step| async move {
-        let (state, job, mut updates, first) = step?;
-        if !first && updates.changed().await.is_err() {
-            return None;
-        }
-        let status = updates.borrow_and_update().clone();
-        let event = Event::default()
-            .event("status")
-            .json_data(describe(&state, &job, &status, true))
-            .unwrap_or_else(|_| Event::default().event("status"));
-        let next = (!status.state.is_terminal()).then_some((state, job, updates, false));
-        Some((Ok(event), next))
-    });
+    let detached = state.engine.detached();
+    let stream = stream::unfold(
+        Some((state, job, updates, detached, true)),
+        |step| async move {
+            let (state, job, mut updates, mut detached, first) = step?;
+            if !first {
+                // A brokered server that shuts down ends the stream; the job goes on elsewhere.
+                tokio::select! {
+                    changed = updates.changed() => changed.ok()?,
+                    _ = detached.wait_for(|d| *d) => return None,
+                }
+            }
+            let status = updates.borrow_and_update().clone();
+            let event = Event::default()
+                .event("status")
+                .json_data(describe(&state, &job, &status, true))
+                .unwrap_or_else(|_| Event::default().event("status"));
+            let next =
+                (!status.state.is_terminal()).then_some((state, job, updates, detached, false));
+            Some((Ok(event), next))
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

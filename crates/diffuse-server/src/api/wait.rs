@@ -47,9 +47,24 @@ pub async fn run_to_end(
         armed: true,
     };
     let mut updates = job.subscribe();
-    let status = match updates.wait_for(|s| s.state.is_terminal()).await {
-        Ok(status) => status.clone(),
-        Err(_) => job.status(),
+    let mut detached = engine.detached();
+    let status = tokio::select! {
+        status = updates.wait_for(|s| s.state.is_terminal()) => match status {
+            Ok(status) => status.clone(),
+            Err(_) => job.status(),
+        },
+        _ = detached.wait_for(|d| *d) => {
+            guard.disarm();
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server is shutting down; job {} goes on through the broker (GET /v1/jobs/{} on \
+                     another server)",
+                    job.id, job.id
+                ),
+            )
+            .with_retry_after(5));
+        }
     };
     guard.disarm();
     match status.state {

@@ -38,6 +38,8 @@ pub struct Engine {
     worker_count: usize,
     /// The broker jobs go through, if any (else the in-process queue).
     broker: Option<Broker>,
+    /// Set when a brokered server stops following its jobs (they go on elsewhere).
+    detached: tokio::sync::watch::Sender<bool>,
 }
 
 /// An engine's link to the broker.
@@ -63,6 +65,7 @@ impl Engine {
             metrics,
             running: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            detached: tokio::sync::watch::channel(false).0,
             workers: Mutex::new(Vec::new()),
             worker_count: workers,
             broker: None,
@@ -100,6 +103,7 @@ impl Engine {
                 metrics: context.metrics.clone(),
                 running: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
+                detached: tokio::sync::watch::channel(false).0,
                 workers: Mutex::new(handles),
                 worker_count: workers,
                 broker: Some(Broker {
@@ -243,6 +247,13 @@ impl Engine {
         self.worker_count
     }
 
+    /// Becomes true when this server stops following its jobs at shutdown, which with a broker go on without
+    /// it: event streams end, and waiting clients get 503 instead of waiting for a job this server no longer
+    /// watches.
+    pub fn detached(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.detached.subscribe()
+    }
+
     /// Whether shutdown has begun.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
@@ -306,6 +317,7 @@ impl Engine {
         for task in &broker.tasks {
             task.abort();
         }
+        self.detached.send_replace(true);
         if self.workers_done() {
             let handles =
                 std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));

@@ -280,6 +280,48 @@ fn queued_and_finished_jobs_outlive_a_server_restart() {
 }
 
 #[test]
+fn a_brokered_server_stops_without_its_jobs() {
+    if !redis_available("a_brokered_server_stops_without_its_jobs") {
+        return;
+    }
+    let redis = Redis::start(None);
+    let url = redis.url();
+    let mut server = Process::serve(&["--broker", &url, "--workers", "0"]);
+    let queued = submit(&server.addr, body("a bell", 100, 3));
+    let addr = server.addr.clone();
+    let events =
+        std::thread::spawn(move || http(&addr, "GET", &format!("/v1/jobs/{queued}/events"), None));
+    let addr = server.addr.clone();
+    let waiting = std::thread::spawn(move || {
+        let request =
+            json!({"prompt": "a drum", "seed": 101, "steps": 3, "response_format": "b64_json"});
+        http(&addr, "POST", "/v1/images/generations", Some(&request))
+    });
+    wait_until("the synchronous job is queued", MINUTE, || {
+        http(&server.addr, "GET", "/health", None).json()["broker"]["streams"][0]["length"] == 2
+    });
+    // No worker runs them: the server stops at once all the same, and nothing is cancelled.
+    assert!(server.terminate().success(), "{}", server.log());
+    let refused = waiting.join().unwrap();
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert!(String::from_utf8_lossy(&refused.body).contains("goes on through the broker"));
+    assert_eq!(events.join().unwrap().status, 200);
+    let other = Process::serve(&["--broker", &url, "--workers", "1"]);
+    let health = http(&other.addr, "GET", "/health", None).json();
+    assert_eq!(health["broker"]["streams"][0]["length"], 2, "{health}");
+    let ids = redis.cli(&["--scan", "--pattern", "diffuse:job:*"]);
+    for key in ids.lines().filter(|k| k.matches(':').count() == 2) {
+        let id = key.trim_start_matches("diffuse:job:");
+        assert_eq!(wait_for_end(&other.addr, id, MINUTE)["state"], "succeeded");
+    }
+}
+
+#[test]
 fn two_servers_share_their_jobs() {
     if !redis_available("two_servers_share_their_jobs") {
         return;
