@@ -13,6 +13,11 @@ diffusers runs once per --diffusers-alloc setting: `default` (glibc malloc, as u
 faulted in again), `mimalloc` (LD_PRELOAD of Debian's libmimalloc, the allocator diffuse links in).
 Ratios are diffusers/diffuse: above 1 means diffuse is faster.
 
+With `--engines …,openvino` OpenVINO runs too (optimum-intel's OVStableDiffusionPipeline, through
+openvino_runner.py with --openvino-python, its own venv): the model is exported once to OpenVINO IR with f32
+weights (beside the model as MODEL-openvino, not timed); its f32 column sets INFERENCE_PRECISION_HINT f32, its bf16
+column is OpenVINO's default precision (bf16 on a CPU with AVX512-BF16).
+
 With --cuda both engines run on the first CUDA device (diffusers with PyTorch's SDPA attention) and each
 process's peak GPU memory is read from nvidia-smi (memory in use on the device while it runs, less what was in
 use before it started: the CUDA context and each engine's cached allocations included).
@@ -140,6 +145,8 @@ def main():
     p.add_argument("--tasks", default="components,generate", help="components, generate, vae-tiled; audio (an AudioLDM folder)")
     p.add_argument("--engines", default="diffuse,diffusers")
     p.add_argument("--diffusers-alloc", default="default,tuned")
+    p.add_argument("--openvino-python", default="/opt/ovenv/bin/python")
+    p.add_argument("--openvino-model", type=pathlib.Path, help="the exported IR (default: MODEL-openvino)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--size", type=int, default=2048, help="image side of the vae-tiled task")
@@ -159,6 +166,13 @@ def main():
         columns.append(("diffuse", {}))
     if "diffusers" in engines:
         columns += [(f"diffusers[{a}]", ALLOCS[a]) for a in args.diffusers_alloc.split(",")]
+    if "openvino" in engines:
+        columns.append(("openvino", {}))
+        args.openvino_model = args.openvino_model or args.model.with_name(args.model.name + "-openvino")
+        if not (args.openvino_model / "model_index.json").exists():
+            print(f"# exporting {args.model} to OpenVINO IR in {args.openvino_model}", file=sys.stderr, flush=True)
+            subprocess.run([args.openvino_python, str(HERE / "openvino_runner.py"), str(args.model), "--task",
+                            "export", "--out", str(args.openvino_model)], check=True)
     raw = {}
     running = [c[0] for c in columns]
     for path in args.reuse:
@@ -174,7 +188,11 @@ def main():
             res = {}
             for task in args.tasks.split(","):
                 image = args.images / f"{name}-{dtype}.png"
-                if name == "diffuse":
+                if name == "openvino":
+                    cmd = [args.openvino_python, str(HERE / "openvino_runner.py"), str(args.openvino_model),
+                           "--task", task, "--dtype", dtype, "--reps", str(args.reps), "--steps", str(args.steps),
+                           "--threads", str(args.threads), "--save", str(image)]
+                elif name == "diffuse":
                     cmd = [args.diffuse, "bench", str(args.model), "--task", task, "--dtype", dtype,
                            "--reps", str(args.reps), "--steps", str(args.steps), "--save", str(image),
                            "--size", str(args.size)]

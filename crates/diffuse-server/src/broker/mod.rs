@@ -86,6 +86,7 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// A Redis client for the URL (connecting is left to the caller).
     pub(crate) fn client(&self) -> Result<redis::Client, redis::RedisError> {
         redis::Client::open(self.url.as_str())
     }
