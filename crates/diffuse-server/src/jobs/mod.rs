@@ -262,6 +262,10 @@ impl Engine {
     /// Ends the running jobs' current generations with the images as they stand (A1111's interrupt, or with
     /// `then_stop` false its skip); returns how many jobs were asked.
     pub async fn end_running_early(&self, then_stop: bool) -> Result<usize, ApiError> {
+        // A mirror may not have heard yet that its job started on a worker: bring them up to date first.
+        for job in self.store.active() {
+            self.refresh(&job).await?;
+        }
         let running: Vec<_> = self
             .store
             .active()
