@@ -141,7 +141,7 @@ def main():
     p.add_argument("--diffuse", default=str(REPO / "target/release/diffuse"))
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--dtypes", default="f32,bf16")
+    p.add_argument("--dtypes", default="f32,bf16", help="f32, bf16, f16; int8 (diffuse only: --quantize int8)")
     p.add_argument("--tasks", default="components,generate", help="components, generate, vae-tiled; audio (an AudioLDM folder)")
     p.add_argument("--engines", default="diffuse,diffusers")
     p.add_argument("--diffusers-alloc", default="default,tuned")
@@ -185,6 +185,8 @@ def main():
         print(f"# reusing {sorted(reused)}", file=sys.stderr)
     for dtype in args.dtypes.split(","):
         for name, alloc in columns:
+            if dtype == "int8" and name != "diffuse":
+                continue  # int8 is diffuse's `--quantize int8`; the others run their float dtypes only
             res = {}
             for task in args.tasks.split(","):
                 image = args.images / f"{name}-{dtype}.png"
@@ -262,17 +264,19 @@ def print_tables(raw, args, columns):
                 print(f"{n} {dtype}: {seconds / compute:.3f} seconds of audio per second of compute "
                       f"({seconds:.2f} s of audio in {compute:.2f} s)")
     dtypes = args.dtypes.split(",")
-    if "generate" in args.tasks and "f32" in dtypes and "bf16" in dtypes:
+    for other in [d for d in dtypes if d != "f32"]:
+        if "generate" not in args.tasks or "f32" not in dtypes:
+            break
         print()
         for n in names:
-            a, b = args.images / f"{n}-f32.png", args.images / f"{n}-bf16.png"
+            a, b = args.images / f"{n}-f32.png", args.images / f"{n}-{other}.png"
             if a.exists() and b.exists():
-                print(f"PSNR of {n}'s bf16 image against its f32 image: {psnr(a, b):.2f} dB")
+                print(f"PSNR of {n}'s {other} image against its f32 image: {psnr(a, b):.2f} dB")
         if "diffuse" in names:
-            d_bf16 = cell(raw, "diffuse", "bf16", "generate_512", "wall")
-            for n in names[1:]:
+            d_other = cell(raw, "diffuse", other, "generate_512", "wall")
+            for n in names:
                 ref = cell(raw, n, "f32", "generate_512", "wall")
-                print(f"end-to-end, {n} f32 / diffuse bf16: {ref / d_bf16:.2f}×")
+                print(f"end-to-end, {n} f32 / diffuse {other}: {ref / d_other:.2f}×")
 
 
 if __name__ == "__main__":

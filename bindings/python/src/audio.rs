@@ -46,6 +46,7 @@ impl AudioPipeline {
             device: device_from_name(device).map_err(errors::to_py)?,
             dtype: dtype_from_name(dtype).map_err(errors::to_py)?,
             variant,
+            quantize: None,
         };
         let folder = py
             .detach(|| PipelineFolder::open_path(&resolve_model(model, variant)?, None))

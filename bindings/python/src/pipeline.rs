@@ -92,6 +92,7 @@ impl Pipeline {
             device: device_from_name(device).map_err(errors::to_py)?,
             dtype: dtype_from_name(dtype).map_err(errors::to_py)?,
             variant,
+            quantize: None,
         };
         let folder = py
             .detach(|| {

@@ -112,6 +112,7 @@ fn text_encoder(config: &TrainConfig, setup: &Setup) -> Result<TextEncoder> {
                     dtype: DType::F32,
                     device: device.clone(),
                     variant: Variant::Default,
+                    quantize: None,
                 },
             )?;
             return Ok(TextEncoder {

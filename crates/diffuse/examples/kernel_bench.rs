@@ -1,12 +1,15 @@
 //! Times each CPU kernel against the candle ops it replaces, at SD 1.5 shapes (batch 2), and prints GFLOP/s.
 //!
-//!     RAYON_NUM_THREADS=2 cargo run --release -p diffuse --example kernel_bench [f32|bf16]
+//!     RAYON_NUM_THREADS=2 cargo run --release -p diffuse --example kernel_bench [f32|bf16|int8]
+//!
+//! `int8` times the VNNI products (weights and activations in int8) against diffuse's own f32 kernels.
 
 use std::time::Instant;
 
 use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
-use diffuse::internals::kernels::{attention, conv, group_norm, linear};
+use diffuse::device::Quantization;
+use diffuse::internals::kernels::{attention, conv, group_norm, int8, linear};
 
 fn median_secs(reps: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> f64 {
     f().expect("warm-up");
@@ -35,6 +38,7 @@ fn row(name: &str, flop: f64, ours: f64, candle: f64) {
 fn main() -> candle_core::Result<()> {
     let dtype = match std::env::args().nth(1).as_deref() {
         Some("bf16") => DType::BF16,
+        Some("int8") => return int8_rows(),
         _ => DType::F32,
     };
     let dev = Device::Cpu;
@@ -103,5 +107,52 @@ fn main() -> candle_core::Result<()> {
         candle_nn::ops::silu(&group_norm::group_norm_reference(&x, &g, &g, 32, 1e-5)?)
     });
     row("GroupNorm+SiLU 2×320×64×64", 1.0, ours, theirs);
+    Ok(())
+}
+
+/// int8 products against diffuse's f32 kernels: linear layers at the UNet's shapes, 3×3 convolutions.
+fn int8_rows() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let reps = 5;
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 1f32, shape, &dev);
+    println!("| op | int8 (VNNI) | f32 (diffuse) | speed-up |\n|---|---|---|---|");
+    // (rows, in, out): a square 4096 product, then SD 1.5's attention projection and feed-forward at 64×64.
+    for (m, k, n) in [
+        (4096, 4096, 4096),
+        (8192, 320, 320),
+        (8192, 320, 2560),
+        (8192, 1280, 320),
+    ] {
+        let weights = std::collections::HashMap::from([
+            ("weight".to_string(), (randn(&[n, k])? * 0.05)?),
+            ("bias".to_string(), randn(&[n])?),
+        ]);
+        let vb = || candle_nn::VarBuilder::from_tensors(weights.clone(), DType::F32, &dev);
+        let f32_layer = linear::linear(k, n, vb())?;
+        let int8_layer = int8::building(Some(Quantization::Int8), || linear::linear(k, n, vb()))?;
+        let x = randn(&[m, k])?;
+        let flop = 2.0 * (m * k * n) as f64;
+        let ours = median_secs(reps, || int8_layer.forward(&x));
+        let theirs = median_secs(reps, || f32_layer.forward(&x));
+        row(&format!("linear {m}×{k} → {n}"), flop, ours, theirs);
+    }
+    for (c, side) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
+        let x = randn(&[2, c, side, side])?;
+        let w = (randn(&[c, c, 3, 3])? * 0.02)?;
+        let bias = randn(&[c])?;
+        let flop = 2.0 * 2.0 * (c * c * 9 * side * side) as f64;
+        let state = int8::Int8Weights::default();
+        let ours = median_secs(reps, || {
+            int8::conv2d(&state, &x, &w, &bias, 1, 1)?
+                .ok_or_else(|| candle_core::Error::Msg("no int8".into()))
+        });
+        let theirs = median_secs(reps, || conv::conv2d(&x, &w, &bias, 1, 1));
+        row(
+            &format!("conv 3×3, {c} ch, {side}×{side}"),
+            flop,
+            ours,
+            theirs,
+        );
+    }
     Ok(())
 }

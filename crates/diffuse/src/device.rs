@@ -51,6 +51,48 @@ pub fn dtype_from_name(name: &str) -> Result<DType> {
     }
 }
 
+/// How a model's large linear layers and convolutions compute, beyond its dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// Weights and activations in int8 (weights per output channel, activations per token or per image,
+    /// symmetric), products on the CPU's VNNI instructions, results in f32. Needs AVX512-VNNI and f32 compute.
+    Int8,
+}
+
+impl Quantization {
+    /// The quantization named `int8` (also `w8a8`, `q8`).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "int8" | "w8a8" | "q8" => Ok(Self::Int8),
+            other => Err(Error::invalid(
+                "quantize",
+                format!("{other:?}: expected int8"),
+            )),
+        }
+    }
+
+    /// The name `from_name` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// Whether this machine can run it on `device` with `dtype`, and if not, why.
+    pub fn check(self, device: &Device, dtype: DType) -> Result<()> {
+        let why = if !device.is_cpu() {
+            "runs on the CPU only"
+        } else if dtype != DType::F32 {
+            "needs f32 as the dtype"
+        } else if !crate::kernels::int8_gemm::available() {
+            "needs a CPU with AVX512-VNNI, which this one lacks"
+        } else {
+            return Ok(());
+        };
+        Err(Error::invalid("quantize", format!("int8 {why}")))
+    }
+}
+
 /// The host's memory in bytes, as `/proc/meminfo` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostMemory {

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
+use diffuse::device::Quantization;
 use diffuse::loaders::tiny_vae::load_tiny_decoder;
 use diffuse::loaders::{LoadOptions, PipelineFolder};
 use diffuse::models::unet::ExtraConditioning;
@@ -46,6 +47,8 @@ enum BenchDType {
     F32,
     Bf16,
     F16,
+    /// f32, with the UNet quantized to int8 (`generate --quantize int8`).
+    Int8,
 }
 
 /// Arguments of `diffuse bench`.
@@ -142,10 +145,11 @@ fn sync(t: &Tensor) -> Result<()> {
 /// Runs the benchmark task.
 pub fn run(args: BenchArgs) -> Result<()> {
     let dtype = match args.dtype {
-        BenchDType::F32 => DType::F32,
+        BenchDType::F32 | BenchDType::Int8 => DType::F32,
         BenchDType::Bf16 => DType::BF16,
         BenchDType::F16 => DType::F16,
     };
+    let quantize = matches!(args.dtype, BenchDType::Int8).then_some(Quantization::Int8);
     let device = if args.cuda {
         Device::new_cuda(0)?
     } else {
@@ -155,6 +159,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let opts = LoadOptions {
         dtype,
         device: device.clone(),
+        quantize,
         ..LoadOptions::default()
     };
     if let Task::Audio = args.task {

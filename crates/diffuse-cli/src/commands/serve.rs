@@ -79,6 +79,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("--openai-model-alias {pair:?}: expected ALIAS=NAME"))
         })
         .collect::<Result<_>>()?;
+    config.load = args.models.load_options()?;
     config.lora_dir = args.models.lora_dir;
     config.embeddings_dir = args.models.embeddings_dir;
     config.preview_decoder = args.models.preview_decoder;

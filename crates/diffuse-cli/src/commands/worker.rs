@@ -35,7 +35,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let config = WorkerConfig {
         broker: args.delivery.config(args.broker),
         models: args.models.specs()?,
-        load: Default::default(),
+        load: args.models.load_options()?,
         threads: args.workers,
         limits: args.limits.limits(),
         lora_dir: args.models.lora_dir,

@@ -991,3 +991,83 @@ fn loras_apply_from_files_and_tags_and_replay() {
     assert_eq!(open(&by_folder), open(&by_file));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--quantize int8` runs the UNet in int8 (on a CPU with AVX512-VNNI): a different image from f32's, the
+/// parameters say so, and `--replay` quantizes again and gives the same bytes. Bad values and combinations fail
+/// naming the flag.
+#[test]
+fn quantize_int8_is_recorded_and_replayed() {
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--quantize",
+            "int4",
+            "-o",
+            "/tmp/never.png",
+        ],
+        &["--quantize", "int4", "int8"],
+    );
+    if !diffuse::internals::kernels::int8_gemm::available() {
+        eprintln!("skipped the rest: this CPU has no AVX512-VNNI");
+        return;
+    }
+    fails_with(
+        &[
+            "generate",
+            "x",
+            "--quantize",
+            "int8",
+            "--dtype",
+            "bf16",
+            "-o",
+            "/tmp/never.png",
+        ],
+        &["--quantize", "f32"],
+    );
+    let dir = scratch("quantize");
+    let (plain, quantized, replayed) = (
+        dir.join("f32.png"),
+        dir.join("int8.png"),
+        dir.join("again.png"),
+    );
+    let common = [
+        "generate",
+        "a red circle at the top left on a blue background",
+        "--seed",
+        "3",
+        "--steps",
+        "8",
+    ];
+    for (path, extra) in [(&plain, &[][..]), (&quantized, &["--quantize", "int8"][..])] {
+        let mut args = common.to_vec();
+        args.extend(extra);
+        args.extend(["-o", path.to_str().unwrap()]);
+        let run = diffuse(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    let info = diffuse(&["info", quantized.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("Quantization: int8"));
+    let info = diffuse(&["info", plain.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&info.stdout).contains("Quantization"));
+    let pixels = |p: &Path| {
+        diffuse::pipelines::RgbImage::open(p, "test")
+            .unwrap()
+            .pixels
+    };
+    assert_ne!(pixels(&plain), pixels(&quantized), "int8 drew f32's image");
+    let run = diffuse(&[
+        "generate",
+        "--replay",
+        quantized.to_str().unwrap(),
+        "-o",
+        replayed.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(
+        pixels(&quantized),
+        pixels(&replayed),
+        "the replay did not quantize again"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

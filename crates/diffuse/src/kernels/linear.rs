@@ -1,6 +1,6 @@
 //! Linear layers (`y = x · Wᵀ + b`) whose bf16 products run on the AVX512-BF16 kernel when the CPU has it, with
 //! the weights packed into the kernel's panels once, at the first such product; everything else goes through
-//! candle's matmul, as candle-nn's `Linear` does.
+//! candle's matmul, as candle-nn's `Linear` does, except in a model built for int8 ([`super::int8`]).
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result,
@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
 use super::bf16_gemm::{self, pair, Bias, PackedPanels, Problem, NR};
+use super::int8::{self, Int8Weights};
 use super::storage::as_f32;
 
 /// A linear layer with diffusers' weight names (`weight` `[out, in]`, optional `bias` `[out]`).
@@ -20,6 +21,7 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     packed: Arc<PackedWeight>,
+    int8: Option<Arc<Int8Weights>>,
 }
 
 /// Wᵀ in the bf16 kernel's panels (made at the first bf16 product; shared by clones of the layer).
@@ -39,6 +41,7 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
         weight: vb.get((out_dim, in_dim), "weight")?,
         bias: Some(vb.get(out_dim, "bias")?),
         packed: Arc::default(),
+        int8: Int8Weights::for_new_layer(),
     })
 }
 
@@ -48,6 +51,7 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
         weight: vb.get((out_dim, in_dim), "weight")?,
         bias: None,
         packed: Arc::default(),
+        int8: Int8Weights::for_new_layer(),
     })
 }
 
@@ -57,6 +61,11 @@ impl Module for Linear {
             super::tracked(&[x, &self.weight]) || self.bias.as_ref().is_some_and(Tensor::track_op);
         if tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
             return super::train_linear::linear_tracked(x, &self.weight, self.bias.as_ref());
+        }
+        if let Some(state) = &self.int8 {
+            if let Some(y) = int8::linear(state, x, &self.weight, self.bias.as_ref())? {
+                return Ok(y);
+            }
         }
         let k = self.weight.dim(1)?;
         // candle's batched matmul mishandles non-contiguous 3-D inputs: always multiply a contiguous copy.

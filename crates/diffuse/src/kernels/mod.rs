@@ -15,6 +15,8 @@ pub mod conv1d;
 pub mod geglu;
 mod gemm;
 pub mod group_norm;
+pub mod int8;
+pub mod int8_gemm;
 pub mod linear;
 pub mod simd;
 mod storage;

@@ -14,6 +14,7 @@ use super::model_index::ModelIndex;
 use super::single_file::builtin::{self, BuiltinConfig};
 use super::single_file::SingleFile;
 use super::weights::{find_weight_files, TensorRecord, Variant, WeightFiles};
+use crate::device::Quantization;
 use crate::models::clap::{ClapTextConfig, ClapTextModel, RobertaTokenizer};
 use crate::models::clip::config::ClipTextConfig;
 use crate::models::clip::text_model::ClipTextModel;
@@ -33,6 +34,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// Which weight files to prefer.
     pub variant: Variant,
+    /// The UNet's quantization, if any (the text encoders and VAE keep `dtype`).
+    pub quantize: Option<Quantization>,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +44,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             variant: Variant::Default,
+            quantize: None,
         }
     }
 }
@@ -335,8 +339,13 @@ impl PipelineFolder {
         record: &TensorRecord,
     ) -> Result<UNet2DConditionModel> {
         let cfg = self.unet_config()?;
+        if let Some(quantize) = opts.quantize {
+            quantize.check(&opts.device, opts.dtype)?;
+        }
         let files = self.weight_files("unet", opts.variant)?;
-        UNet2DConditionModel::new(record.var_builder(files, opts.dtype, &opts.device), &cfg)
+        crate::kernels::int8::building(opts.quantize, || {
+            UNet2DConditionModel::new(record.var_builder(files, opts.dtype, &opts.device), &cfg)
+        })
     }
 
     /// Loads the VAE (old diffusers checkpoints' `query`/`key`/`value`/`proj_attn` names are mapped).

@@ -1,7 +1,11 @@
 //! 2-D convolution layers with diffusers' weight names (`weight` `[out, in, k, k]`, `bias` `[out]`).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::kernels::int8::{self, Int8Weights};
 
 use crate::kernels::train_conv::conv2d_tracked;
 
@@ -12,6 +16,7 @@ pub struct Conv2d {
     bias: Tensor,
     padding: usize,
     stride: usize,
+    int8: Option<Arc<Int8Weights>>,
 }
 
 impl Conv2d {
@@ -29,6 +34,7 @@ impl Conv2d {
             bias: vb.get(out_channels, "bias")?,
             padding,
             stride,
+            int8: Int8Weights::for_new_layer(),
         })
     }
 
@@ -47,6 +53,7 @@ impl Conv2d {
             weight,
             padding,
             stride,
+            int8: Int8Weights::for_new_layer(),
         })
     }
 
@@ -62,6 +69,18 @@ impl Module for Conv2d {
         if tracked && x.device().is_cpu() && x.dtype() == DType::F32 {
             // candle's CPU convolution has a slow backward pass; unfold and multiply instead.
             return conv2d_tracked(x, &self.weight, &self.bias, self.padding, self.stride);
+        }
+        if let Some(state) = &self.int8 {
+            if let Some(y) = int8::conv2d(
+                state,
+                x,
+                &self.weight,
+                &self.bias,
+                self.padding,
+                self.stride,
+            )? {
+                return Ok(y);
+            }
         }
         if x.device().is_cpu() && !tracked {
             return crate::kernels::conv2d(x, &self.weight, &self.bias, self.padding, self.stride);

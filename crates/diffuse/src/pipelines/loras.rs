@@ -313,13 +313,18 @@ pub(crate) fn prepare(base: &Base, loras: &[ResolvedLora]) -> Result<Adapted> {
     let unet = if unet_changes.is_empty() {
         None
     } else {
-        Some(UNet2DConditionModel::new(
-            Overlay {
-                base: Arc::clone(&base.tensors.unet),
-                replaced: unet_changes,
-            }
-            .var_builder(base.dtype, base.device),
-            base.unet.config(),
+        Some(crate::kernels::int8::building(
+            base.unet.quantization(),
+            || {
+                UNet2DConditionModel::new(
+                    Overlay {
+                        base: Arc::clone(&base.tensors.unet),
+                        replaced: unet_changes,
+                    }
+                    .var_builder(base.dtype, base.device),
+                    base.unet.config(),
+                )
+            },
         )?)
     };
     let rebuild = |encoder: &ClipTextModel,

@@ -3,6 +3,7 @@
 use super::loras::LoraSource;
 use super::request::GenerationRequest;
 use super::stable_diffusion::{Generated, StableDiffusion};
+use crate::device::Quantization;
 use crate::metadata::{GenerationParameters, RngSource};
 use crate::schedulers::a1111_sampler_of;
 
@@ -42,6 +43,7 @@ impl StableDiffusion {
         {
             extra.push(("Mask blur".to_string(), "0".to_string()));
         }
+        extra.extend(quantization_entry(self.unet.quantization()));
         generated
             .images
             .iter()
@@ -101,6 +103,13 @@ fn prompt_with_lora_tags(request: &GenerationRequest) -> String {
     prompt
 }
 
+/// The parameters key naming the UNet's quantization (absent: its dtype), so that a replay quantizes again.
+pub const QUANTIZATION_KEY: &str = "Quantization";
+
+fn quantization_entry(quantization: Option<Quantization>) -> Option<(String, String)> {
+    quantization.map(|q| (QUANTIZATION_KEY.to_string(), q.name().to_string()))
+}
+
 /// The parameters key holding the audio length of an audio generation, in seconds.
 pub const AUDIO_LENGTH_KEY: &str = "Audio length";
 
@@ -124,6 +133,7 @@ impl super::audio::AudioLdm {
                     AUDIO_LENGTH_KEY.to_string(),
                     plan.audio_length_s.to_string(),
                 )];
+                extra.extend(quantization_entry(self.unet.quantization()));
                 if n > 1 {
                     extra.push(("Batch size".to_string(), n.to_string()));
                     extra.push(("Batch pos".to_string(), i.to_string()));

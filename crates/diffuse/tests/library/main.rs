@@ -6,6 +6,7 @@ mod common;
 mod audioldm;
 mod embeddings;
 mod gradients;
+mod int8;
 mod kernels;
 mod loading_errors;
 mod loras;

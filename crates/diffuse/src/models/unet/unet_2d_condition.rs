@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::device::Quantization;
 use crate::kernels::group_norm::{group_norm, GroupNorm};
 use crate::kernels::linear::{linear, Linear};
 
@@ -50,6 +51,7 @@ pub struct UNet2DConditionModel {
     conv_act: Activation,
     conv_out: Conv2d,
     config: UNet2DConditionConfig,
+    quantization: Option<Quantization>,
 }
 
 fn reject<T: std::fmt::Display>(key: &str, value: T, expected: &str) -> Error {
@@ -389,6 +391,7 @@ impl UNet2DConditionModel {
             1,
         )?;
         Ok(Self {
+            quantization: crate::kernels::int8::current(),
             conv_in,
             time_embedding,
             add_embedding,
@@ -407,6 +410,11 @@ impl UNet2DConditionModel {
     /// The configuration the model was built from.
     pub fn config(&self) -> &UNet2DConditionConfig {
         &self.config
+    }
+
+    /// How its linear layers and convolutions were quantized when it was built (none: its dtype).
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quantization
     }
 
     /// The device the weights live on.
