@@ -18,6 +18,10 @@ openvino_runner.py with --openvino-python, its own venv): the model is exported 
 weights (beside the model as MODEL-openvino, not timed); its f32 column sets INFERENCE_PRECISION_HINT f32, its bf16
 column is OpenVINO's default precision (bf16 on a CPU with AVX512-BF16).
 
+`--dtypes …,int8` adds diffuse with `--quantize int8` (its UNet's linear layers and convolutions in int8 on
+AVX512-VNNI); the other engines run their float dtypes only, and the image's PSNR against diffuse's f32 image is
+printed with the end-to-end ratios.
+
 With --cuda both engines run on the first CUDA device (diffusers with PyTorch's SDPA attention) and each
 process's peak GPU memory is read from nvidia-smi (memory in use on the device while it runs, less what was in
 use before it started: the CUDA context and each engine's cached allocations included).

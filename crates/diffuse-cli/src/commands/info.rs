@@ -32,7 +32,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let Some(path) = args.path.filter(|_| !args.system) else {
         print!(
             "{}",
-            diffuse::system::SystemInfo::detect().with_dtype_speed()?
+            diffuse::system::SystemInfo::detect()
+                .with_dot_rates()
+                .with_dtype_speed()?
         );
         return Ok(());
     };

@@ -5,11 +5,13 @@ use std::fmt;
 use std::path::Path;
 
 use crate::device::{host_memory, HostMemory};
-use crate::internals::kernels::{attention_avx512, bf16_gemm, simd};
+use crate::internals::kernels::{attention_avx512, bf16_gemm, int8_gemm, simd};
 use crate::Result;
 
+mod dot_rates;
 mod dtype_speed;
 
+pub use dot_rates::{measure_dot_rates, DotRates};
 pub use dtype_speed::{auto_dtype, cpu_dtype_speed, DtypeSpeed};
 
 /// The CPU features that decide the kernels' speed, as `/proc/cpuinfo` names them.
@@ -68,6 +70,8 @@ pub struct SystemInfo {
     pub dispatch: Vec<(&'static str, String)>,
     /// bf16 against f32 on this CPU, when measured ([`SystemInfo::with_dtype_speed`]).
     pub dtype_speed: Option<DtypeSpeed>,
+    /// One core's multiply-add rates per operand type, when measured ([`SystemInfo::with_dot_rates`]).
+    pub dot_rates: Option<DotRates>,
 }
 
 impl SystemInfo {
@@ -122,7 +126,14 @@ impl SystemInfo {
             }),
             dispatch: dispatch(),
             dtype_speed: None,
+            dot_rates: None,
         }
+    }
+
+    /// Adds one core's multiply-add rates in f32, bf16 and int8 ([`measure_dot_rates`], a few milliseconds).
+    pub fn with_dot_rates(mut self) -> Self {
+        self.dot_rates = Some(measure_dot_rates());
+        self
     }
 
     /// Adds how bf16 compares with f32 here ([`cpu_dtype_speed`]: cached, or measured in about a second).
@@ -159,8 +170,9 @@ fn dispatch() -> Vec<(&'static str, String)> {
         simd::SimdLevel::Baseline => "the baseline instruction set (no AVX2/FMA found)",
     };
     let bf16 = if bf16_gemm::available() {
-        "bf16 operands with f32 accumulation on AVX512-BF16 (VDPBF16PS); without AMX these dot products run \
-         at about the f32 FMA rate, so computing in bf16 halves the weights' memory but may not run faster than f32"
+        "bf16 operands with f32 accumulation on AVX512-BF16 (VDPBF16PS); without AMX these dot products run at \
+         or below the f32 FMA's multiply-add rate (see the measured rates), so bf16 halves the weights' memory but \
+         may run slower than f32"
     } else {
         "no AVX512-BF16: bf16 tensors are widened to f32 for every product"
     };
@@ -171,9 +183,16 @@ fn dispatch() -> Vec<(&'static str, String)> {
     } else {
         "flash-style blocks, two matrix products per block"
     };
+    let int8 = if int8_gemm::available() {
+        "`--quantize int8`: the UNet's linear layers and convolutions on AVX512-VNNI (VPDPBUSD), int8 weights \
+         per output channel and activations per token or image, f32 results"
+    } else {
+        "`--quantize int8` unavailable: no AVX512-VNNI"
+    };
     vec![
         ("vector kernels", level.to_string()),
         ("bf16 products", bf16.to_string()),
+        ("int8 products", int8.to_string()),
         ("attention", attention.to_string()),
         (
             "threads",
@@ -216,6 +235,22 @@ impl fmt::Display for SystemInfo {
         for (what, choice) in &self.dispatch {
             writeln!(f, "{what}: {choice}")?;
         }
+        if let Some(rates) = &self.dot_rates {
+            let rate = |r: Option<f64>| r.map_or("none".to_string(), |r| format!("{:.0}", r / 1e9));
+            let ratio = |r: Option<f64>| match (r, rates.f32_fma) {
+                (Some(r), Some(f)) => format!(" ({:.2}× f32)", r / f),
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "multiply-adds per second on one core (G, measured): f32 FMA {}, bf16 VDPBF16PS {}{}, int8 VPDPBUSD {}{}",
+                rate(rates.f32_fma),
+                rate(rates.bf16_dot),
+                ratio(rates.bf16_dot),
+                rate(rates.int8_dot),
+                ratio(rates.int8_dot)
+            )?;
+        }
         if let Some(speed) = &self.dtype_speed {
             writeln!(
                 f,
@@ -246,5 +281,28 @@ mod tests {
         if is_x86_feature_detected!("avx2") {
             assert!(info.features.contains(&"avx2"), "{text}");
         }
+    }
+
+    #[test]
+    fn measures_the_dot_product_rates_it_has() {
+        let info = SystemInfo::detect().with_dot_rates();
+        let rates = info.dot_rates.expect("measured");
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(rates.f32_fma.is_some(), is_x86_feature_detected!("avx512f"));
+            assert_eq!(
+                rates.int8_dot.is_some(),
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+            );
+        }
+        for rate in [rates.f32_fma, rates.bf16_dot, rates.int8_dot]
+            .into_iter()
+            .flatten()
+        {
+            assert!(rate.is_finite() && rate > 1e8, "{rate}");
+        }
+        assert!(info
+            .to_string()
+            .contains("multiply-adds per second on one core"));
     }
 }
