@@ -92,7 +92,7 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn serve_refuses_bad_setups_naming_the_option() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &["serve", "--model", "/nonexistent/model"],
             "/nonexistent/model",
@@ -105,6 +105,7 @@ fn serve_refuses_bad_setups_naming_the_option() {
             &["serve", "--preview-decoder", "/nonexistent/taesd"],
             "--preview-decoder",
         ),
+        (&["serve", "--quantize", "int4"], "--quantize"),
     ];
     for (args, expected) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_diffuse"))
@@ -126,8 +127,36 @@ fn serve_refuses_bad_setups_naming_the_option() {
 
 #[test]
 fn every_image_of_a_served_batch_replays_to_itself() {
+    let served = served_images_replay(&[], "plain");
+    std::fs::remove_dir_all(served[0].parent().unwrap()).ok();
+}
+
+/// A server started with `--quantize int8` runs its UNets in int8: its images say so and replay to themselves.
+#[test]
+fn a_quantized_servers_images_say_so_and_replay() {
+    if !diffuse::internals::kernels::int8_gemm::available() {
+        eprintln!("skipped: this CPU has no AVX512-VNNI");
+        return;
+    }
+    let served = served_images_replay(&["--quantize", "int8"], "int8");
+    for image in &served {
+        let info = Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .arg("info")
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("Quantization: int8"));
+    }
+    std::fs::remove_dir_all(served[0].parent().unwrap()).ok();
+}
+
+/// Serves a batch of two with `extra` flags, and checks that `generate --replay` redraws each image; returns the
+/// served images' paths (in a scratch folder named after `label`).
+fn served_images_replay(extra: &[&str], label: &str) -> Vec<std::path::PathBuf> {
     use base64::Engine;
-    let (mut child, addr) = start(&["--model".into(), format!("sd1={}", sd1().display())]);
+    let mut args = vec!["--model".into(), format!("sd1={}", sd1().display())];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let (mut child, addr) = start(&args);
     let body = post_json(
         &addr,
         "/v1/images/generations",
@@ -135,10 +164,14 @@ fn every_image_of_a_served_batch_replays_to_itself() {
                             "response_format": "b64_json"}),
     );
     assert!(terminate(&mut child).success());
-    let scratch = std::env::temp_dir().join(format!("diffuse-serve-replay-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!(
+        "diffuse-serve-replay-{label}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&scratch).unwrap();
     let images = body["data"].as_array().unwrap();
     assert_eq!(images.len(), 2);
+    let mut served_paths = Vec::new();
     for (i, image) in images.iter().enumerate() {
         let served = scratch.join(format!("served-{i}.png"));
         let bytes = base64::engine::general_purpose::STANDARD
@@ -166,8 +199,9 @@ fn every_image_of_a_served_batch_replays_to_itself() {
             open(&served),
             "image {i} replays to another image"
         );
+        served_paths.push(served);
     }
-    std::fs::remove_dir_all(&scratch).ok();
+    served_paths
 }
 
 #[test]
