@@ -184,10 +184,10 @@ fn dispatch() -> Vec<(&'static str, String)> {
         "flash-style blocks, two matrix products per block"
     };
     let int8 = if int8_gemm::available() {
-        "`--quantize int8`: the UNet's linear layers and convolutions on AVX512-VNNI (VPDPBUSD), int8 weights \
-         per output channel and activations per token or image, f32 results"
+        "available (quantize = int8): the UNet's linear layers and convolutions on AVX512-VNNI (VPDPBUSD), int8 \
+         weights per output channel and activations per token or image, f32 results"
     } else {
-        "`--quantize int8` unavailable: no AVX512-VNNI"
+        "unavailable (quantize = int8 needs AVX512-VNNI)"
     };
     vec![
         ("vector kernels", level.to_string()),
