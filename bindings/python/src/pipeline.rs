@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
-use diffuse::device::{device_from_name, dtype_from_name};
+use diffuse::device::{device_from_name, dtype_from_name, Quantization};
 use diffuse::loaders::hub::{resolve_config, resolve_model};
 use diffuse::loaders::tiny_vae::load_tiny_decoder;
 use diffuse::loaders::{LoadOptions, PipelineFolder, Variant};
@@ -66,6 +66,11 @@ pub(crate) fn change_options(
         changed.dtype = dtype_from_name(dtype).map_err(errors::to_py)?;
     }
     let differs = !changed.device.same_device(&options.device) || changed.dtype != options.dtype;
+    if let Some(quantize) = changed.quantize {
+        quantize
+            .check(&changed.device, changed.dtype)
+            .map_err(errors::to_py)?;
+    }
     if differs {
         *options = changed;
     }
@@ -78,7 +83,7 @@ impl Pipeline {
     /// configurations; the weights are read on first use. `config` gives a single file's configs (a folder
     /// or Hub id).
     #[staticmethod]
-    #[pyo3(signature = (model, variant = None, config = None, device = "cpu", dtype = "float32"))]
+    #[pyo3(signature = (model, variant = None, config = None, device = "cpu", dtype = "float32", quantize = None))]
     fn open(
         py: Python<'_>,
         model: &str,
@@ -86,14 +91,22 @@ impl Pipeline {
         config: Option<&str>,
         device: &str,
         dtype: &str,
+        quantize: Option<&str>,
     ) -> PyResult<Self> {
         let variant = variant_named(variant)?;
         let options = LoadOptions {
             device: device_from_name(device).map_err(errors::to_py)?,
             dtype: dtype_from_name(dtype).map_err(errors::to_py)?,
             variant,
-            quantize: None,
+            quantize: quantize
+                .map(Quantization::from_name)
+                .transpose()
+                .map_err(errors::to_py)?,
         };
+        if let Some(q) = options.quantize {
+            q.check(&options.device, options.dtype)
+                .map_err(errors::to_py)?;
+        }
         let folder = py
             .detach(|| {
                 let path = resolve_model(model, variant)?;
@@ -163,6 +176,12 @@ impl Pipeline {
             candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
             candle_core::DeviceLocation::Metal { gpu_id } => format!("mps:{gpu_id}"),
         }
+    }
+
+    /// `"int8"` when the UNet is quantized, else `None`.
+    #[getter]
+    fn quantize(&self) -> Option<&'static str> {
+        lock(&self.options).quantize.map(Quantization::name)
     }
 
     /// `"float32"`, `"float16"` or `"bfloat16"`.

@@ -130,3 +130,32 @@ def test_taesd_as_the_vae_equals_diffusers():
     assert_images(images, reference("taesd", "pipeline")["images"])
     with pytest.raises(ValueError, match="_class_name"):
         pipe.vae = diffuse.AutoencoderTiny.from_pretrained(MODELS / "sd1" / "vae")
+
+
+def test_quantize_int8_moves_the_image_a_little_and_needs_float32():
+    """``quantize="int8"`` (diffuse's own argument) runs the UNet in int8: the image moves, but stays within 30 dB
+    PSNR of float32's; other dtypes and unknown values are refused naming ``quantize``."""
+    import numpy as np
+
+    root = MODELS / "sd1"
+    try:
+        quantized = diffuse.StableDiffusionPipeline.from_pretrained(root, quantize="int8")
+    except ValueError as e:
+        if "AVX512-VNNI" in str(e):
+            pytest.skip(str(e))
+        raise
+    plain = diffuse.StableDiffusionPipeline.from_pretrained(root)
+
+    def draw(pipe):
+        generator = diffuse.Generator("cpu").manual_seed(5)
+        image = pipe("a red cube", num_inference_steps=4, generator=generator, output_type="np").images[0]
+        return np.asarray(image, dtype=np.float64)
+
+    a, b = draw(plain), draw(quantized)
+    mse = float(np.mean((a - b) ** 2))
+    assert mse > 0, "int8 drew float32's image"
+    assert 10 * np.log10(1.0 / mse) > 30
+    with pytest.raises(ValueError, match="quantize"):
+        diffuse.StableDiffusionPipeline.from_pretrained(root, quantize="int4")
+    with pytest.raises(ValueError, match="quantize"):
+        quantized.to(dtype="bfloat16")

@@ -28,12 +28,19 @@ thread_local! {
     static SCOPE: Cell<Option<Quantization>> = const { Cell::new(None) };
 }
 
-/// Runs `build` with the layers it constructs (on this thread) quantized as `quantization` says.
+/// Runs `build` with the layers it constructs (on this thread) quantized as `quantization` says. The scope is the
+/// thread's: a rayon job this thread ran meanwhile would see it too, so models are never built inside rayon jobs
+/// (they are not: loaders build them on the caller's thread).
 pub fn building<T>(quantization: Option<Quantization>, build: impl FnOnce() -> T) -> T {
-    let outer = SCOPE.with(|s| s.replace(quantization));
-    let result = build();
-    SCOPE.with(|s| s.set(outer));
-    result
+    /// Puts the outer scope back, also when `build` panics.
+    struct Restore(Option<Quantization>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPE.with(|s| s.replace(quantization)));
+    build()
 }
 
 /// The quantization of the layers being built now.
