@@ -95,21 +95,6 @@ impl PackedInt8 {
             comp,
         }
     }
-
-    /// Inner dimension.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Columns.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.panels.len() * 4 + self.scale.len() * 8
-    }
 }
 
 /// Where the rows of A lie in [`Rows::data`].
