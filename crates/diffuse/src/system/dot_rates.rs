@@ -47,17 +47,16 @@ pub fn measure_dot_rates() -> DotRates {
     }
 }
 
-/// Instructions per second over `iters` rounds of 24 independent FMAs.
+/// Instructions per second of `step` over `iters` rounds of 24 independent accumulators (inlined into each
+/// kernel below, which brings the instructions' target features).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_fma(iters: usize) -> f64 {
-    use std::arch::x86_64::*;
-    let (a, b) = (_mm512_set1_ps(1e-9), _mm512_set1_ps(1e-9));
-    let mut acc = [_mm512_setzero_ps(); 24];
+#[inline(always)]
+fn rounds<V: Copy>(iters: usize, zero: V, step: impl Fn(V) -> V) -> f64 {
+    let mut acc = [zero; 24];
     let start = Instant::now();
     for _ in 0..iters {
         for v in acc.iter_mut() {
-            *v = _mm512_fmadd_ps(*v, a, b);
+            *v = step(*v);
         }
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -65,38 +64,31 @@ unsafe fn run_fma(iters: usize) -> f64 {
     (iters * 24) as f64 / seconds
 }
 
-/// Instructions per second over `iters` rounds of 24 independent VDPBF16PS.
+/// f32 FMAs per second.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_fma(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(1e-9);
+    rounds(iters, _mm512_setzero_ps(), |v| _mm512_fmadd_ps(v, a, a))
+}
+
+/// VDPBF16PS per second.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn run_bf16(iters: usize) -> f64 {
     use std::arch::x86_64::*;
     let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x0001_0001));
-    let mut acc = [_mm512_setzero_ps(); 24];
-    let start = Instant::now();
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_dpbf16_ps(*v, a, a);
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    std::hint::black_box(&acc);
-    (iters * 24) as f64 / seconds
+    rounds(iters, _mm512_setzero_ps(), |v| _mm512_dpbf16_ps(v, a, a))
 }
 
-/// Instructions per second over `iters` rounds of 24 independent VPDPBUSD.
+/// VPDPBUSD per second.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn run_int8(iters: usize) -> f64 {
     use std::arch::x86_64::*;
     let a = _mm512_set1_epi32(0x0101_0101);
-    let mut acc = [_mm512_setzero_si512(); 24];
-    let start = Instant::now();
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_dpbusd_epi32(*v, a, a);
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    std::hint::black_box(&acc);
-    (iters * 24) as f64 / seconds
+    rounds(iters, _mm512_setzero_si512(), |v| {
+        _mm512_dpbusd_epi32(v, a, a)
+    })
 }

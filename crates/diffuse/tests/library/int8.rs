@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::common::relative_error;
 use diffuse::device::Quantization;
 use diffuse::internals::kernels::{int8, int8_gemm, linear};
 use diffuse::models::conv::Conv2d;
@@ -45,17 +47,6 @@ fn relative_l2(a: &Tensor, b: &Tensor) -> f32 {
     let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
     let norm = b.sqr().unwrap().sum_all().unwrap();
     (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// A linear layer built for int8 multiplies like the dequantized operands (tokens per row, weights per output
@@ -99,9 +90,9 @@ fn int8_linear_is_the_dequantized_product() {
             }
         };
         let want = product(&fake_quant_runs(&x, k), &fake_quant_runs(&w, k));
-        let err = max_abs(&(&got - &want).unwrap());
+        let err = relative_error(&got, &want);
         assert!(
-            err <= 1e-5 * max_abs(&want),
+            err <= 1e-5,
             "{b}×{n}×{k}→{out}: {err} from the dequantized product"
         );
         let exact = product(&x, &w);
@@ -164,11 +155,11 @@ fn int8_conv2d_is_the_dequantized_convolution() {
             &fake_quant_runs(&weight, cin * kernel * kernel),
         );
         assert_eq!(got.dims(), want.dims());
-        let err = max_abs(&(&got - &want).unwrap());
+        let err = relative_error(&got, &want);
         let case =
             format!("{b}×{cin}×{h}×{w} → {cout}, {kernel}×{kernel} pad {pad} stride {stride}");
         assert!(
-            err <= 1e-5 * max_abs(&want),
+            err <= 1e-5,
             "{case}: {err} from the dequantized convolution"
         );
         let distance = relative_l2(&got, &convolve(&x, &weight));
@@ -197,7 +188,7 @@ fn int8_weights_are_packed_once_and_reused() {
             .unwrap()
             .broadcast_add(&bias)
             .unwrap();
-        assert!(max_abs(&(&got - &want).unwrap()) <= 1e-5 * max_abs(&want));
+        assert!(relative_error(&got, &want) <= 1e-5);
     }
     // Not for a bf16 input: the int8 path is f32 only.
     let x = randn(&mut rng, &[3, 128]).to_dtype(DType::BF16).unwrap();
