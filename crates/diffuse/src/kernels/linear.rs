@@ -1,6 +1,7 @@
 //! Linear layers (`y = x · Wᵀ + b`) whose bf16 products run on the AVX512-BF16 kernel when the CPU has it, with
-//! the weights packed into the kernel's panels once, at the first such product; everything else goes through
-//! candle's matmul, as candle-nn's `Linear` does, except in a model built for int8 ([`super::int8`]).
+//! the weights packed into the kernel's panels once, at the first such product; f32 products over a few hundred
+//! rows (the text encoder's) run on [`super::few_rows_gemm`]; everything else goes through candle's matmul, as
+//! candle-nn's `Linear` does, except in a model built for int8 ([`super::int8`]).
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result,
@@ -12,8 +13,9 @@ use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
 use super::bf16_gemm::{self, pair, Bias, PackedPanels, Problem, NR};
+use super::few_rows_gemm;
 use super::int8::{self, Int8Weights};
-use super::storage::as_f32;
+use super::storage::{as_f32, F32Values};
 
 /// A linear layer with diffusers' weight names (`weight` `[out, in]`, optional `bias` `[out]`).
 #[derive(Debug, Clone)]
@@ -86,6 +88,14 @@ impl Module for Linear {
                 None => x.apply_op2_no_bwd(&w, &op),
             };
         }
+        if !tracked
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && few_rows_gemm::suits(x.elem_count() / k.max(1))
+        {
+            return few_rows(&x, &self.weight, self.bias.as_ref());
+        }
         let y = match x.rank() {
             2 => x.matmul(&self.weight.t()?)?,
             _ => x.broadcast_matmul(&self.weight.t()?)?,
@@ -95,6 +105,34 @@ impl Module for Linear {
             None => Ok(y),
         }
     }
+}
+
+/// `x · Wᵀ + b` in f32 on [`few_rows_gemm`] (x contiguous, its last dimension W's inputs).
+fn few_rows(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    if x.dims().last() != Some(&k) {
+        bail!(
+            "linear: input {:?} against weight {:?}",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    let m = x.elem_count() / k.max(1);
+    let w = weight.contiguous()?;
+    let (xv, wv) = (
+        F32Values::of(x, "linear input")?,
+        F32Values::of(&w, "linear weight")?,
+    );
+    let bias = bias
+        .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+        .transpose()?;
+    let mut y = vec![0f32; m * n];
+    few_rows_gemm::linear(xv.get(), m, wv.get(), n, k, bias.as_deref(), &mut y)?;
+    let mut shape = x.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Tensor::from_vec(y, shape, x.device())
 }
 
 /// The bf16 product, with the layer's packed weights (packed here on first use).

@@ -12,6 +12,7 @@ pub mod attention_avx512;
 pub mod bf16_gemm;
 pub mod conv;
 pub mod conv1d;
+pub mod few_rows_gemm;
 pub mod geglu;
 mod gemm;
 pub mod group_norm;

@@ -288,6 +288,57 @@ fn bf16_linear_matches_f32_product() {
     }
 }
 
+/// f32 linear layers over few rows (the text encoder's; [`few_rows_gemm`]) equal the product computed in f64 to
+/// 1e-5 of the largest output: row counts off the 32-row panels and the kernel's row range's ends, widths off
+/// the 12-column blocks, inner sizes across the 256-wide slices, with and without bias.
+#[test]
+fn f32_linear_over_few_rows_matches_f64_product() {
+    use candle_core::Module;
+    use diffuse::internals::kernels::few_rows_gemm;
+    use std::collections::HashMap;
+    let mut rng = TorchCpuRng::new(5);
+    // (batch, tokens, in, out, bias): 16 and 384 rows (the kernel's range), 77 and 154 (a prompt, a prompt and
+    // its negative), 8 and 400 rows (the general product).
+    for (b, n, k, out, with_bias) in [
+        (1, 16, 17, 13, true),
+        (2, 77, 300, 130, true),
+        (1, 77, 40, 12, false),
+        (3, 128, 64, 25, true),
+        (1, 8, 96, 30, true),
+        (1, 400, 33, 14, false),
+    ] {
+        let x = randn(&mut rng, &[b, n, k]);
+        let w = randn(&mut rng, &[out, k]);
+        let bias = randn(&mut rng, &[out]);
+        let mut tensors = HashMap::from([("weight".to_string(), w.clone())]);
+        if with_bias {
+            tensors.insert("bias".to_string(), bias.clone());
+        }
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let layer = if with_bias {
+            diffuse::internals::kernels::linear::linear(k, out, vb).unwrap()
+        } else {
+            diffuse::internals::kernels::linear::linear_no_bias(k, out, vb).unwrap()
+        };
+        let got = layer.forward(&x).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let mut want = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap();
+        if with_bias {
+            want = want.broadcast_add(&f(&bias)).unwrap();
+        }
+        let err = crate::common::relative_error(&got, &want);
+        assert!(err <= 1e-5, "{b}×{n}×{k}→{out}: relative error {err}");
+    }
+    // The kernel itself refuses buffers that do not fit the shapes, naming them, instead of reading past them.
+    if few_rows_gemm::available() {
+        let mut y = vec![0f32; 16 * 3];
+        let err = few_rows_gemm::linear(&[0.0; 16 * 4], 16, &[0.0; 3 * 5], 3, 4, None, &mut y)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("W of 15 for 3×4"), "{err}");
+    }
+}
+
 /// SiLU, quick GELU and exact GELU in one pass match candle's compositions: f32 to 1e-6 of the largest value
 /// (the vectorized exp and erf), bf16 to one bf16 rounding; a transposed input is made contiguous first.
 #[test]
