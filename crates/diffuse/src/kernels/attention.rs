@@ -4,13 +4,14 @@
 //! AVX512-BF16, whose products run on the bf16 dot-product instruction ([`attention_avx512::head_block_bf16`]).
 
 use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor,
+    backend::BackendStorage, bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
 
 use half::bf16;
 
 use super::attention_avx512;
+use super::attention_int8::{self, KeysInt8};
 use super::bf16_gemm::pair;
 use super::gemm::{matmul, MatMut, MatRef};
 use super::simd::multiversion;
@@ -27,7 +28,25 @@ pub const K_BLOCK: usize = 512;
 /// On CPUs with AVX-512 the blocks run the transposed kernel of [`attention_avx512`], elsewhere two `gemm`
 /// products per block.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    run(q, k, v, heads, scale, attention_avx512::available())
+    run(q, k, v, heads, scale, attention_avx512::available(), false)
+}
+
+/// [`attention`] with the scores computed in int8 where the CPU has AVX512-VNNI
+/// ([`attention_int8`](super::attention_int8): queries and mean-centred keys quantized per token), for models
+/// built for int8: f32 tensors with at least [`attention_int8::MIN_KEYS`] keys; [`attention`] for the rest.
+pub fn attention_int8(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let int8 = attention_int8::available()
+        && q.dtype() == DType::F32
+        && k.dims()
+            .get(1)
+            .is_some_and(|&n| n >= attention_int8::MIN_KEYS);
+    run(q, k, v, heads, scale, attention_avx512::available(), int8)
 }
 
 /// [`attention`] on its portable path (the `gemm` products), whatever the CPU: what CPUs without AVX-512
@@ -39,10 +58,10 @@ pub fn attention_portable(
     heads: usize,
     scale: f64,
 ) -> Result<Tensor> {
-    run(q, k, v, heads, scale, false)
+    run(q, k, v, heads, scale, false, false)
 }
 
-/// Applies the kernel, on the AVX-512 path when `avx512`.
+/// Applies the kernel, on the AVX-512 path when `avx512`, with int8 scores when `int8` (f32 tensors).
 fn run(
     q: &Tensor,
     k: &Tensor,
@@ -50,11 +69,13 @@ fn run(
     heads: usize,
     scale: f64,
     avx512: bool,
+    int8: bool,
 ) -> Result<Tensor> {
     let op = FlashAttention {
         heads,
         scale: scale as f32,
         avx512,
+        int8,
     };
     q.contiguous()?
         .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
@@ -89,6 +110,7 @@ struct FlashAttention {
     heads: usize,
     scale: f32,
     avx512: bool,
+    int8: bool,
 }
 
 struct Dims {
@@ -148,6 +170,10 @@ impl CustomOp3 for FlashAttention {
         let q = as_f32(sq, lq, "attention q")?;
         let k = as_f32(sk, lk, "attention k")?;
         let v = as_f32(sv, lv, "attention v")?;
+        if self.int8 && self.avx512 {
+            let out = self.forward_int8(&dims, batch, &q, &k, &v);
+            return Ok((from_f32(out, sq.dtype())?, lq.shape().clone()));
+        }
         let mut out = vec![0f32; batch * nq * channels];
         if nq > 0 {
             out.par_chunks_mut(nq * channels)
@@ -173,6 +199,53 @@ fn contiguous<'a, T>(values: &'a [T], layout: &Layout) -> Option<&'a [T]> {
 }
 
 impl FlashAttention {
+    /// The int8 path: the keys quantized once, then every (batch item, query block) runs
+    /// [`attention_int8::head_block_int8`] for each head.
+    fn forward_int8(&self, dims: &Dims, batch: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (c, d, nk) = (dims.channels, dims.d, dims.nk);
+        let keys = KeysInt8::quantize(k, batch, nk, self.heads, d);
+        let mut out = vec![0f32; batch * dims.nq * c];
+        if dims.nq == 0 {
+            return out;
+        }
+        out.par_chunks_mut(dims.nq * c)
+            .enumerate()
+            .for_each(|(b, out_batch)| {
+                let q_batch = &q[b * dims.nq * c..(b + 1) * dims.nq * c];
+                out_batch
+                    .par_chunks_mut(Q_BLOCK * c)
+                    .enumerate()
+                    .for_each(|(i, out_block)| {
+                        let rows = out_block.len() / c;
+                        let q_rows = &q_batch[i * Q_BLOCK * c..][..rows * c];
+                        let mut scratch = attention_avx512::Scratch::new(d);
+                        for h in 0..self.heads {
+                            let head = (b * self.heads + h) * nk;
+                            let kv = attention_int8::HeadKvInt8 {
+                                k: &keys.quads[head * keys.dq..(head + nk) * keys.dq],
+                                k_scale: &keys.scale[head..head + nk],
+                                k_shift: &keys.shift[head..head + nk],
+                                dq: keys.dq,
+                                v: &v[b * nk * c..(b + 1) * nk * c],
+                                stride: c,
+                                offset: h * d,
+                                d,
+                                tokens: nk,
+                            };
+                            attention_int8::head_block_int8(
+                                q_rows,
+                                rows,
+                                &kv,
+                                self.scale,
+                                &mut scratch,
+                                out_block,
+                            );
+                        }
+                    });
+            });
+        out
+    }
+
     /// The bf16 path: values paired by consecutive tokens once, then every (batch item, query block) runs
     /// [`attention_avx512::head_block_bf16`] for each head.
     fn forward_bf16(

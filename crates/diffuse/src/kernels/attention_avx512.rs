@@ -22,7 +22,7 @@ use super::vmath;
 /// Queries per block (four vectors of 16).
 pub const QB: usize = 64;
 /// Vectors per query block.
-const VECS: usize = QB / 16;
+pub(super) const VECS: usize = QB / 16;
 /// Keys per score block: Sᵀ is `KB`×`QB` f32 (32 KiB, L1-sized).
 const KB: usize = 128;
 /// Keys per score micro-kernel call.
@@ -67,10 +67,15 @@ pub struct HeadKvBf16<'a> {
 /// The per-task working memory of [`head_block`] and [`head_block_bf16`].
 pub struct Scratch {
     qt: Vec<f32>,
-    st: Vec<f32>,
-    ot: Vec<f32>,
+    pub(super) st: Vec<f32>,
+    pub(super) ot: Vec<f32>,
     qt_pairs: Vec<u32>,
     pt_pairs: Vec<u32>,
+    /// The query block as quads of 8-bit head dimensions ([`super::attention_int8`]).
+    pub(super) qt_quads: Vec<u32>,
+    /// One query row, scaled, and its bytes ([`super::attention_int8`]).
+    pub(super) q_row: Vec<f32>,
+    pub(super) q_bytes: Vec<u8>,
 }
 
 impl Scratch {
@@ -82,6 +87,9 @@ impl Scratch {
             ot: vec![0.0; d * QB],
             qt_pairs: vec![0; d.div_ceil(2) * QB],
             pt_pairs: vec![0; KB / 2 * QB],
+            qt_quads: vec![0; d.div_ceil(4) * QB],
+            q_row: vec![0.0; d],
+            q_bytes: vec![0; d.div_ceil(4) * 4],
         }
     }
 }
@@ -262,8 +270,8 @@ unsafe fn head_block_bf16_avx512(
 /// `pairs` of keys.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Probabilities {
-    f32: *const f32,
+pub(super) struct Probabilities {
+    pub(super) f32: *const f32,
     pairs: *const u32,
 }
 
@@ -271,12 +279,12 @@ struct Probabilities {
 /// scores folded into the online softmax and its products added into the output accumulator `ot` (Oᵀ,
 /// `d`×[`QB`]). With `pairs`, the probabilities are handed to the output kernels as bf16 pairs of keys.
 #[cfg(target_arch = "x86_64")]
-struct KeyBlocks<'a> {
-    tokens: usize,
-    d: usize,
-    st: &'a mut [f32],
-    ot: &'a mut [f32],
-    pairs: Option<&'a mut [u32]>,
+pub(super) struct KeyBlocks<'a> {
+    pub(super) tokens: usize,
+    pub(super) d: usize,
+    pub(super) st: &'a mut [f32],
+    pub(super) ot: &'a mut [f32],
+    pub(super) pairs: Option<&'a mut [u32]>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -286,7 +294,7 @@ impl KeyBlocks<'_> {
     /// adds the products of the block of `kb` keys from `j0` for head dimensions `dd..dd + n` (n ≤
     /// [`OUT_ROWS`]) into `acc`. Returns the softmax denominators.
     #[inline(always)]
-    fn run(
+    pub(super) fn run(
         self,
         scores: impl Fn(usize, usize, *mut f32, *mut f32),
         accumulate: impl Fn(Probabilities, usize, usize, usize, usize, *mut f32),
@@ -482,7 +490,7 @@ unsafe fn load_pairs(p: *const __m512i) -> [__m512bh; VECS] {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn load_row(p: *const f32) -> [__m512; VECS] {
+pub(super) unsafe fn load_row(p: *const f32) -> [__m512; VECS] {
     [
         _mm512_loadu_ps(p),
         _mm512_loadu_ps(p.add(16)),
@@ -506,7 +514,11 @@ unsafe fn store_row(p: *mut f32, row: &[__m512; VECS]) {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_scores<const R: usize>(acc: &[[__m512; VECS]; R], dst: *mut f32, max: *mut f32) {
+pub(super) unsafe fn store_scores<const R: usize>(
+    acc: &[[__m512; VECS]; R],
+    dst: *mut f32,
+    max: *mut f32,
+) {
     let mut m = load_row(max);
     for (r, acc_r) in acc.iter().enumerate() {
         store_row(dst.add(r * QB), acc_r);
@@ -548,7 +560,7 @@ unsafe fn scores<const R: usize>(
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn accumulate<const R: usize>(
+pub(super) unsafe fn accumulate<const R: usize>(
     p: *const f32,
     keys: usize,
     v: *const f32,

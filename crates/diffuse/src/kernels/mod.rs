@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod attention;
 pub mod attention_avx512;
+pub mod attention_int8;
 pub mod bf16_gemm;
 pub mod conv;
 pub mod conv1d;

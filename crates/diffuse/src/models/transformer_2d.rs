@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use super::attention::multi_head_attention;
 use super::conv::Conv2d;
 use super::layer_norm::{layer_norm, LayerNorm};
+use crate::device::Quantization;
 use crate::kernels::group_norm::{group_norm, GroupNorm};
 use crate::kernels::linear::{linear, linear_no_bias, Linear};
 
@@ -39,6 +40,8 @@ pub struct CrossAttention {
     heads: usize,
     scale: f64,
     upcast: bool,
+    /// Built for int8 ([`crate::kernels::int8::building`]): the scores run in int8 on the CPU.
+    int8: bool,
 }
 
 impl CrossAttention {
@@ -60,6 +63,7 @@ impl CrossAttention {
             heads,
             scale: (head_dim as f64).powf(-0.5),
             upcast,
+            int8: crate::kernels::int8::current() == Some(Quantization::Int8),
         })
     }
 
@@ -69,7 +73,11 @@ impl CrossAttention {
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        let out = multi_head_attention(&q, &k, &v, self.heads, self.scale, self.upcast)?;
+        let out = if self.int8 && q.device().is_cpu() && !crate::kernels::tracked(&[&q, &k, &v]) {
+            crate::kernels::attention::attention_int8(&q, &k, &v, self.heads, self.scale)?
+        } else {
+            multi_head_attention(&q, &k, &v, self.heads, self.scale, self.upcast)?
+        };
         self.to_out.forward(&out)
     }
 }
