@@ -19,8 +19,9 @@ weights (beside the model as MODEL-openvino, not timed); its f32 column sets INF
 column is OpenVINO's default precision (bf16 on a CPU with AVX512-BF16).
 
 `--dtypes …,int8` adds diffuse with `--quantize int8` (its UNet's linear layers and convolutions in int8 on
-AVX512-VNNI); the other engines run their float dtypes only, and the image's PSNR against diffuse's f32 image is
-printed with the end-to-end ratios.
+AVX512-VNNI) and OpenVINO with its models' weights compressed to 8 bits by NNCF (a second IR, MODEL-openvino-int8,
+exported once with `load_in_8bit=True`; computed with the f32 precision hint); diffusers runs its float dtypes
+only. Each engine's int8 image's PSNR against its f32 image is printed with the end-to-end ratios.
 
 With --cuda both engines run on the first CUDA device (diffusers with PyTorch's SDPA attention) and each
 process's peak GPU memory is read from nvidia-smi (memory in use on the device while it runs, less what was in
@@ -145,7 +146,8 @@ def main():
     p.add_argument("--diffuse", default=str(REPO / "target/release/diffuse"))
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--dtypes", default="f32,bf16", help="f32, bf16, f16; int8 (diffuse only: --quantize int8)")
+    p.add_argument("--dtypes", default="f32,bf16",
+                   help="f32, bf16, f16; int8 (diffuse: --quantize int8, OpenVINO: 8-bit weights)")
     p.add_argument("--tasks", default="components,generate", help="components, generate, vae-tiled; audio (an AudioLDM folder)")
     p.add_argument("--engines", default="diffuse,diffusers")
     p.add_argument("--diffusers-alloc", default="default,tuned")
@@ -173,10 +175,15 @@ def main():
     if "openvino" in engines:
         columns.append(("openvino", {}))
         args.openvino_model = args.openvino_model or args.model.with_name(args.model.name + "-openvino")
-        if not (args.openvino_model / "model_index.json").exists():
-            print(f"# exporting {args.model} to OpenVINO IR in {args.openvino_model}", file=sys.stderr, flush=True)
-            subprocess.run([args.openvino_python, str(HERE / "openvino_runner.py"), str(args.model), "--task",
-                            "export", "--out", str(args.openvino_model)], check=True)
+        ir = {"": args.openvino_model, "int8": args.openvino_model.with_name(args.openvino_model.name + "-int8")}
+        for kind, folder in ir.items():
+            if kind == "int8" and "int8" not in args.dtypes.split(","):
+                continue
+            if not (folder / "model_index.json").exists():
+                print(f"# exporting {args.model} to OpenVINO IR in {folder}", file=sys.stderr, flush=True)
+                flags = ["--int8"] if kind == "int8" else []
+                subprocess.run([args.openvino_python, str(HERE / "openvino_runner.py"), str(args.model), "--task",
+                                "export", "--out", str(folder)] + flags, check=True)
     raw = {}
     running = [c[0] for c in columns]
     for path in args.reuse:
@@ -189,13 +196,14 @@ def main():
         print(f"# reusing {sorted(reused)}", file=sys.stderr)
     for dtype in args.dtypes.split(","):
         for name, alloc in columns:
-            if dtype == "int8" and name != "diffuse":
-                continue  # int8 is diffuse's `--quantize int8`; the others run their float dtypes only
+            if dtype == "int8" and name not in ("diffuse", "openvino"):
+                continue  # diffusers runs its float dtypes only
             res = {}
             for task in args.tasks.split(","):
                 image = args.images / f"{name}-{dtype}.png"
                 if name == "openvino":
-                    cmd = [args.openvino_python, str(HERE / "openvino_runner.py"), str(args.openvino_model),
+                    folder = ir["int8"] if dtype == "int8" else ir[""]
+                    cmd = [args.openvino_python, str(HERE / "openvino_runner.py"), str(folder),
                            "--task", task, "--dtype", dtype, "--reps", str(args.reps), "--steps", str(args.steps),
                            "--threads", str(args.threads), "--save", str(image)]
                 elif name == "diffuse":

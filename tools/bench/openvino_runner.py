@@ -1,13 +1,15 @@
 """The OpenVINO side of tools/bench/bench.py (optimum-intel's OVStableDiffusionPipeline): the same tasks and JSON
 lines as `diffuse bench` and diffusers_runner.py, run with the OpenVINO venv's Python.
 
-    /opt/ovenv/bin/python openvino_runner.py IR_FOLDER --task components|generate --dtype f32|bf16 --reps N \
+    /opt/ovenv/bin/python openvino_runner.py IR_FOLDER --task components|generate --dtype f32|bf16|int8 --reps N \
         --steps N --threads N [--save PNG]
 
 Load (timed apart) includes compiling; a generation's pipeline is compiled for 512² (static shapes). IR_FOLDER is
 the diffusers folder exported once to OpenVINO IR with f32 weights (tools/bench/bench.py makes it
 with `--openvino-export`). `--dtype f32` sets INFERENCE_PRECISION_HINT f32; `--dtype bf16` leaves OpenVINO at its
-default precision, which is bf16 on a CPU with AVX512-BF16 (the device's choice is printed to stderr).
+default precision, which is bf16 on a CPU with AVX512-BF16 (the device's choice is printed to stderr). `--dtype int8`
+expects an IR exported with `--task export --int8`: NNCF's 8-bit weight compression of every model
+(`load_in_8bit=True`, as `optimum-cli export openvino --weight-format int8` does), run with the f32 precision hint.
 """
 
 import argparse
@@ -35,11 +37,11 @@ def time_reps(reps, fn):
     return [timed(fn) for _ in range(reps)]
 
 
-def export(model, out):
-    """Exports a diffusers folder to OpenVINO IR with its weights as they are (no 8-bit compression)."""
+def export(model, out, int8):
+    """Exports a diffusers folder to OpenVINO IR: its weights as they are, or compressed to 8 bits (`int8`)."""
     from optimum.intel import OVStableDiffusionPipeline
 
-    pipe = OVStableDiffusionPipeline.from_pretrained(model, export=True, compile=False, load_in_8bit=False)
+    pipe = OVStableDiffusionPipeline.from_pretrained(model, export=True, compile=False, load_in_8bit=int8)
     pipe.save_pretrained(out)
 
 
@@ -47,17 +49,18 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("--task", choices=["components", "generate", "export"], default="components")
-    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--dtype", choices=["f32", "bf16", "int8"], default="f32")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--save")
     p.add_argument("--out", help="--task export: the IR folder to write")
+    p.add_argument("--int8", action="store_true", help="--task export: compress the weights to 8 bits")
     p.add_argument("--size", type=int)  # accepted for bench.py's common arguments; unused
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     if args.task == "export":
-        export(args.model, args.out)
+        export(args.model, args.out, args.int8)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,7 +70,7 @@ def main():
     config = {"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": ""}
     if args.threads:
         config["INFERENCE_NUM_THREADS"] = str(args.threads)
-    if args.dtype == "f32":
+    if args.dtype in ("f32", "int8"):
         config["INFERENCE_PRECISION_HINT"] = "f32"
     loaded = []
 

@@ -2,7 +2,8 @@
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release -p diffuse --example kernel_bench [f32|bf16|int8]
 //!
-//! `int8` times the VNNI products (weights and activations in int8) against diffuse's own f32 kernels.
+//! `int8` times the VNNI products (weights and activations in int8) and attention's int8 scores against diffuse's
+//! own f32 kernels.
 
 use std::time::Instant;
 
@@ -69,6 +70,25 @@ fn main() -> candle_core::Result<()> {
         t * 1e3,
         2.0 * n as f64 * 4096.0 / t / 1e9
     );
+    // (rows, in, out): the text encoder's products for a prompt and its negative (CLIP ViT-L/14).
+    for (m, k, n) in [(154, 768, 768), (154, 768, 3072), (154, 3072, 768)] {
+        let w = randn(&[n, k])?;
+        let bias = randn(&[n])?;
+        let weights = std::collections::HashMap::from([
+            ("weight".to_string(), w.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        let layer = linear::linear(
+            k,
+            n,
+            candle_nn::VarBuilder::from_tensors(weights, dtype, &dev),
+        )?;
+        let x = randn(&[m, k])?;
+        let flop = 2.0 * (m * k * n) as f64;
+        let ours = median_secs(reps * 4, || layer.forward(&x));
+        let theirs = median_secs(reps * 4, || x.matmul(&w.t()?)?.broadcast_add(&bias));
+        row(&format!("linear {m}×{k} → {n}"), flop, ours, theirs);
+    }
     for (c, side) in [(320, 64), (640, 32), (1280, 16)] {
         let x = randn(&[2, c, side, side])?;
         let w = (randn(&[c, c, 3, 3])? * 0.02)?;
@@ -154,5 +174,17 @@ fn int8_rows() -> candle_core::Result<()> {
             theirs,
         );
     }
+    // The UNet's self-attention at 64×64 latents (batch 2, 8 heads of 40): int8 scores against f32.
+    let q = randn(&[2, 4096, 320])?;
+    let flop = 4.0 * 16.0 * 4096.0 * 4096.0 * 40.0;
+    let scale = 40f64.powf(-0.5);
+    let ours = median_secs(reps, || attention::attention_int8(&q, &q, &q, 8, scale));
+    let theirs = median_secs(reps, || attention::attention(&q, &q, &q, 8, scale));
+    row(
+        "self-attention 16 heads × 4096 tokens, d 40 (int8 scores)",
+        flop,
+        ours,
+        theirs,
+    );
     Ok(())
 }

@@ -55,7 +55,8 @@ pub fn dtype_from_name(name: &str) -> Result<DType> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantization {
     /// Weights and activations in int8 (weights per output channel, activations per token or per image,
-    /// symmetric), products on the CPU's VNNI instructions, results in f32. Needs AVX512-VNNI and f32 compute.
+    /// symmetric), products on the CPU's VNNI instructions, results in f32; attention scores over 2048 keys or
+    /// more in int8 as well (queries and keys per token). Needs AVX512-VNNI and f32 compute.
     Int8,
 }
 

@@ -136,7 +136,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// Quantize the UNet: `int8` runs its large linear layers and convolutions with int8 weights and
-    /// activations on the CPU's VNNI instructions (faster; the image is close to, not equal to, f32's). Needs
+    /// activations, and its attention scores over 2048 keys or more in int8, on the CPU's VNNI instructions (faster; the image is close to, not equal to, f32's). Needs
     /// AVX512-VNNI and f32.
     #[arg(long, value_name = "int8")]
     quantize: Option<String>,

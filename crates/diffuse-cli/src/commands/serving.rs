@@ -31,7 +31,7 @@ pub struct ModelArgs {
     #[arg(long, id = "preview decoder", value_name = "FOLDER|HUB_ID|taesd")]
     pub preview_decoder: Option<String>,
     /// Quantize the models' UNets: `int8` runs their large linear layers and convolutions with int8 weights and
-    /// activations on the CPU's VNNI instructions (faster; images close to, not equal to, f32's). Needs
+    /// activations, and their attention scores over 2048 keys or more in int8, on the CPU's VNNI instructions (faster; images close to, not equal to, f32's). Needs
     /// AVX512-VNNI.
     #[arg(long, value_name = "int8")]
     pub quantize: Option<String>,

@@ -185,7 +185,8 @@ fn dispatch() -> Vec<(&'static str, String)> {
     };
     let int8 = if int8_gemm::available() {
         "available (quantize = int8): the UNet's linear layers and convolutions on AVX512-VNNI (VPDPBUSD), int8 \
-         weights per output channel and activations per token or image, f32 results"
+         weights per output channel and activations per token or image, f32 results; attention scores over 2048 \
+         keys or more in int8 too"
     } else {
         "unavailable (quantize = int8 needs AVX512-VNNI)"
     };
