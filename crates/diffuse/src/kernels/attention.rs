@@ -170,7 +170,7 @@ impl CustomOp3 for FlashAttention {
         let q = as_f32(sq, lq, "attention q")?;
         let k = as_f32(sk, lk, "attention k")?;
         let v = as_f32(sv, lv, "attention v")?;
-        if self.int8 && self.avx512 {
+        if self.int8 && self.avx512 && dims.d > 0 {
             let out = self.forward_int8(&dims, batch, &q, &k, &v);
             return Ok((from_f32(out, sq.dtype())?, lq.shape().clone()));
         }

@@ -22,7 +22,7 @@ const ZERO_POINT: u8 = 128;
 const SIGN_FLIP: u32 = 0x8080_8080;
 
 /// The fewest keys the int8 scores take: with fewer, quantizing each query block costs more than the faster
-/// scores save (cross-attention to the text's 77 tokens, the UNet's inner levels).
+/// scores save (cross-attention to the text's 77 tokens, the UNet's inner levels at 512²).
 pub const MIN_KEYS: usize = 2048;
 
 /// Whether this CPU runs the int8 scores (AVX-512 with VNNI).
@@ -95,20 +95,26 @@ impl KeysInt8 {
 }
 
 /// Symmetric 8-bit quantization of `values` as the int8 products round ([`int8_gemm::quantize_into`]): value ·
-/// 127 / max |value| plus 128 into `bytes` (as long as `values`); returns the value of one step (0 for all-zero
-/// values).
+/// 127 / max |value| plus 128 into `bytes` (as long as `values`); returns the value of one step: 0 for all-zero
+/// values, NaN when a value is not finite (so that, as in f32, the scores it enters become NaN).
 fn quantize_unsigned(values: &[f32], bytes: &mut [u8]) -> f32 {
+    // `max_abs` passes over NaNs; they are looked for apart.
     let max = int8_gemm::max_abs(values);
-    let inv = if max > 0.0 && max.is_finite() {
-        127.0 / max
+    let max = if values.iter().any(|v| v.is_nan()) {
+        f32::NAN
     } else {
-        0.0
+        max
     };
-    int8_gemm::quantize_into(values, inv, bytes);
-    if inv > 0.0 {
+    if max > 0.0 && max.is_finite() {
+        int8_gemm::quantize_into(values, 127.0 / max, bytes);
         max / 127.0
     } else {
-        0.0
+        bytes.fill(ZERO_POINT);
+        if max == 0.0 {
+            0.0
+        } else {
+            f32::NAN
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! f32 linear layers over few rows, `y = x · Wᵀ + b` with W `[n, k]` used as stored: computed as yᵀ = W · xᵀ,
 //! W's values broadcast one at a time against xᵀ packed in panels of [`NR`] rows of x. The text encoder (77
-//! tokens a prompt) and the UNet's products over the text or the timestep multiply a few hundred rows at
-//! most; there a general product, which packs the weights at every call, spends more time packing than
+//! tokens a prompt, 154 with the negative one) and the UNet's projections of the text multiply a few hundred
+//! rows at most; there a general product, which packs the weights at every call, spends more time packing than
 //! multiplying, while here only x is packed and no copy of the weights is kept. AVX-512 only; callers fall
 //! back to candle's matmul elsewhere.
 

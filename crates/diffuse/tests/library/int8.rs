@@ -246,6 +246,14 @@ fn int8_attention_equals_its_dequantized_arithmetic() {
             "{b}×{nq}×{nk}, {heads}×{d}: {l2} from f32"
         );
     }
+    // A key that is not finite makes the output NaN, as in f32, rather than a finite guess.
+    let (q, mut keys) = (randn(&mut rng, &[1, 3, 8]), vec![0.5f32; 2048 * 8]);
+    keys[8 * 100 + 3] = f32::NAN;
+    let k = Tensor::from_vec(keys, (1, 2048, 8), &Device::Cpu).unwrap();
+    let v = randn(&mut rng, &[1, 2048, 8]);
+    let out = attention::attention_int8(&q, &k, &v, 1, 0.3).unwrap();
+    let values = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(values.iter().all(|v| v.is_nan()), "{values:?}");
     let few = attention_int8::MIN_KEYS - 1;
     let (q, k) = (
         randn(&mut rng, &[1, 40, 64]),
