@@ -191,6 +191,31 @@ impl CustomOp3 for FlashAttention {
     }
 }
 
+/// Runs `block(b, first, scratch, out_block)` for every block of up to [`Q_BLOCK`] query rows of every batch item,
+/// in parallel: `out` is `[batch, dims.nq, dims.channels]`, `out_block` the block's rows of it, `first` the index
+/// of its first row among all batch items' rows, `scratch` fresh working memory for the block's heads.
+fn query_blocks<T: Send>(
+    dims: &Dims,
+    out: &mut [T],
+    block: impl Fn(usize, usize, &mut attention_avx512::Scratch, &mut [T]) + Sync,
+) {
+    let c = dims.channels;
+    if dims.nq == 0 || c == 0 {
+        return;
+    }
+    out.par_chunks_mut(dims.nq * c)
+        .enumerate()
+        .for_each(|(b, out_batch)| {
+            out_batch
+                .par_chunks_mut(Q_BLOCK * c)
+                .enumerate()
+                .for_each(|(i, out_block)| {
+                    let mut scratch = attention_avx512::Scratch::new(dims.d);
+                    block(b, b * dims.nq + i * Q_BLOCK, &mut scratch, out_block);
+                });
+        });
+}
+
 /// The elements of a contiguous layout.
 fn contiguous<'a, T>(values: &'a [T], layout: &Layout) -> Option<&'a [T]> {
     layout
@@ -205,44 +230,25 @@ impl FlashAttention {
         let (c, d, nk) = (dims.channels, dims.d, dims.nk);
         let keys = KeysInt8::quantize(k, batch, nk, self.heads, d);
         let mut out = vec![0f32; batch * dims.nq * c];
-        if dims.nq == 0 {
-            return out;
-        }
-        out.par_chunks_mut(dims.nq * c)
-            .enumerate()
-            .for_each(|(b, out_batch)| {
-                let q_batch = &q[b * dims.nq * c..(b + 1) * dims.nq * c];
-                out_batch
-                    .par_chunks_mut(Q_BLOCK * c)
-                    .enumerate()
-                    .for_each(|(i, out_block)| {
-                        let rows = out_block.len() / c;
-                        let q_rows = &q_batch[i * Q_BLOCK * c..][..rows * c];
-                        let mut scratch = attention_avx512::Scratch::new(d);
-                        for h in 0..self.heads {
-                            let head = (b * self.heads + h) * nk;
-                            let kv = attention_int8::HeadKvInt8 {
-                                k: &keys.quads[head * keys.dq..(head + nk) * keys.dq],
-                                k_scale: &keys.scale[head..head + nk],
-                                k_shift: &keys.shift[head..head + nk],
-                                dq: keys.dq,
-                                v: &v[b * nk * c..(b + 1) * nk * c],
-                                stride: c,
-                                offset: h * d,
-                                d,
-                                tokens: nk,
-                            };
-                            attention_int8::head_block_int8(
-                                q_rows,
-                                rows,
-                                &kv,
-                                self.scale,
-                                &mut scratch,
-                                out_block,
-                            );
-                        }
-                    });
-            });
+        query_blocks(dims, &mut out, |b, first, scratch, out_block| {
+            let rows = out_block.len() / c;
+            let q_rows = &q[first * c..][..rows * c];
+            for h in 0..self.heads {
+                let head = (b * self.heads + h) * nk;
+                let kv = attention_int8::HeadKvInt8 {
+                    k: &keys.quads[head * keys.dq..(head + nk) * keys.dq],
+                    k_scale: &keys.scale[head..head + nk],
+                    k_shift: &keys.shift[head..head + nk],
+                    dq: keys.dq,
+                    v: &v[b * nk * c..(b + 1) * nk * c],
+                    stride: c,
+                    offset: h * d,
+                    d,
+                    tokens: nk,
+                };
+                attention_int8::head_block_int8(q_rows, rows, &kv, self.scale, scratch, out_block);
+            }
+        });
         out
     }
 
@@ -277,40 +283,23 @@ impl FlashAttention {
                 }
             });
         let mut out = vec![bf16::ZERO; batch * dims.nq * c];
-        if dims.nq == 0 {
-            return out;
-        }
-        out.par_chunks_mut(dims.nq * c)
-            .enumerate()
-            .for_each(|(b, out_batch)| {
-                let q_batch = &q[b * dims.nq * c..(b + 1) * dims.nq * c];
-                out_batch
-                    .par_chunks_mut(Q_BLOCK * c)
-                    .enumerate()
-                    .for_each(|(i, out_block)| {
-                        let rows = out_block.len() / c;
-                        let q_rows = &q_batch[i * Q_BLOCK * c..][..rows * c];
-                        let mut scratch = attention_avx512::Scratch::new(dims.d);
-                        for h in 0..self.heads {
-                            let kv = attention_avx512::HeadKvBf16 {
-                                k: &k[b * dims.nk * c..(b + 1) * dims.nk * c],
-                                v_pairs: &v_pairs[b * pairs * c..(b + 1) * pairs * c],
-                                stride: c,
-                                offset: h * dims.d,
-                                d: dims.d,
-                                tokens: dims.nk,
-                            };
-                            attention_avx512::head_block_bf16(
-                                q_rows,
-                                rows,
-                                &kv,
-                                self.scale,
-                                &mut scratch,
-                                out_block,
-                            );
-                        }
-                    });
-            });
+        query_blocks(dims, &mut out, |b, first, scratch, out_block| {
+            let rows = out_block.len() / c;
+            let q_rows = &q[first * c..][..rows * c];
+            for h in 0..self.heads {
+                let kv = attention_avx512::HeadKvBf16 {
+                    k: &k[b * dims.nk * c..(b + 1) * dims.nk * c],
+                    v_pairs: &v_pairs[b * pairs * c..(b + 1) * pairs * c],
+                    stride: c,
+                    offset: h * dims.d,
+                    d: dims.d,
+                    tokens: dims.nk,
+                };
+                attention_avx512::head_block_bf16(
+                    q_rows, rows, &kv, self.scale, scratch, out_block,
+                );
+            }
+        });
         out
     }
 

@@ -16,6 +16,8 @@ use std::arch::x86_64::*;
 
 use half::bf16;
 
+use super::storage::Elem;
+
 #[cfg(target_arch = "x86_64")]
 use super::vmath;
 
@@ -164,25 +166,9 @@ unsafe fn head_block_avx512(
             2 => scores::<2>(qt, k.add(key * c), c, d, dst, max),
             _ => scores::<1>(qt, k.add(key * c), c, d, dst, max),
         },
-        |probs, j0, kb, dd, n, acc| {
-            let (p, v) = (probs.f32, v.add(j0 * c + dd));
-            match n {
-                5 => accumulate::<5>(p, kb, v, c, acc),
-                4 => accumulate::<4>(p, kb, v, c, acc),
-                3 => accumulate::<3>(p, kb, v, c, acc),
-                2 => accumulate::<2>(p, kb, v, c, acc),
-                _ => accumulate::<1>(p, kb, v, c, acc),
-            }
-        },
+        |probs, j0, kb, dd, n, acc| accumulate_values(probs.f32, v, c, (j0, kb, dd, n), acc),
     );
-    let ot = &scratch.ot[..d * QB];
-    let inv = sum.map(|s| 1.0 / s);
-    for r in 0..rows {
-        let dst = &mut out[r * c + h0..r * c + h0 + d];
-        for (kk, o) in dst.iter_mut().enumerate() {
-            *o = ot[kk * QB + r] * inv[r];
-        }
-    }
+    write_head(&scratch.ot[..d * QB], &sum, rows, (c, h0, d), out);
 }
 
 /// [`head_block`] on bf16 tensors (the module's bf16 path): `q` and `out` bf16 token rows, `kv.d` even.
@@ -256,13 +242,47 @@ unsafe fn head_block_bf16_avx512(
             }
         },
     );
-    let ot = &scratch.ot[..d * QB];
+    write_head(&scratch.ot[..d * QB], &sum, rows, (c, h0, d), out);
+}
+
+/// Oᵀ (`ot`, d × [`QB`]) divided by the softmax denominators `sum`, into the head's columns `h0..h0 + d` of the
+/// first `rows` token rows of `out` (row stride `c`).
+pub(super) fn write_head<T: Elem>(
+    ot: &[f32],
+    sum: &[f32; QB],
+    rows: usize,
+    (c, h0, d): (usize, usize, usize),
+    out: &mut [T],
+) {
     let inv = sum.map(|s| 1.0 / s);
     for r in 0..rows {
         let dst = &mut out[r * c + h0..r * c + h0 + d];
         for (kk, o) in dst.iter_mut().enumerate() {
-            *o = bf16::from_f32(ot[kk * QB + r] * inv[r]);
+            *o = T::from_f32(ot[kk * QB + r] * inv[r]);
         }
+    }
+}
+
+/// The output step of the key loop on f32 probabilities `p` and values: `v` points at the head's first value
+/// channel of token 0 (row stride `c`); adds the products of keys `j0..j0 + kb` for head dimensions
+/// `dd..dd + n` (n ≤ [`OUT_ROWS`]) into `acc`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn accumulate_values(
+    p: *const f32,
+    v: *const f32,
+    c: usize,
+    (j0, kb, dd, n): (usize, usize, usize, usize),
+    acc: *mut f32,
+) {
+    let v = v.add(j0 * c + dd);
+    match n {
+        5 => accumulate::<5>(p, kb, v, c, acc),
+        4 => accumulate::<4>(p, kb, v, c, acc),
+        3 => accumulate::<3>(p, kb, v, c, acc),
+        2 => accumulate::<2>(p, kb, v, c, acc),
+        _ => accumulate::<1>(p, kb, v, c, acc),
     }
 }
 
@@ -560,7 +580,7 @@ unsafe fn scores<const R: usize>(
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn accumulate<const R: usize>(
+unsafe fn accumulate<const R: usize>(
     p: *const f32,
     keys: usize,
     v: *const f32,

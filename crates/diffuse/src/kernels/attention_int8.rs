@@ -11,7 +11,9 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::attention_avx512::{accumulate, load_row, store_scores, KeyBlocks, VECS};
+use super::attention_avx512::{
+    accumulate_values, load_row, store_scores, write_head, KeyBlocks, VECS,
+};
 use super::attention_avx512::{Scratch, QB};
 use super::int8_gemm;
 
@@ -227,25 +229,9 @@ unsafe fn head_block_int8_avx512(
             2 => scores_int8::<2>(qt, keys(key), &q_scale, dst, max),
             _ => scores_int8::<1>(qt, keys(key), &q_scale, dst, max),
         },
-        |probs, j0, kb, dd, n, acc| {
-            let (p, v) = (probs.f32, v.add(j0 * c + dd));
-            match n {
-                5 => accumulate::<5>(p, kb, v, c, acc),
-                4 => accumulate::<4>(p, kb, v, c, acc),
-                3 => accumulate::<3>(p, kb, v, c, acc),
-                2 => accumulate::<2>(p, kb, v, c, acc),
-                _ => accumulate::<1>(p, kb, v, c, acc),
-            }
-        },
+        |probs, j0, kb, dd, n, acc| accumulate_values(probs.f32, v, c, (j0, kb, dd, n), acc),
     );
-    let ot = &scratch.ot[..d * QB];
-    let inv = sum.map(|s| 1.0 / s);
-    for r in 0..rows {
-        let dst = &mut out[r * c + h0..r * c + h0 + d];
-        for (kk, o) in dst.iter_mut().enumerate() {
-            *o = ot[kk * QB + r] * inv[r];
-        }
-    }
+    write_head(&scratch.ot[..d * QB], &sum, rows, (c, h0, d), out);
 }
 
 #[cfg(not(target_arch = "x86_64"))]

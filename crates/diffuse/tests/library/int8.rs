@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use crate::common::relative_error;
 use diffuse::device::Quantization;
-use diffuse::internals::kernels::{attention, attention_int8, int8, int8_gemm, linear};
+use diffuse::internals::kernels::{attention, attention_int8, int8, int8_gemm};
 use diffuse::models::conv::Conv2d;
 use diffuse::rng::{randn_tensor, TorchCpuRng};
 
@@ -66,18 +66,7 @@ fn int8_linear_is_the_dequantized_product() {
         let x = randn(&mut rng, &[b, n, k]);
         let w = randn(&mut rng, &[out, k]);
         let bias = randn(&mut rng, &[out]);
-        let mut tensors = HashMap::from([("weight".to_string(), w.clone())]);
-        if with_bias {
-            tensors.insert("bias".to_string(), bias.clone());
-        }
-        let build = || {
-            let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
-            if with_bias {
-                linear::linear(k, out, vb).unwrap()
-            } else {
-                linear::linear_no_bias(k, out, vb).unwrap()
-            }
-        };
+        let build = || crate::common::linear_layer(&w, with_bias.then_some(&bias));
         let layer = int8::building(Some(Quantization::Int8), build);
         let got = layer.forward(&x).unwrap();
         assert_eq!(got.dims(), &[b, n, out]);
@@ -108,10 +97,8 @@ fn int8_linear_is_the_dequantized_product() {
     // Fewer than 64 inputs: f32 even inside the scope.
     let x = randn(&mut rng, &[1, 5, 40]);
     let w = randn(&mut rng, &[32, 40]);
-    let tensors = HashMap::from([("weight".to_string(), w.clone())]);
     let layer = int8::building(Some(Quantization::Int8), || {
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        linear::linear_no_bias(40, 32, vb).unwrap()
+        crate::common::linear_layer(&w, None)
     });
     let exact = x.broadcast_matmul(&w.t().unwrap()).unwrap();
     assert!(relative_l2(&layer.forward(&x).unwrap(), &exact) < 1e-6);

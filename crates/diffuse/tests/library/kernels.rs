@@ -247,7 +247,6 @@ fn group_norm_matches_reference() {
 #[test]
 fn bf16_linear_matches_f32_product() {
     use candle_core::Module;
-    use std::collections::HashMap;
     let mut rng = TorchCpuRng::new(4);
     // (batch, tokens, in, out): widths off the 64-column panel and 6-row block grid, with and without bias.
     for (b, n, k, out, with_bias) in [
@@ -258,16 +257,7 @@ fn bf16_linear_matches_f32_product() {
         let x = randn(&mut rng, &[b, n, k]).to_dtype(DType::BF16).unwrap();
         let w = randn(&mut rng, &[out, k]).to_dtype(DType::BF16).unwrap();
         let bias = randn(&mut rng, &[out]).to_dtype(DType::BF16).unwrap();
-        let mut tensors = HashMap::from([("weight".to_string(), w.clone())]);
-        if with_bias {
-            tensors.insert("bias".to_string(), bias.clone());
-        }
-        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::BF16, &Device::Cpu);
-        let layer = if with_bias {
-            diffuse::internals::kernels::linear::linear(k, out, vb).unwrap()
-        } else {
-            diffuse::internals::kernels::linear::linear_no_bias(k, out, vb).unwrap()
-        };
+        let layer = crate::common::linear_layer(&w, with_bias.then_some(&bias));
         let got = layer.forward(&x).unwrap();
         assert_eq!(got.dims(), &[b, n, out]);
         assert_eq!(got.dtype(), DType::BF16);
@@ -295,7 +285,6 @@ fn bf16_linear_matches_f32_product() {
 fn f32_linear_over_few_rows_matches_f64_product() {
     use candle_core::Module;
     use diffuse::internals::kernels::few_rows_gemm;
-    use std::collections::HashMap;
     let mut rng = TorchCpuRng::new(5);
     // (batch, tokens, in, out, bias): 16 and 384 rows (the kernel's range), 77 and 154 (a prompt, a prompt and
     // its negative), 8 and 400 rows (the general product).
@@ -310,16 +299,7 @@ fn f32_linear_over_few_rows_matches_f64_product() {
         let x = randn(&mut rng, &[b, n, k]);
         let w = randn(&mut rng, &[out, k]);
         let bias = randn(&mut rng, &[out]);
-        let mut tensors = HashMap::from([("weight".to_string(), w.clone())]);
-        if with_bias {
-            tensors.insert("bias".to_string(), bias.clone());
-        }
-        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let layer = if with_bias {
-            diffuse::internals::kernels::linear::linear(k, out, vb).unwrap()
-        } else {
-            diffuse::internals::kernels::linear::linear_no_bias(k, out, vb).unwrap()
-        };
+        let layer = crate::common::linear_layer(&w, with_bias.then_some(&bias));
         let got = layer.forward(&x).unwrap();
         let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let mut want = f(&x).broadcast_matmul(&f(&w).t().unwrap()).unwrap();

@@ -22,6 +22,25 @@ pub fn cases(area: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// A `kernels::linear` layer with `weight` (`[out, in]`) and, when given, `bias`, in `weight`'s dtype: built as a
+/// model builds it, so inside an int8 building scope it is quantized.
+pub fn linear_layer(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> diffuse::internals::kernels::linear::Linear {
+    use diffuse::internals::kernels::linear::{linear, linear_no_bias};
+    let (out, inner) = weight.dims2().unwrap();
+    let mut tensors = HashMap::from([("weight".to_string(), weight.clone())]);
+    if let Some(bias) = bias {
+        tensors.insert("bias".to_string(), bias.clone());
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, weight.dtype(), &Device::Cpu);
+    match bias {
+        Some(_) => linear(inner, out, vb).unwrap(),
+        None => linear_no_bias(inner, out, vb).unwrap(),
+    }
+}
+
 /// Loads every tensor of a reference safetensors file onto the CPU.
 pub fn load_reference(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu)
