@@ -87,8 +87,7 @@ multiversion! {
 multiversion! {
     fn quick_gelu<T: Elem>(x: &[T], out: &mut [T]) {
         for (o, v) in out.iter_mut().zip(x) {
-            let v = v.to_f32();
-            *o = T::from_f32(v / (1.0 + vmath::exp(-1.702 * v)));
+            *o = T::from_f32(vmath::quick_gelu(v.to_f32()));
         }
     }
 }
@@ -98,5 +97,32 @@ multiversion! {
         for (o, v) in out.iter_mut().zip(x) {
             *o = T::from_f32(vmath::gelu_erf(v.to_f32()));
         }
+    }
+}
+
+/// `f` applied to every value of `values` in place, on the calling thread (a product's epilogue).
+pub(crate) fn apply_in_place(values: &mut [f32], f: Pointwise) {
+    match f {
+        Pointwise::Silu => silu_in_place(values),
+        Pointwise::QuickGelu => quick_gelu_in_place(values),
+        Pointwise::GeluErf => gelu_erf_in_place(values),
+    }
+}
+
+multiversion! {
+    fn silu_in_place(values: &mut [f32]) {
+        values.iter_mut().for_each(|v| *v = vmath::silu(*v));
+    }
+}
+
+multiversion! {
+    fn quick_gelu_in_place(values: &mut [f32]) {
+        values.iter_mut().for_each(|v| *v = vmath::quick_gelu(*v));
+    }
+}
+
+multiversion! {
+    fn gelu_erf_in_place(values: &mut [f32]) {
+        values.iter_mut().for_each(|v| *v = vmath::gelu_erf(*v));
     }
 }

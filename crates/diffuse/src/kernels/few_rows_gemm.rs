@@ -5,8 +5,12 @@
 //! multiplying, while here only x is packed and no copy of the weights is kept. AVX-512 only; callers fall
 //! back to candle's matmul elsewhere.
 
+use std::cell::RefCell;
+
 use candle_core::{bail, Result};
 use rayon::prelude::*;
+
+use super::activation::{self, Pointwise};
 
 /// The rows of x this kernel takes: with more, the general product's packing of the weights is amortized over
 /// the rows and it is as fast; with fewer, the product is a matrix-vector one bound by reading the weights,
@@ -33,16 +37,27 @@ pub fn suits(rows: usize) -> bool {
     available() && ROWS.contains(&rows)
 }
 
-/// `y[i, j] = Σ_kk x[i, kk] · w[j, kk] + bias[j]` for x `m`×`k` and W `n`×`k` row-major, y `m`×`n`.
+/// What is done to each product before it is written.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to each row of y (`n` values).
+    pub bias: Option<&'a [f32]>,
+    /// Applied after the bias.
+    pub activation: Option<Pointwise>,
+}
+
+/// `y[i, j] = f(Σ_kk x[i, kk] · w[j, kk] + bias[j])` for x `m`×`k` and W `n`×`k` row-major, y `m`×`n`, with
+/// the bias and f of `epilogue`.
 pub fn linear(
     x: &[f32],
     m: usize,
     w: &[f32],
     n: usize,
     k: usize,
-    bias: Option<&[f32]>,
+    epilogue: Epilogue,
     y: &mut [f32],
 ) -> Result<()> {
+    let bias = epilogue.bias;
     if !available() {
         bail!("few-rows linear: this CPU has no AVX-512");
     }
@@ -64,60 +79,221 @@ pub fn linear(
         return Ok(());
     }
     let panels = m.div_ceil(NR);
-    let mut xt = vec![0f32; panels * k * NR];
-    xt.par_chunks_mut(k * NR)
-        .enumerate()
-        .for_each(|(p, panel)| {
-            for (c, row) in x.chunks_exact(k).skip(p * NR).take(NR).enumerate() {
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * NR + c] = v;
-                }
-            }
-        });
     let out = SharedOut(y.as_mut_ptr());
     let blocks = n.div_ceil(MR);
-    (0..blocks.div_ceil(BLOCKS_PER_TASK))
-        .into_par_iter()
-        .for_each_init(
-            || vec![[[0f32; NR]; MR]; BLOCKS_PER_TASK * panels],
-            |tiles, task| {
-                let task_blocks =
-                    task * BLOCKS_PER_TASK..((task + 1) * BLOCKS_PER_TASK).min(blocks);
-                tiles.iter_mut().for_each(|t| *t = [[0f32; NR]; MR]);
-                // The inner dimension outermost: a slice of every panel stays in L2 for all the task's blocks.
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    for (block, block_tiles) in task_blocks.clone().zip(tiles.chunks_mut(panels)) {
-                        let j0 = block * MR;
-                        let rows = MR.min(n - j0);
-                        let w_block = &w[j0 * k..(j0 + rows) * k];
-                        for (p, tile) in block_tiles.iter_mut().enumerate() {
-                            let panel = &xt[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
-                            // SAFETY: AVX-512 was detected above; the W rows' columns k0..k0 + kc and the
-                            // panel's slice lie inside their buffers (lengths checked above).
-                            unsafe { accumulate(w_block, rows, k, k0, kc, panel, tile) };
-                        }
-                    }
-                }
-                for (block, block_tiles) in task_blocks.zip(tiles.chunks(panels)) {
-                    let j0 = block * MR;
-                    let rows = MR.min(n - j0);
-                    for (p, tile) in block_tiles.iter().enumerate() {
-                        let tokens = NR.min(m - p * NR);
-                        for c in 0..tokens {
-                            // SAFETY: row p · NR + c < m and columns j0..j0 + rows < n lie inside y (checked
-                            // above), and this task alone writes y's columns j0..j0 + rows.
-                            let dst = unsafe { out.at((p * NR + c) * n + j0) };
-                            for (r, t) in tile.iter().enumerate().take(rows) {
-                                let value = t[c] + bias.map_or(0.0, |b| b[j0 + r]);
-                                unsafe { *dst.add(r) = value };
-                            }
-                        }
-                    }
-                }
-            },
-        );
+    let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
+    // One share of the tasks per thread, each with its own packed copy of x: a copy packed by another core
+    // would be read from that core's cache by every task.
+    let shares = rayon::current_num_threads().clamp(1, tasks);
+    (0..shares).into_par_iter().for_each(|share| {
+        with_scratch(panels, k, |scratch| {
+            let Scratch { xt, tiles } = scratch;
+            for (p, panel) in xt.chunks_exact_mut(k * NR).enumerate() {
+                // SAFETY: AVX-512 was detected above; x holds m rows of k (checked above), the panel k × NR.
+                unsafe { pack_panel(x, m, k, p, panel) };
+            }
+            let product = Product {
+                x: xt,
+                m,
+                w,
+                n,
+                k,
+                epilogue,
+            };
+            for task in share * tasks / shares..(share + 1) * tasks / shares {
+                let first = task * BLOCKS_PER_TASK;
+                product.run(first..(first + BLOCKS_PER_TASK).min(blocks), tiles, &out);
+            }
+        })
+    });
     Ok(())
+}
+
+/// A thread's buffers: x packed in panels (every value rewritten by each product) and the accumulators.
+#[derive(Default)]
+struct Scratch {
+    xt: Vec<f32>,
+    tiles: Vec<[[f32; NR]; MR]>,
+}
+
+thread_local! {
+    /// Kept between products, so that packing writes into memory already mapped and in cache.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// Runs `f` on this thread's scratch, sized for `panels` panels of `k` (a fresh one if it is in use).
+fn with_scratch<R>(panels: usize, k: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let size = |scratch: &mut Scratch| {
+        scratch.xt.resize(panels * k * NR, 0.0);
+        scratch
+            .tiles
+            .resize(BLOCKS_PER_TASK * panels, [[0.0; NR]; MR]);
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            size(&mut scratch);
+            f(&mut scratch)
+        }
+        Err(_) => {
+            let mut scratch = Scratch::default();
+            size(&mut scratch);
+            f(&mut scratch)
+        }
+    })
+}
+
+/// One product: x packed in panels, W and the epilogue as given.
+struct Product<'a> {
+    x: &'a [f32],
+    m: usize,
+    w: &'a [f32],
+    n: usize,
+    k: usize,
+    epilogue: Epilogue<'a>,
+}
+
+impl Product<'_> {
+    /// Computes y's columns of the W row blocks `blocks` (at most [`BLOCKS_PER_TASK`]) into `out`, with
+    /// `tiles` as the accumulators.
+    fn run(&self, blocks: std::ops::Range<usize>, tiles: &mut [[[f32; NR]; MR]], out: &SharedOut) {
+        let Self {
+            x: xt,
+            m,
+            w,
+            n,
+            k,
+            epilogue,
+        } = *self;
+        let panels = m.div_ceil(NR);
+        // The inner dimension outermost: a slice of every panel stays in L2 for all the task's blocks.
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for (block, block_tiles) in blocks.clone().zip(tiles.chunks_mut(panels)) {
+                let j0 = block * MR;
+                let rows = MR.min(n - j0);
+                let w_block = &w[j0 * k..(j0 + rows) * k];
+                for (p, tile) in block_tiles.iter_mut().enumerate() {
+                    let panel = &xt[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
+                    // SAFETY: AVX-512 was detected by `linear`; the W rows' columns k0..k0 + kc and the
+                    // panel's slice lie inside their buffers (lengths checked by `linear`).
+                    unsafe { accumulate(w_block, rows, k, k0, kc, panel, tile) };
+                }
+            }
+        }
+        for (block, block_tiles) in blocks.zip(tiles.chunks_mut(panels)) {
+            let j0 = block * MR;
+            let rows = MR.min(n - j0);
+            for (p, tile) in block_tiles.iter_mut().enumerate() {
+                let tokens = NR.min(m - p * NR);
+                // SAFETY: AVX-512 was detected by `linear`; rows p · NR.. p · NR + tokens ≤ m and columns
+                // j0..j0 + rows ≤ n lie inside y (checked by `linear`), and this task alone writes y's
+                // columns j0..j0 + rows.
+                unsafe {
+                    write_tile(
+                        tile,
+                        rows,
+                        tokens,
+                        epilogue.bias.map(|b| &b[j0..j0 + rows]),
+                        epilogue.activation,
+                        out.at(p * NR * n + j0),
+                        n,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// Packs rows `p · NR..(p + 1) · NR` of x (`m` × `k`) into `panel` (`k` × [`NR`]: its row kk holds column kk
+/// of those rows), zeros for rows past `m`; 16×16 blocks transposed in registers.
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `x` must hold `m · k` values and `panel` `k · NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panel(x: &[f32], m: usize, k: usize, p: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == m * k && panel.len() == k * NR);
+    for half in 0..VECS {
+        let first = p * NR + 16 * half;
+        let live = m.saturating_sub(first).min(16);
+        for k0 in (0..k).step_by(16) {
+            let width = 16.min(k - k0);
+            let mask = ((1u32 << width) - 1) as u16;
+            let rows = std::array::from_fn(|i| {
+                if i < live {
+                    _mm512_maskz_loadu_ps(mask, x.as_ptr().add((first + i) * k + k0))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            let columns = super::simd::transpose16(rows);
+            for (j, column) in columns.iter().take(width).enumerate() {
+                _mm512_storeu_ps(panel.as_mut_ptr().add((k0 + j) * NR + 16 * half), *column);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_panel(_x: &[f32], _m: usize, _k: usize, _p: usize, _panel: &mut [f32]) {}
+
+/// Writes `tile` (its first `rows` ≤ [`MR`] rows: y's columns, by `tokens` ≤ [`NR`] of y's rows) transposed
+/// to `dst` (y's row stride `n`), after adding `bias` (`rows` values) and applying `activation` in place.
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `dst` must point at `tokens` rows of `rows` writable values, `n` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_tile(
+    tile: &mut [[f32; NR]; MR],
+    rows: usize,
+    tokens: usize,
+    bias: Option<&[f32]>,
+    activation: Option<Pointwise>,
+    dst: *mut f32,
+    n: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(rows <= MR && tokens <= NR && bias.is_none_or(|b| b.len() == rows));
+    if let Some(bias) = bias {
+        for (row, &b) in tile.iter_mut().zip(bias) {
+            for v in 0..VECS {
+                let at = row.as_mut_ptr().add(16 * v);
+                _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), _mm512_set1_ps(b)));
+            }
+        }
+    }
+    if let Some(f) = activation {
+        activation::apply_in_place(tile[..rows].as_flattened_mut(), f);
+    }
+    let mask = ((1u32 << rows) - 1) as u16;
+    for half in 0..VECS {
+        let live = tokens.saturating_sub(16 * half).min(16);
+        let columns = std::array::from_fn(|r| {
+            if r < rows {
+                _mm512_loadu_ps(tile[r].as_ptr().add(16 * half))
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
+        let token_rows = super::simd::transpose16(columns);
+        for (c, values) in token_rows.iter().take(live).enumerate() {
+            _mm512_mask_storeu_ps(dst.add((16 * half + c) * n), mask, *values);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn write_tile(
+    _tile: &mut [[f32; NR]; MR],
+    _rows: usize,
+    _tokens: usize,
+    _bias: Option<&[f32]>,
+    _activation: Option<Pointwise>,
+    _dst: *mut f32,
+    _n: usize,
+) {
 }
 
 /// y's buffer, shared by tasks that write disjoint columns.
@@ -137,7 +313,7 @@ impl SharedOut {
 }
 
 /// Adds the product of columns `k0..k0 + kc` of `rows` rows of W (row stride `k`) and the packed panel's
-/// matching slice to `tile`.
+/// matching slice to `tile` (to zero for the first slice, `k0` = 0).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn accumulate(
@@ -151,18 +327,18 @@ unsafe fn accumulate(
 ) {
     let w = &w[k0..];
     match rows {
-        12 => micro::<12>(w, k, kc, panel, tile),
-        11 => micro::<11>(w, k, kc, panel, tile),
-        10 => micro::<10>(w, k, kc, panel, tile),
-        9 => micro::<9>(w, k, kc, panel, tile),
-        8 => micro::<8>(w, k, kc, panel, tile),
-        7 => micro::<7>(w, k, kc, panel, tile),
-        6 => micro::<6>(w, k, kc, panel, tile),
-        5 => micro::<5>(w, k, kc, panel, tile),
-        4 => micro::<4>(w, k, kc, panel, tile),
-        3 => micro::<3>(w, k, kc, panel, tile),
-        2 => micro::<2>(w, k, kc, panel, tile),
-        _ => micro::<1>(w, k, kc, panel, tile),
+        12 => micro::<12>(w, k, kc, k0 == 0, panel, tile),
+        11 => micro::<11>(w, k, kc, k0 == 0, panel, tile),
+        10 => micro::<10>(w, k, kc, k0 == 0, panel, tile),
+        9 => micro::<9>(w, k, kc, k0 == 0, panel, tile),
+        8 => micro::<8>(w, k, kc, k0 == 0, panel, tile),
+        7 => micro::<7>(w, k, kc, k0 == 0, panel, tile),
+        6 => micro::<6>(w, k, kc, k0 == 0, panel, tile),
+        5 => micro::<5>(w, k, kc, k0 == 0, panel, tile),
+        4 => micro::<4>(w, k, kc, k0 == 0, panel, tile),
+        3 => micro::<3>(w, k, kc, k0 == 0, panel, tile),
+        2 => micro::<2>(w, k, kc, k0 == 0, panel, tile),
+        _ => micro::<1>(w, k, kc, k0 == 0, panel, tile),
     }
 }
 
@@ -178,20 +354,28 @@ unsafe fn accumulate(
 ) {
 }
 
-/// `tile[r][c] += Σ_{kk < kc} w[r · ldw + kk] · panel[kk · NR + c]` for the first `R` rows of W.
+/// `tile[r][c] += Σ_{kk < kc} w[r · ldw + kk] · panel[kk · NR + c]` for the first `R` rows of W (`=` when
+/// `fresh`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn micro<const R: usize>(
     w: &[f32],
     ldw: usize,
     kc: usize,
+    fresh: bool,
     panel: &[f32],
     tile: &mut [[f32; NR]; MR],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.len() >= (R - 1) * ldw + kc && panel.len() >= kc * NR);
     let mut acc: [[__m512; VECS]; R] = std::array::from_fn(|r| {
-        std::array::from_fn(|v| _mm512_loadu_ps(tile[r].as_ptr().add(16 * v)))
+        std::array::from_fn(|v| {
+            if fresh {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_loadu_ps(tile[r].as_ptr().add(16 * v))
+            }
+        })
     });
     let rows: [*const f32; R] = std::array::from_fn(|r| w.as_ptr().add(r * ldw));
     let xp = panel.as_ptr();

@@ -12,6 +12,7 @@ use half::bf16;
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
+use super::activation::Pointwise;
 use super::bf16_gemm::{self, pair, Bias, PackedPanels, Problem, NR};
 use super::few_rows_gemm;
 use super::int8::{self, Int8Weights};
@@ -88,13 +89,8 @@ impl Module for Linear {
                 None => x.apply_op2_no_bwd(&w, &op),
             };
         }
-        if !tracked
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && few_rows_gemm::suits(x.elem_count() / k.max(1))
-        {
-            return few_rows(&x, &self.weight, self.bias.as_ref());
+        if !tracked && self.takes_few_rows(&x)? {
+            return few_rows(&x, &self.weight, self.bias.as_ref(), None);
         }
         let y = match x.rank() {
             2 => x.matmul(&self.weight.t()?)?,
@@ -107,8 +103,37 @@ impl Module for Linear {
     }
 }
 
-/// `x · Wᵀ + b` in f32 on [`few_rows_gemm`] (x contiguous, its last dimension W's inputs).
-fn few_rows(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+impl Linear {
+    /// `f(x · Wᵀ + b)` with `f` applied as each block of the product is written, where the product runs on
+    /// [`few_rows_gemm`] (an untracked f32 CPU input of few rows, a float model); `None` elsewhere, for the
+    /// caller to apply `f` after [`Module::forward`].
+    pub fn forward_activated(&self, x: &Tensor, f: Pointwise) -> Result<Option<Tensor>> {
+        let tracked =
+            super::tracked(&[x, &self.weight]) || self.bias.as_ref().is_some_and(Tensor::track_op);
+        if tracked || self.int8.is_some() || !self.takes_few_rows(x)? {
+            return Ok(None);
+        }
+        few_rows(&x.contiguous()?, &self.weight, self.bias.as_ref(), Some(f)).map(Some)
+    }
+
+    /// Whether an untracked product with `x` runs on [`few_rows_gemm`]: f32 on the CPU over its row range.
+    fn takes_few_rows(&self, x: &Tensor) -> Result<bool> {
+        let k = self.weight.dim(1)?;
+        Ok(x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && few_rows_gemm::suits(x.elem_count() / k.max(1)))
+    }
+}
+
+/// `f(x · Wᵀ + b)` in f32 on [`few_rows_gemm`] (x contiguous, its last dimension W's inputs), `f` the identity
+/// when `None`.
+fn few_rows(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    activation: Option<Pointwise>,
+) -> Result<Tensor> {
     let (n, k) = weight.dims2()?;
     if x.dims().last() != Some(&k) {
         bail!(
@@ -127,7 +152,11 @@ fn few_rows(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor
         .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
         .transpose()?;
     let mut y = vec![0f32; m * n];
-    few_rows_gemm::linear(xv.get(), m, wv.get(), n, k, bias.as_deref(), &mut y)?;
+    let epilogue = few_rows_gemm::Epilogue {
+        bias: bias.as_deref(),
+        activation,
+    };
+    few_rows_gemm::linear(xv.get(), m, wv.get(), n, k, epilogue, &mut y)?;
     let mut shape = x.dims().to_vec();
     if let Some(last) = shape.last_mut() {
         *last = n;

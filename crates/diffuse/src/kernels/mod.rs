@@ -1,7 +1,7 @@
 //! CPU kernels that replace candle's slowest operations in the diffusion models: flash-style attention,
 //! tiled im2col convolution, Winograd F(2×2, 3×3) convolution (f32), the vocoder's 1-D convolutions (dilated and
 //! transposed, with the leaky ReLU before them fused), fused GroupNorm(+SiLU), fused GEGLU,
-//! one-pass activations, bf16 products on AVX512-BF16 (convolution, linear, attention), f32 linear layers over
+//! one-pass activations, the text encoder's causal attention, bf16 products on AVX512-BF16 (convolution, linear, attention), f32 linear layers over
 //! few rows, int8 products and attention scores on AVX512-VNNI. Each has a reference
 //! composed of plain candle ops and a parity test against it (`crates/diffuse/tests/library/kernels.rs`; the `train_*` kernels' values
 //! and gradients in `crates/diffuse/tests/library/gradients.rs`); each dispatches on CPU features at run time. Training takes the
@@ -12,6 +12,7 @@ pub mod attention;
 pub mod attention_avx512;
 pub mod attention_int8;
 pub mod bf16_gemm;
+pub mod causal_attention;
 pub mod conv;
 pub mod conv1d;
 pub mod few_rows_gemm;

@@ -15,7 +15,8 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let shifted = x * LOG2E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Cephes' expf polynomial on [-ln2/2, ln2/2].
     let mut p = 1.987_569_1e-4f32;
@@ -25,7 +26,13 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n's bits are the low bits of `shifted` (|n| < 2²²): integer arithmetic on them vectorizes, where
+    // `n as i32` (saturating, NaN to 0) compiles to one scalar conversion per lane.
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUND_MAGIC.to_bits())
+        .wrapping_add(127);
+    let scale = f32::from_bits(biased << 23);
     e * scale
 }
 
@@ -33,6 +40,12 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
+}
+
+/// x · sigmoid(1.702 x), OpenAI CLIP's `quick_gelu`.
+#[inline(always)]
+pub fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + exp(-1.702 * x))
 }
 
 /// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7), branch-free.
@@ -67,6 +80,9 @@ mod tests {
             worst = worst.max(((got - want) / want).abs());
         }
         assert!(worst < 3e-7, "relative error {worst}");
+        // Past the clamp the result stays finite and positive; NaN stays NaN.
+        assert!(super::exp(-200.0) > 0.0 && super::exp(200.0).is_finite());
+        assert!(super::exp(f32::NAN).is_nan() && super::silu(f32::NAN).is_nan());
     }
 
     #[test]

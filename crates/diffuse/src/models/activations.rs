@@ -1,8 +1,9 @@
 //! The activation functions the configs name, parsed once and applied by value.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
 use crate::kernels::activation::{self, Pointwise};
+use crate::kernels::linear::Linear;
 use crate::{Error, Result};
 
 /// An activation function named in a model config (`act_fn`, `hidden_act`, ...).
@@ -23,6 +24,27 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The one-pass kernel's form of the activation, where it has one.
+    fn kernel(self) -> Option<Pointwise> {
+        match self {
+            Activation::Silu => Some(Pointwise::Silu),
+            Activation::QuickGelu => Some(Pointwise::QuickGelu),
+            Activation::Gelu => Some(Pointwise::GeluErf),
+            _ => None,
+        }
+    }
+
+    /// The activation of `linear`'s output, applied as the product is written where the few-row kernel runs
+    /// it ([`Linear::forward_activated`]), else after it.
+    pub fn after_linear(self, linear: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(f) = self.kernel() {
+            if let Some(y) = linear.forward_activated(x, f)? {
+                return Ok(y);
+            }
+        }
+        self.forward(&linear.forward(x)?)
+    }
+
     /// Parses a config name; `file` and `key` name the source in errors.
     pub fn parse(name: &str, file: &str, key: &str) -> Result<Self> {
         Ok(match name {
@@ -46,13 +68,7 @@ impl Activation {
     /// Applies the activation: on the CPU outside training, SiLU, quick GELU and the exact GELU run as one pass
     /// ([`crate::kernels::activation`]).
     pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let kernel = match self {
-            Activation::Silu => Some(Pointwise::Silu),
-            Activation::QuickGelu => Some(Pointwise::QuickGelu),
-            Activation::Gelu => Some(Pointwise::GeluErf),
-            _ => None,
-        };
-        if let Some(f) = kernel.filter(|_| {
+        if let Some(f) = self.kernel().filter(|_| {
             x.device().is_cpu()
                 && !x.track_op()
                 && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)

@@ -312,10 +312,107 @@ fn f32_linear_over_few_rows_matches_f64_product() {
     // The kernel itself refuses buffers that do not fit the shapes, naming them, instead of reading past them.
     if few_rows_gemm::available() {
         let mut y = vec![0f32; 16 * 3];
-        let err = few_rows_gemm::linear(&[0.0; 16 * 4], 16, &[0.0; 3 * 5], 3, 4, None, &mut y)
-            .unwrap_err()
-            .to_string();
+        let err = few_rows_gemm::linear(
+            &[0.0; 16 * 4],
+            16,
+            &[0.0; 3 * 5],
+            3,
+            4,
+            Default::default(),
+            &mut y,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("W of 15 for 3×4"), "{err}");
+    }
+}
+
+/// The text encoder's causal attention equals candle's masked attention (the path parity-tested against
+/// transformers) to 2e-6 of the largest output: one token, token counts on and off the 16-key blocks, 77 tokens
+/// of 12 heads for a prompt and its negative. A NaN key makes every query that sees it NaN, as in candle;
+/// heads other than 64 wide are refused by name.
+#[test]
+fn causal_attention_matches_reference() {
+    use diffuse::internals::kernels::causal_attention::{
+        causal_attention, causal_attention_reference, suits, HEAD_DIM,
+    };
+    if !suits(HEAD_DIM, 1) {
+        return;
+    }
+    let mut rng = TorchCpuRng::new(7);
+    for (batch, tokens, heads) in [(1, 1, 1), (1, 16, 2), (3, 17, 1), (2, 77, 12), (1, 70, 3)] {
+        let shape = [batch, tokens, heads * HEAD_DIM];
+        let (q, k, v) = (
+            randn(&mut rng, &shape),
+            randn(&mut rng, &shape),
+            randn(&mut rng, &shape),
+        );
+        let got = causal_attention(&q, &k, &v, heads, 0.125).unwrap();
+        let want = causal_attention_reference(&q, &k, &v, heads, 0.125).unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(
+            err <= 2e-6 * scale.to_scalar::<f32>().unwrap(),
+            "{batch}×{tokens}, {heads} heads: {err}"
+        );
+    }
+    // Key 3 of the only head is NaN: queries 0..3 do not see it, the others do.
+    let shape = [1, 8, HEAD_DIM];
+    let (q, v) = (randn(&mut rng, &shape), randn(&mut rng, &shape));
+    let mut keys = randn(&mut rng, &shape)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    keys[3 * HEAD_DIM] = f32::NAN;
+    let k = Tensor::from_vec(keys, &shape, &Device::Cpu).unwrap();
+    let got = causal_attention(&q, &k, &v, 1, 0.125)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    for (i, row) in got[0].iter().enumerate() {
+        assert_eq!(row.iter().all(|x| x.is_nan()), i >= 3, "query {i}: {row:?}");
+        assert!(i >= 3 || row.iter().all(|x| x.is_finite()), "query {i}");
+    }
+    let x = randn(&mut rng, &[1, 4, 40]);
+    let err = causal_attention(&x, &x, &x, 1, 0.125)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("heads of 64") && err.contains("width 40"),
+        "{err}"
+    );
+}
+
+/// A linear layer with its activation applied as the few-row kernel writes the product gives the same values
+/// as the activation applied after it (to 1e-6 of the largest), on the kernel's rows and off them.
+#[test]
+fn linear_with_fused_activation_matches_separate_activation() {
+    use candle_core::Module;
+    use diffuse::internals::kernels::activation::{apply, Pointwise};
+    let mut rng = TorchCpuRng::new(8);
+    for (rows, k, n) in [(154, 40, 30), (77, 33, 13), (8, 16, 5)] {
+        let x = randn(&mut rng, &[rows, k]);
+        let w = randn(&mut rng, &[n, k]);
+        let bias = randn(&mut rng, &[n]);
+        let layer = crate::common::linear_layer(&w, Some(&bias));
+        for f in [Pointwise::QuickGelu, Pointwise::Silu, Pointwise::GeluErf] {
+            let want = apply(&layer.forward(&x).unwrap(), f).unwrap();
+            let fused = layer.forward_activated(&x, f).unwrap();
+            // Fused exactly where the few-row kernel runs the product.
+            assert_eq!(
+                fused.is_some(),
+                rows >= 16 && diffuse::internals::kernels::few_rows_gemm::available()
+            );
+            if let Some(got) = fused {
+                let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                let err = max_abs_diff(&got, &want);
+                assert!(
+                    err <= 1e-6 * scale.to_scalar::<f32>().unwrap(),
+                    "{rows}×{k}→{n} {f:?}: {err}"
+                );
+            }
+        }
     }
 }
 

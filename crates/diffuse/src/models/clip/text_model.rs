@@ -1,5 +1,6 @@
 //! CLIPTextModel and CLIPTextModelWithProjection, with transformers' weight names.
 
+use crate::kernels::causal_attention::{self, causal_attention};
 use crate::kernels::linear::{linear, linear_no_bias, Linear};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{embedding, Embedding, VarBuilder};
@@ -48,11 +49,33 @@ impl ClipAttention {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, self.scale, Some(mask), false)?;
-        self.out_proj.forward(&merge_heads(&out)?)
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let out = if x.device().is_cpu()
+            && q.dtype() == DType::F32
+            && causal_attention::suits(q.dim(2)?, self.heads)
+            && !crate::kernels::tracked(&[&q, &k, &v])
+        {
+            causal_attention(&q, &k, &v, self.heads, self.scale as f32)?
+        } else {
+            let (q, k, v) = (
+                split_heads(&q, self.heads)?,
+                split_heads(&k, self.heads)?,
+                split_heads(&v, self.heads)?,
+            );
+            merge_heads(&scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                self.scale,
+                Some(mask),
+                false,
+            )?)?
+        };
+        self.out_proj.forward(&out)
     }
 }
 
@@ -82,11 +105,10 @@ impl ClipEncoderLayer {
         let h = (x + self
             .self_attn
             .forward(&self.layer_norm1.forward(x)?, mask)?)?;
-        let mlp = self.fc2.forward(
-            &self
-                .act
-                .forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?,
-        )?;
+        let hidden = self
+            .act
+            .after_linear(&self.fc1, &self.layer_norm2.forward(&h)?)?;
+        let mlp = self.fc2.forward(&hidden)?;
         h + mlp
     }
 }
