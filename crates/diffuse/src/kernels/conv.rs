@@ -175,9 +175,10 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<
     Ok(out)
 }
 
-/// Whether an f32 convolution runs as Winograd F(2×2, 3×3) ([`winograd`]): 3×3, stride 1, padding 1, on
-/// planes and channel counts large enough for its 16 products to stay efficient, and kernels small enough for
-/// their transformed copy (16 values per channel pair, made per call) to stay a modest transient.
+/// Whether an f32 convolution runs as Winograd F(2×2, 3×3) or F(4×4, 3×3) ([`winograd`]; the tiling chosen by
+/// the shape): 3×3, stride 1, padding 1, on planes and channel counts large enough for its products to stay
+/// efficient, and kernels small enough for their transformed copy (16 or 36 values per channel pair, made per
+/// call) to stay a modest transient.
 fn uses_winograd(g: &Geometry) -> bool {
     g.kh == 3
         && g.kw == 3

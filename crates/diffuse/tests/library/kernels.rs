@@ -73,6 +73,48 @@ fn attention_matches_reference() {
     }
 }
 
+/// Both Winograd tilings against the direct convolution, called directly (the dispatcher picks F(4×4) only on
+/// planes of 64×64 and more): odd sides (partial tiles at the right and bottom), two bands of tile rows, and a
+/// 64×64 plane with SD 1.5's first-level channels. F(2×2) to 2e-6 of the output's largest value, F(4×4) to 4e-5
+/// (its transforms' coefficients run from 1/24 to 8; measured 1.5e-5 at 320 channels).
+#[test]
+fn winograd_tilings_match_reference() {
+    use diffuse::internals::kernels::winograd::{conv3x3_tiled, OutputTile, Shape};
+    let mut rng = TorchCpuRng::new(9);
+    for (b, cin, cout, h, w) in [
+        (2, 24, 20, 33, 37),
+        (1, 17, 5, 9, 6),
+        (1, 256, 96, 90, 70),
+        (1, 320, 64, 64, 64),
+    ] {
+        let x = randn(&mut rng, &[b, cin, h, w]);
+        let weight = (randn(&mut rng, &[cout, cin, 3, 3]) * 0.05).unwrap();
+        let bias = randn(&mut rng, &[cout]);
+        let want = conv::conv2d_reference(&x, &weight, &bias, 1, 1).unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let shape = Shape {
+            batch: b,
+            cin,
+            cout,
+            h,
+            w,
+        };
+        for (tile, bound) in [(OutputTile::Two, 2e-6), (OutputTile::Four, 4e-5)] {
+            let mut out = vec![f32::NAN; b * cout * h * w];
+            let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
+            conv3x3_tiled(tile, &shape, &xs, &ws, &bs, &mut out, 2).unwrap();
+            let got = Tensor::from_vec(out, &[b, cout, h, w], &Device::Cpu).unwrap();
+            let err = max_abs_diff(&got, &want);
+            assert!(
+                err <= bound * scale,
+                "{tile:?} {cin}→{cout} {h}×{w}: {err} (scale {scale})"
+            );
+        }
+    }
+}
+
 #[test]
 fn conv2d_matches_reference() {
     let mut rng = TorchCpuRng::new(2);
