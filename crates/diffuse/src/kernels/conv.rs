@@ -17,9 +17,9 @@ use std::borrow::Cow;
 /// The unfolded tile holds at most about this many f32 values (8 MiB).
 const TILE_VALUES: usize = 1 << 21;
 /// The smallest plane (pixels) an f32 3×3 convolution takes Winograd's algorithm on.
-const WINOGRAD_MIN_PIXELS: usize = 1024;
+pub const WINOGRAD_MIN_PIXELS: usize = 1024;
 /// The fewest input channels an f32 3×3 convolution takes Winograd's algorithm with.
-const WINOGRAD_MIN_CHANNELS: usize = 16;
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// The most channel pairs (in × out) an f32 3×3 convolution takes Winograd's algorithm with: the transformed
 /// kernel then holds at most 128 MiB (SD 1.5's largest at 32×32, 1280 → 1280, takes 105 MiB).
 const WINOGRAD_MAX_CHANNEL_PAIRS: usize = 1 << 21;

@@ -15,7 +15,7 @@ use super::activation::{self, Pointwise};
 /// The rows of x this kernel takes: with more, the general product's packing of the weights is amortized over
 /// the rows and it is as fast; with fewer, the product is a matrix-vector one bound by reading the weights,
 /// and padding x to a panel would waste most of the multiply-adds.
-const ROWS: std::ops::RangeInclusive<usize> = 16..=384;
+pub const ROWS: std::ops::RangeInclusive<usize> = 16..=384;
 /// Rows of x per packed panel (two 16-lane vectors).
 const NR: usize = 32;
 /// 16-lane vectors per panel row.
@@ -86,8 +86,7 @@ pub fn linear(
     // would be read from that core's cache by every task.
     let shares = rayon::current_num_threads().clamp(1, tasks);
     (0..shares).into_par_iter().for_each(|share| {
-        with_scratch(panels, k, |scratch| {
-            let Scratch { xt, tiles } = scratch;
+        with_scratch(panels, k, |xt, tiles| {
             for (p, panel) in xt.chunks_exact_mut(k * NR).enumerate() {
                 // SAFETY: AVX-512 was detected above; x holds m rows of k (checked above), the panel k × NR.
                 unsafe { pack_panel(x, m, k, p, panel) };
@@ -121,24 +120,26 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
-/// Runs `f` on this thread's scratch, sized for `panels` panels of `k` (a fresh one if it is in use).
-fn with_scratch<R>(panels: usize, k: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
-    let size = |scratch: &mut Scratch| {
-        scratch.xt.resize(panels * k * NR, 0.0);
-        scratch
-            .tiles
-            .resize(BLOCKS_PER_TASK * panels, [[0.0; NR]; MR]);
+/// Runs `f` on this thread's scratch cut to `panels` panels of `k` and their tiles (a fresh one if it is in
+/// use). The buffers only grow, so that products of alternating widths do not refill them.
+fn with_scratch<R>(
+    panels: usize,
+    k: usize,
+    f: impl FnOnce(&mut [f32], &mut [[[f32; NR]; MR]]) -> R,
+) -> R {
+    let run = |scratch: &mut Scratch| {
+        let (values, tile_count) = (panels * k * NR, BLOCKS_PER_TASK * panels);
+        if scratch.xt.len() < values {
+            scratch.xt.resize(values, 0.0);
+        }
+        if scratch.tiles.len() < tile_count {
+            scratch.tiles.resize(tile_count, [[0.0; NR]; MR]);
+        }
+        f(&mut scratch.xt[..values], &mut scratch.tiles[..tile_count])
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => {
-            size(&mut scratch);
-            f(&mut scratch)
-        }
-        Err(_) => {
-            let mut scratch = Scratch::default();
-            size(&mut scratch);
-            f(&mut scratch)
-        }
+        Ok(mut scratch) => run(&mut scratch),
+        Err(_) => run(&mut Scratch::default()),
     })
 }
 

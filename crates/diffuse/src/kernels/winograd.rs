@@ -22,6 +22,11 @@ const G: [[f32; 3]; 4] = [
     [0.0, 0.0, 1.0],
 ];
 
+/// The smallest plane (pixels) F(4×4, 3×3) is used on.
+pub const F4_MIN_PIXELS: usize = 128 * 128;
+/// The fewest input channels F(4×4, 3×3) is used with.
+pub const F4_MIN_CHANNELS: usize = 256;
+
 /// G (6×3), the kernel transform of F(4×4, 3×3) (interpolation points 0, ±1, ±2 and ∞).
 const G4: [[f32; 3]; 6] = [
     [1.0 / 4.0, 0.0, 0.0],
@@ -88,10 +93,11 @@ pub enum OutputTile {
 }
 
 impl OutputTile {
-    /// F(4×4, 3×3) on planes of at least 128×128 pixels with at least 256 input channels (the VAE decoder's
-    /// upper blocks), F(2×2) elsewhere: its transforms cost more per tile, which only wide products repay.
+    /// F(4×4, 3×3) on planes of at least [`F4_MIN_PIXELS`] with at least [`F4_MIN_CHANNELS`] input channels (the
+    /// VAE decoder's upper blocks) and at most 2²⁰ channel pairs (its transformed kernel, 36 values a pair, then
+    /// stays under 144 MiB); F(2×2) elsewhere: its transforms cost more per tile, which only wide products repay.
     pub fn for_shape(s: &Shape) -> Self {
-        if s.h * s.w >= 128 * 128 && s.cin >= 256 {
+        if s.h * s.w >= F4_MIN_PIXELS && s.cin >= F4_MIN_CHANNELS && s.cin * s.cout <= 1 << 20 {
             OutputTile::Four
         } else {
             OutputTile::Two

@@ -5,7 +5,9 @@ use std::fmt;
 use std::path::Path;
 
 use crate::device::{host_memory, HostMemory};
-use crate::internals::kernels::{attention_avx512, bf16_gemm, int8_gemm, simd};
+use crate::internals::kernels::{
+    attention_avx512, bf16_gemm, causal_attention, conv, few_rows_gemm, int8_gemm, simd, winograd,
+};
 use crate::Result;
 
 mod dot_rates;
@@ -190,8 +192,30 @@ fn dispatch() -> Vec<(&'static str, String)> {
     } else {
         "unavailable (quantize = int8 needs AVX512-VNNI)"
     };
+    let convolutions = format!(
+        "f32 3×3 convolutions (stride 1) as Winograd F(2×2, 3×3) on planes of {} pixels or more with {} input \
+         channels or more, F(4×4, 3×3) on planes of {} pixels or more with {} input channels or more; unfolded \
+         (im2col) products otherwise",
+        conv::WINOGRAD_MIN_PIXELS,
+        conv::WINOGRAD_MIN_CHANNELS,
+        winograd::F4_MIN_PIXELS,
+        winograd::F4_MIN_CHANNELS
+    );
+    let text = if few_rows_gemm::available() {
+        format!(
+            "f32 linear layers over {}–{} rows (the text encoders) on the few-row kernel (weights as stored, \
+             no packing); the text encoders' causal attention (heads of {}) on its own kernel",
+            few_rows_gemm::ROWS.start(),
+            few_rows_gemm::ROWS.end(),
+            causal_attention::HEAD_DIM
+        )
+    } else {
+        "candle's matmul and masked attention (the few-row and causal-attention kernels need AVX-512)".to_string()
+    };
     vec![
         ("vector kernels", level.to_string()),
+        ("convolutions", convolutions),
+        ("text encoders", text),
         ("bf16 products", bf16.to_string()),
         ("int8 products", int8.to_string()),
         ("attention", attention.to_string()),
