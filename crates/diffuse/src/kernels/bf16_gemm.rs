@@ -7,7 +7,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::storage::Elem;
+use super::storage::{Elem, SharedOut};
 
 /// Columns of C per packed panel (four 16-lane vectors).
 pub const NR: usize = 64;
@@ -98,16 +98,6 @@ pub fn pair(lo: bf16, hi: bf16) -> u32 {
     u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16)
 }
 
-/// Shares the output among tasks that write disjoint (row, column) sets.
-struct SharedOut<T> {
-    ptr: *mut T,
-    len: usize,
-}
-
-// SAFETY: tasks write disjoint elements (distinct (batch, row block, column panel) triples), and the buffer
-// outlives the parallel loop that uses it.
-unsafe impl<T: Send> Sync for SharedOut<T> {}
-
 /// Runs the product into `out` (f32 or bf16), in parallel over (batch, column panel, row group).
 pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_core::Result<()> {
     if !available() {
@@ -130,10 +120,8 @@ pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_co
     let groups = wanted.clamp(1, p.m.div_ceil(MC));
     let group_rows = p.m.div_ceil(groups).next_multiple_of(MR);
     let groups = p.m.div_ceil(group_rows);
-    let shared = SharedOut {
-        ptr: out.as_mut_ptr(),
-        len: out.len(),
-    };
+    // Tasks write disjoint elements: distinct (batch, row block, column panel) triples.
+    let shared = SharedOut::new(out);
     (0..p.batch * panels * groups)
         .into_par_iter()
         .for_each_init(
@@ -182,8 +170,8 @@ unsafe fn task_block<T: Elem>(
         for (r, acc) in tile.iter().enumerate().take(mr) {
             let row = i0 + i + r;
             let start = b * p.c_batch_stride + row * p.c_rs + j0;
-            debug_assert!(start + cols <= out.len);
-            let dst = std::slice::from_raw_parts_mut(out.ptr.add(start), cols);
+            debug_assert!(start + cols <= out.len());
+            let dst = std::slice::from_raw_parts_mut(out.at(start), cols);
             match p.bias {
                 Bias::None => store(dst, &acc[..cols], 0.0, None),
                 Bias::Rows(bias) => store(dst, &acc[..cols], bias[row], None),

@@ -1,14 +1,14 @@
 //! Causal self-attention over few tokens in f32, the CLIP text encoder's (77 tokens, 12 heads of 64): each
-//! (item, head) is one task that copies its keys transposed and its values out of the token-major
-//! projections, then for each query takes the scores against the keys up to its own position, their softmax
-//! and the weighted sum of the values, written straight into the token-major output. candle's path splits
+//! (item, head) is one task that copies its keys transposed and reads its queries and values in place from the
+//! token-major projections, then for each query takes the scores against the keys up to its own position, their
+//! softmax and the weighted sum of the values, written straight into the token-major output. candle's path splits
 //! the heads into copies, runs two batched products, a scale, a mask addition and a softmax with scalar
 //! `exp` as separate passes, which at this size cost more than the arithmetic.
 
 use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
-use super::storage::F32Values;
+use super::storage::{F32Values, SharedOut};
 
 /// The head width the kernel takes (every CLIP text encoder's: ViT-L/14, OpenCLIP ViT-H and bigG).
 pub const HEAD_DIM: usize = 64;
@@ -53,7 +53,7 @@ pub fn causal_attention(
     let (qs, ks, vs) = (qv.get(), kv.get(), vv.get());
     let stride = tokens.next_multiple_of(KEYS);
     let mut out = vec![0f32; batch * tokens * width];
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(&mut out);
     (0..batch * heads).into_par_iter().for_each_init(
         || (vec![0f32; HEAD_DIM * stride], vec![0f32; stride]),
         |(keys_t, scores), task| {
@@ -182,22 +182,6 @@ unsafe fn scores_of<const B: usize>(
     for (b, a) in acc.iter().enumerate() {
         let at = scores.as_mut_ptr().add((first + b) * KEYS);
         _mm512_storeu_ps(at, _mm512_mul_ps(*a, _mm512_set1_ps(scale)));
-    }
-}
-
-/// The output buffer, shared by tasks that write disjoint heads.
-struct SharedOut(*mut f32);
-
-// SAFETY: each task writes only its own head's columns of the output, which outlives the parallel loop.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The element at `offset`.
-    ///
-    /// # Safety
-    /// `offset` must lie inside the output.
-    unsafe fn at(&self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
     }
 }
 

@@ -11,6 +11,7 @@ use candle_core::{bail, Result};
 use rayon::prelude::*;
 
 use super::activation::{self, Pointwise};
+use super::storage::SharedOut;
 
 /// The rows of x this kernel takes: with more, the general product's packing of the weights is amortized over
 /// the rows and it is as fast; with fewer, the product is a matrix-vector one bound by reading the weights,
@@ -79,7 +80,7 @@ pub fn linear(
         return Ok(());
     }
     let panels = m.div_ceil(NR);
-    let out = SharedOut(y.as_mut_ptr());
+    let out = SharedOut::new(y);
     let blocks = n.div_ceil(MR);
     let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
     // One share of the tasks per thread, each with its own packed copy of x: a copy packed by another core
@@ -156,7 +157,12 @@ struct Product<'a> {
 impl Product<'_> {
     /// Computes y's columns of the W row blocks `blocks` (at most [`BLOCKS_PER_TASK`]) into `out`, with
     /// `tiles` as the accumulators.
-    fn run(&self, blocks: std::ops::Range<usize>, tiles: &mut [[[f32; NR]; MR]], out: &SharedOut) {
+    fn run(
+        &self,
+        blocks: std::ops::Range<usize>,
+        tiles: &mut [[[f32; NR]; MR]],
+        out: &SharedOut<f32>,
+    ) {
         let Self {
             x: xt,
             m,
@@ -295,22 +301,6 @@ unsafe fn write_tile(
     _dst: *mut f32,
     _n: usize,
 ) {
-}
-
-/// y's buffer, shared by tasks that write disjoint columns.
-struct SharedOut(*mut f32);
-
-// SAFETY: each task writes only its own columns of y, which outlives the parallel loop.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The element at `offset`.
-    ///
-    /// # Safety
-    /// `offset` must lie inside y.
-    unsafe fn at(&self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
-    }
 }
 
 /// Adds the product of columns `k0..k0 + kc` of `rows` rows of W (row stride `k`) and the packed panel's

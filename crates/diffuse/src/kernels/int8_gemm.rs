@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::storage::SharedOut;
+
 /// Columns of C per packed panel (four 16-lane vectors).
 pub const NR: usize = 64;
 /// Rows of C per micro-kernel call.
@@ -156,16 +158,6 @@ pub struct OutLayout {
     pub col_stride: usize,
 }
 
-/// Shares the output among tasks that write disjoint elements.
-struct SharedOut {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: tasks write disjoint elements (distinct (row group, column group) pairs), and the buffer outlives the
-// parallel loop that uses it.
-unsafe impl Sync for SharedOut {}
-
 /// C = A · B (dequantized) + bias into `out`, in parallel over (row group, column group).
 pub fn run(
     a: &Rows,
@@ -202,10 +194,8 @@ pub fn run(
     let panels_per_group = (PANEL_BYTES / (b.k * NR).max(1)).clamp(1, panels);
     let column_groups = panels.div_ceil(panels_per_group);
     let row_groups = m.div_ceil(MC);
-    let shared = SharedOut {
-        ptr: out.as_mut_ptr(),
-        len: out.len(),
-    };
+    // Tasks write disjoint elements: distinct (row group, column group) pairs.
+    let shared = SharedOut::new(out);
     (0..row_groups * column_groups)
         .into_par_iter()
         .for_each(|task| {
@@ -229,7 +219,7 @@ unsafe fn task_block(
     layout: OutLayout,
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
-    out: &SharedOut,
+    out: &SharedOut<f32>,
 ) {
     let size = b.k / 4 * NR;
     let mut tile = [[0f32; NR]; MR];
@@ -264,7 +254,7 @@ unsafe fn task_block(
             let mut dst = [std::ptr::null_mut(); MR];
             for (r, d) in dst.iter_mut().enumerate().take(mr) {
                 *d = if direct {
-                    out.ptr.add((i + r) * layout.row_stride + j0)
+                    out.at((i + r) * layout.row_stride + j0)
                 } else {
                     tile[r].as_mut_ptr()
                 };
@@ -284,8 +274,7 @@ unsafe fn task_block(
             for (r, values) in tile.iter().enumerate().take(mr) {
                 let start = (i + r) * layout.row_stride + j0 * layout.col_stride;
                 for (c, &v) in values.iter().enumerate().take(cols) {
-                    debug_assert!(start + c * layout.col_stride < out.len);
-                    *out.ptr.add(start + c * layout.col_stride) = v;
+                    *out.at(start + c * layout.col_stride) = v;
                 }
             }
         }
@@ -301,7 +290,7 @@ unsafe fn task_block(
     _layout: OutLayout,
     _rows: std::ops::Range<usize>,
     _panels: std::ops::Range<usize>,
-    _out: &SharedOut,
+    _out: &SharedOut<f32>,
 ) {
 }
 

@@ -129,3 +129,37 @@ impl Elem for f16 {
         f16::from_f32(v)
     }
 }
+
+/// An output buffer shared by parallel tasks, each of which writes its own disjoint elements.
+pub(crate) struct SharedOut<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: the tasks write disjoint elements (each kernel's `at` callers say which), and the buffer outlives the
+// parallel loop that uses it.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// Shares `out` for the duration of a parallel loop.
+    pub(crate) fn new(out: &mut [T]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// The buffer's length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The element at `offset`.
+    ///
+    /// # Safety
+    /// `offset` must lie inside the buffer, and no other task may write the elements written through it.
+    pub(crate) unsafe fn at(&self, offset: usize) -> *mut T {
+        debug_assert!(offset < self.len);
+        self.ptr.add(offset)
+    }
+}
