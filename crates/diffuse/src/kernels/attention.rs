@@ -7,6 +7,7 @@ use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 use half::bf16;
 
@@ -22,6 +23,8 @@ use super::vmath::{self, LANES};
 pub const Q_BLOCK: usize = attention_avx512::QB;
 /// Keys per score block.
 pub const K_BLOCK: usize = 512;
+/// The most query blocks one task of the f32 AVX-512 path runs per head before moving to the next head.
+const GROUP_BLOCKS: usize = 16;
 
 /// softmax(q·kᵀ · scale) · v per head, on token-major tensors: `q` `[batch, q_tokens, heads · d]`, `k` and `v`
 /// `[batch, kv_tokens, heads · d]` → `[batch, q_tokens, heads · d]` in `q`'s dtype. CPU tensors only.
@@ -174,19 +177,24 @@ impl CustomOp3 for FlashAttention {
             let out = self.forward_int8(&dims, batch, &q, &k, &v);
             return Ok((from_f32(out, sq.dtype())?, lq.shape().clone()));
         }
-        let mut out = vec![0f32; batch * nq * channels];
-        if nq > 0 {
-            out.par_chunks_mut(nq * channels)
-                .enumerate()
-                .try_for_each(|(b, out_batch)| {
-                    out_batch
-                        .par_chunks_mut(Q_BLOCK * channels)
-                        .enumerate()
-                        .try_for_each(|(i, out_block)| {
-                            self.block(&dims, &q, &k, &v, b, i * Q_BLOCK, out_block)
-                        })
-                })?;
-        }
+        let out = if self.avx512 {
+            self.forward_avx512(&dims, batch, &q, &k, &v)
+        } else {
+            let mut out = vec![0f32; batch * nq * channels];
+            if nq > 0 {
+                out.par_chunks_mut(nq * channels)
+                    .enumerate()
+                    .try_for_each(|(b, out_batch)| {
+                        out_batch
+                            .par_chunks_mut(Q_BLOCK * channels)
+                            .enumerate()
+                            .try_for_each(|(i, out_block)| {
+                                self.block(&dims, &q, &k, &v, b, i * Q_BLOCK, out_block)
+                            })
+                    })?;
+            }
+            out
+        };
         Ok((from_f32(out, sq.dtype())?, lq.shape().clone()))
     }
 }
@@ -214,6 +222,39 @@ fn query_blocks<T: Send>(
                     block(b, b * dims.nq + i * Q_BLOCK, &mut scratch, out_block);
                 });
         });
+}
+
+thread_local! {
+    /// The f32 path's head-major keys and values ([`head_major`]), kept by the calling thread between calls (they
+    /// only grow), so that each call does not fault in fresh pages for them.
+    static HEAD_MAJOR: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
+}
+
+/// `x` (`[batch, tokens, heads · d]`, token-major) as `[batch, heads, tokens, d]`, written into `buffer`: each
+/// head's rows one after another, so that a head's keys and values stream from consecutive cache lines and
+/// pages rather than from `d`-wide pieces of rows `heads · d` wide. One head is already in that order.
+fn head_major<'a>(
+    x: &'a [f32],
+    (tokens, heads, d): (usize, usize, usize),
+    buffer: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if heads == 1 {
+        return x;
+    }
+    let c = heads * d;
+    if buffer.len() < x.len() {
+        buffer.resize(x.len(), 0.0);
+    }
+    let out = &mut buffer[..x.len()];
+    out.par_chunks_mut(tokens * d)
+        .enumerate()
+        .for_each(|(bh, dst)| {
+            let (b, h) = (bh / heads, bh % heads);
+            for (t, row) in dst.chunks_exact_mut(d).enumerate() {
+                row.copy_from_slice(&x[(b * tokens + t) * c + h * d..][..d]);
+            }
+        });
+    out
 }
 
 /// The elements of a contiguous layout.
@@ -249,6 +290,85 @@ impl FlashAttention {
                 attention_int8::head_block_int8(q_rows, rows, &kv, self.scale, scratch, out_block);
             }
         });
+        out
+    }
+
+    /// The f32 path on AVX-512: keys and values rearranged head by head ([`head_major`]); each task takes a
+    /// group of query blocks of one batch item and runs [`attention_avx512::head_block`] on every block of the
+    /// group for one head before the next head, so the head's keys and values are reused from the core's
+    /// caches across the group.
+    fn forward_avx512(
+        &self,
+        dims: &Dims,
+        batch: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Vec<f32> {
+        let shape = (dims.nk, self.heads, dims.d);
+        HEAD_MAJOR.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buffers) => {
+                let (kb, vb) = &mut *buffers;
+                self.heads_avx512(
+                    dims,
+                    batch,
+                    q,
+                    head_major(k, shape, kb),
+                    head_major(v, shape, vb),
+                )
+            }
+            Err(_) => {
+                let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                let (k, v) = (head_major(k, shape, &mut kb), head_major(v, shape, &mut vb));
+                self.heads_avx512(dims, batch, q, k, v)
+            }
+        })
+    }
+
+    /// [`FlashAttention::forward_avx512`] once the keys and values are head-major.
+    fn heads_avx512(&self, dims: &Dims, batch: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (heads, c, d, nq, nk) = (self.heads, dims.channels, dims.d, dims.nq, dims.nk);
+        let mut out = vec![0f32; batch * nq * c];
+        if nq == 0 || c == 0 {
+            return out;
+        }
+        // Up to GROUP_BLOCKS blocks per task, fewer when that would leave fewer than four tasks per thread.
+        let blocks = nq.div_ceil(Q_BLOCK);
+        let wanted_tasks = 4 * rayon::current_num_threads();
+        let group = (batch * blocks / wanted_tasks).clamp(1, GROUP_BLOCKS);
+        out.par_chunks_mut(nq * c)
+            .enumerate()
+            .for_each(|(b, out_item)| {
+                let q_item = &q[b * nq * c..(b + 1) * nq * c];
+                out_item
+                    .par_chunks_mut(group * Q_BLOCK * c)
+                    .zip(q_item.par_chunks(group * Q_BLOCK * c))
+                    .for_each_init(
+                        || attention_avx512::Scratch::new(d),
+                        |scratch, (out_group, q_group)| {
+                            for h in 0..heads {
+                                let head = (b * heads + h) * nk * d;
+                                let kv = attention_avx512::HeadKv {
+                                    k: &k[head..head + nk * d],
+                                    v: &v[head..head + nk * d],
+                                    stride: c,
+                                    offset: h * d,
+                                    d,
+                                    tokens: nk,
+                                };
+                                for (out_block, q_block) in out_group
+                                    .chunks_mut(Q_BLOCK * c)
+                                    .zip(q_group.chunks(Q_BLOCK * c))
+                                {
+                                    let rows = out_block.len() / c;
+                                    attention_avx512::head_block(
+                                        q_block, rows, &kv, self.scale, scratch, out_block,
+                                    );
+                                }
+                            }
+                        },
+                    );
+            });
         out
     }
 
@@ -303,6 +423,8 @@ impl FlashAttention {
         out
     }
 
+    /// The portable path for the query rows `q0..` of batch item `b` (`out` holds them): two `gemm` products per
+    /// block of keys.
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
@@ -320,22 +442,6 @@ impl FlashAttention {
         let q_batch = &q[b * dims.nq * c..(b + 1) * dims.nq * c];
         let k_batch = &k[b * dims.nk * c..(b + 1) * dims.nk * c];
         let v_batch = &v[b * dims.nk * c..(b + 1) * dims.nk * c];
-        if self.avx512 {
-            let mut scratch = attention_avx512::Scratch::new(d);
-            for h in 0..self.heads {
-                let kv = attention_avx512::HeadKv {
-                    k: k_batch,
-                    v: v_batch,
-                    stride: c,
-                    offset: h * d,
-                    d,
-                    tokens: dims.nk,
-                };
-                let q_rows = &q_batch[q0 * c..(q0 + rows) * c];
-                attention_avx512::head_block(q_rows, rows, &kv, self.scale, &mut scratch, out);
-            }
-            return Ok(());
-        }
         let kb_max = K_BLOCK.min(dims.nk);
         let mut qbuf = vec![0f32; rows * d];
         let mut scores = vec![0f32; rows * kb_max];

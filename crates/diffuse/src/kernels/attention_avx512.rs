@@ -32,16 +32,16 @@ const SCORE_ROWS: usize = 6;
 /// Head dimensions per output micro-kernel call.
 const OUT_ROWS: usize = 5;
 
-/// One head of one batch item: K and V token-major with row stride `stride`, the head's columns starting at
-/// `offset`, `d` wide.
+/// One head of one batch item: its keys and values on their own (`[tokens, d]` each, see [`head_major`]); the
+/// queries and the output are token rows of `stride` channels with the head's columns at `offset`.
 pub struct HeadKv<'a> {
-    /// Keys, `[tokens, stride]`.
+    /// The head's keys, `[tokens, d]`.
     pub k: &'a [f32],
-    /// Values, `[tokens, stride]`.
+    /// The head's values, `[tokens, d]`.
     pub v: &'a [f32],
-    /// Channels per token.
+    /// Channels per token of the queries and the output.
     pub stride: usize,
-    /// The head's first channel.
+    /// The head's first channel in the queries and the output.
     pub offset: usize,
     /// Head dimension.
     pub d: usize,
@@ -122,7 +122,7 @@ pub fn head_block(
     assert!(
         q.len() >= (rows - 1) * c + kv.offset + d && out.len() >= (rows - 1) * c + kv.offset + d
     );
-    assert!(kv.k.len() >= kv.tokens * c && kv.v.len() >= kv.tokens * c);
+    assert!(kv.k.len() >= kv.tokens * d && kv.v.len() >= kv.tokens * d);
     assert!(scratch.qt.len() >= d * QB && scratch.ot.len() >= d * QB);
     assert!(available(), "the AVX-512 attention needs AVX-512");
     // SAFETY: AVX-512 was detected; every index the kernel forms is below the lengths asserted above.
@@ -149,7 +149,7 @@ unsafe fn head_block_avx512(
         }
     }
     let qt = qt.as_ptr();
-    let (k, v) = (kv.k.as_ptr().add(h0), kv.v.as_ptr().add(h0));
+    let (k, v) = (kv.k.as_ptr(), kv.v.as_ptr());
     let blocks = KeyBlocks {
         tokens: kv.tokens,
         d,
@@ -159,14 +159,14 @@ unsafe fn head_block_avx512(
     };
     let sum = blocks.run(
         |key, n, dst, max| match n {
-            6 => scores::<6>(qt, k.add(key * c), c, d, dst, max),
-            5 => scores::<5>(qt, k.add(key * c), c, d, dst, max),
-            4 => scores::<4>(qt, k.add(key * c), c, d, dst, max),
-            3 => scores::<3>(qt, k.add(key * c), c, d, dst, max),
-            2 => scores::<2>(qt, k.add(key * c), c, d, dst, max),
-            _ => scores::<1>(qt, k.add(key * c), c, d, dst, max),
+            6 => scores::<6>(qt, k.add(key * d), d, d, dst, max),
+            5 => scores::<5>(qt, k.add(key * d), d, d, dst, max),
+            4 => scores::<4>(qt, k.add(key * d), d, d, dst, max),
+            3 => scores::<3>(qt, k.add(key * d), d, d, dst, max),
+            2 => scores::<2>(qt, k.add(key * d), d, d, dst, max),
+            _ => scores::<1>(qt, k.add(key * d), d, d, dst, max),
         },
-        |probs, j0, kb, dd, n, acc| accumulate_values(probs.f32, v, c, (j0, kb, dd, n), acc),
+        |probs, j0, kb, dd, n, acc| accumulate_values(probs.f32, v, d, (j0, kb, dd, n), acc),
     );
     write_head(&scratch.ot[..d * QB], &sum, rows, (c, h0, d), out);
 }

@@ -80,18 +80,33 @@ fn chunks(tokenizer: &ClipTokenizer, pieces: &[Piece], added: &AddedTokens) -> R
     Ok(out)
 }
 
-/// Runs `encoder` over chunks as one batch.
+/// Runs `encoder` over chunks as one batch, each distinct id sequence once; also returns each chunk's row of
+/// the output.
 fn run(
     encoder: &ClipTextModel,
     chunks: &[&Chunk],
     length: usize,
     added: &AddedTokens,
-) -> Result<ClipTextOutput> {
-    let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
-    encoder.forward_with_extra(
-        &Tensor::from_vec(ids, (chunks.len(), length), encoder.device())?,
+) -> Result<(ClipTextOutput, Vec<usize>)> {
+    let mut distinct: Vec<&[u32]> = Vec::with_capacity(chunks.len());
+    let rows = chunks
+        .iter()
+        .map(
+            |chunk| match distinct.iter().position(|d| *d == chunk.ids) {
+                Some(row) => row,
+                None => {
+                    distinct.push(&chunk.ids);
+                    distinct.len() - 1
+                }
+            },
+        )
+        .collect();
+    let ids: Vec<u32> = distinct.concat();
+    let out = encoder.forward_with_extra(
+        &Tensor::from_vec(ids, (distinct.len(), length), encoder.device())?,
         added.rows(),
-    )
+    )?;
+    Ok((out, rows))
 }
 
 /// `z * weights` with `z`'s mean restored (A1111's "original" emphasis); `z` when every weight is 1.
@@ -124,51 +139,80 @@ enum States {
     Penultimate(Option<usize>),
 }
 
-/// Encodes each text's pieces with `tokenizer` and `encoder` in one batch.
+/// Each text's encoding, and the empty prompt's chunk when the texts are to be padded to one chunk count.
+struct EncodedTexts {
+    texts: Vec<Encoded>,
+    blank: Option<Tensor>,
+}
+
+/// Encodes each text's pieces with `tokenizer` and `encoder` in one batch. With `padding`, the empty prompt's
+/// chunk (taken as `padding` says) is encoded too when the texts' chunk counts differ.
 fn encode_texts(
     tokenizer: &ClipTokenizer,
     encoder: &ClipTextModel,
     texts: &[(&[Piece], States)],
+    padding: Option<States>,
     added: &AddedTokens,
-) -> Result<Vec<Encoded>> {
-    let per_text = texts
+) -> Result<EncodedTexts> {
+    let mut per_text = texts
         .iter()
-        .map(|(pieces, _)| chunks(tokenizer, pieces, added))
+        .map(|(pieces, states)| Ok((chunks(tokenizer, pieces, added)?, *states)))
         .collect::<Result<Vec<_>>>()?;
-    let all: Vec<&Chunk> = per_text.iter().flatten().collect();
-    let out = run(encoder, &all, tokenizer.max_length(), added)?;
-    let mut row = 0;
-    let mut encoded = Vec::with_capacity(texts.len());
-    for ((_, states), chunks) in texts.iter().zip(&per_text) {
+    let counts_differ = per_text.windows(2).any(|w| w[0].0.len() != w[1].0.len());
+    let padding = padding.filter(|_| counts_differ);
+    if let Some(states) = padding {
+        per_text.push((
+            chunks(tokenizer, &ParsedPrompt::plain("").pieces, added)?,
+            states,
+        ));
+    }
+    let all: Vec<&Chunk> = per_text.iter().flat_map(|(c, _)| c).collect();
+    let (out, rows) = run(encoder, &all, tokenizer.max_length(), added)?;
+    let mut rows = rows.into_iter();
+    let mut encoded = Vec::with_capacity(per_text.len());
+    for (chunks, states) in &per_text {
         let all_states = match states {
             States::Single(skip) => single_embedding(encoder, &out, *skip)?,
             States::Penultimate(skip) => penultimate(&out, *skip)?,
         };
         let mut chunk_states = Vec::with_capacity(chunks.len());
-        for (k, chunk) in chunks.iter().enumerate() {
-            chunk_states.push(emphasize(
-                &all_states.narrow(0, row + k, 1)?,
-                &chunk.weights,
-            )?);
+        let mut first_row = None;
+        for chunk in chunks {
+            let row = rows.next().ok_or_else(|| {
+                Error::invalid("text_encoder", "fewer encoded rows than prompt chunks")
+            })?;
+            first_row.get_or_insert(row);
+            chunk_states.push(emphasize(&all_states.narrow(0, row, 1)?, &chunk.weights)?);
         }
-        let pooled = out
-            .text_embeds
-            .as_ref()
-            .map(|p| p.narrow(0, row, 1))
-            .transpose()?;
-        row += chunks.len();
+        let pooled = match (&out.text_embeds, first_row) {
+            (Some(p), Some(row)) => Some(p.narrow(0, row, 1)?),
+            _ => None,
+        };
         encoded.push(Encoded {
             states: chunk_states,
             pooled,
         });
     }
-    Ok(encoded)
+    let blank = match padding {
+        Some(_) => encoded.pop().and_then(|e| e.states.into_iter().next()),
+        None => None,
+    };
+    Ok(EncodedTexts {
+        texts: encoded,
+        blank,
+    })
 }
 
-/// `chunks` extended to `count` chunks with `empty`.
-fn padded(mut chunks: Vec<Tensor>, count: usize, empty: &Tensor) -> Result<Tensor> {
+/// `chunks` extended to `count` chunks with `blank` (present whenever the chunk counts differ).
+fn padded(mut chunks: Vec<Tensor>, count: usize, blank: Option<&Tensor>) -> Result<Tensor> {
     while chunks.len() < count {
-        chunks.push(empty.clone());
+        let blank = blank.ok_or_else(|| {
+            Error::invalid(
+                "text_encoder",
+                "the empty prompt's chunk was not encoded for padding",
+            )
+        })?;
+        chunks.push(blank.clone());
     }
     Ok(Tensor::cat(&chunks, 1)?)
 }
@@ -188,7 +232,6 @@ impl TextEncoders {
             guidance,
             clip_skip,
         } = rows;
-        let empty = ParsedPrompt::plain("");
         match (&self.first, &self.second) {
             (None, None) => Err(Error::invalid(
                 "text_encoder",
@@ -198,17 +241,17 @@ impl TextEncoders {
                 let mut texts = vec![(prompt.pieces.as_slice(), States::Single(clip_skip))];
                 if guidance {
                     texts.push((negative.pieces.as_slice(), States::Single(None)));
-                    texts.push((empty.pieces.as_slice(), States::Single(None)));
                 }
-                let encoded = encode_texts(&first.tokenizer, &first.encoder, &texts, &added[0])?;
+                let padding = guidance.then_some(States::Single(None));
+                let EncodedTexts { texts, blank } =
+                    encode_texts(&first.tokenizer, &first.encoder, &texts, padding, &added[0])?;
                 let context = if guidance {
-                    let count = encoded[0].states.len().max(encoded[1].states.len());
-                    let blank = &encoded[2].states[0];
-                    let negative = padded(encoded[1].states.clone(), count, blank)?;
-                    let positive = padded(encoded[0].states.clone(), count, blank)?;
+                    let count = texts[0].states.len().max(texts[1].states.len());
+                    let negative = padded(texts[1].states.clone(), count, blank.as_ref())?;
+                    let positive = padded(texts[0].states.clone(), count, blank.as_ref())?;
                     Tensor::cat(&[negative, positive], 0)?
                 } else {
-                    Tensor::cat(&encoded[0].states, 1)?
+                    Tensor::cat(&texts[0].states, 1)?
                 };
                 Ok(Conditioning {
                     context: repeat_rows(&context, images)?,
@@ -221,20 +264,21 @@ impl TextEncoders {
                 let mut texts = vec![(prompt.pieces.as_slice(), States::Penultimate(clip_skip))];
                 if encode_negative {
                     texts.push((negative.pieces.as_slice(), States::Penultimate(None)));
-                    texts.push((empty.pieces.as_slice(), States::Penultimate(None)));
                 }
+                let padding = encode_negative.then_some(States::Penultimate(None));
                 let mut per_encoder = Vec::with_capacity(2);
                 if let Some(first) = first {
                     per_encoder.push(encode_texts(
                         &first.tokenizer,
                         &first.encoder,
                         &texts,
+                        padding,
                         &added[0],
                     )?);
                 }
-                let second = encode_texts(&xl.tokenizer, &xl.encoder, &texts, &added[1])?;
+                let second = encode_texts(&xl.tokenizer, &xl.encoder, &texts, padding, &added[1])?;
                 let pooled_of = |text: usize| {
-                    second[text]
+                    second.texts[text]
                         .pooled
                         .clone()
                         .ok_or_else(|| Error::invalid("text_encoder_2", "has no text_projection"))
@@ -248,10 +292,12 @@ impl TextEncoders {
                 per_encoder.push(second);
                 // Each chunk's states from the encoders side by side.
                 let side_by_side = |text: usize| -> Result<Vec<Tensor>> {
-                    (0..per_encoder[0][text].states.len())
+                    (0..per_encoder[0].texts[text].states.len())
                         .map(|k| {
-                            let parts: Vec<&Tensor> =
-                                per_encoder.iter().map(|e| &e[text].states[k]).collect();
+                            let parts: Vec<&Tensor> = per_encoder
+                                .iter()
+                                .map(|e| &e.texts[text].states[k])
+                                .collect();
                             Ok(Tensor::cat(&parts, 2)?)
                         })
                         .collect()
@@ -267,10 +313,13 @@ impl TextEncoders {
                     )
                 } else {
                     let negative_chunks = side_by_side(1)?;
-                    let blank = side_by_side(2)?.remove(0);
+                    // The empty prompt's chunk from the encoders side by side, where they encoded it.
+                    let blanks: Option<Vec<&Tensor>> =
+                        per_encoder.iter().map(|e| e.blank.as_ref()).collect();
+                    let blank = blanks.map(|parts| Tensor::cat(&parts, 2)).transpose()?;
                     let count = positive_chunks.len().max(negative_chunks.len());
-                    let negative = padded(negative_chunks, count, &blank)?;
-                    let positive = padded(positive_chunks, count, &blank)?;
+                    let negative = padded(negative_chunks, count, blank.as_ref())?;
+                    let positive = padded(positive_chunks, count, blank.as_ref())?;
                     let negative_pooled = negative_pooled.ok_or_else(|| {
                         Error::invalid(
                             RequestField::NegativePrompt.name(),

@@ -7,6 +7,8 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use crate::common::{fixtures, get, load_reference, relative_error};
+use diffuse::device::Quantization;
+use diffuse::internals::kernels::int8_gemm;
 use diffuse::loaders::{LoadOptions, PipelineFolder};
 use diffuse::pipelines::{GenerationRequest, LoraChoice, LoraSource, StableDiffusion};
 use diffuse::rng::{BoxMullerKernel, TorchCpuRng};
@@ -27,8 +29,12 @@ fn cases() -> Vec<Value> {
 }
 
 fn load(model: &str) -> StableDiffusion {
+    load_with(model, &LoadOptions::default())
+}
+
+fn load_with(model: &str, options: &LoadOptions) -> StableDiffusion {
     let folder = PipelineFolder::open(&fixtures("models").join(model)).unwrap();
-    StableDiffusion::load(&folder, &LoadOptions::default())
+    StableDiffusion::load(&folder, options)
         .unwrap()
         .with_lora_dir(lora_files())
 }
@@ -137,6 +143,59 @@ fn a_generation_with_loras_leaves_a_concurrent_one_without_them_alone() {
     assert!(relative_error(&adapted, &alone) > MOVED);
     // And after it, the loaded pipeline is unchanged.
     assert_eq!(relative_error(&generate(&pipe, &plain, 3), &alone), 0.0);
+}
+
+/// LoRAs on a UNet quantized to int8 (`LoadOptions::quantize`): the merged UNet is rebuilt for int8 and its
+/// weights packed from the merged values, not the base's. A LoRA changing convolutions (LoCon) and one changing
+/// attention (kohya), after the int8 pipeline has run without them: latents within [`INT8_TOLERANCE`] of
+/// diffusers' f32 reference, moved by the LoRA, and not equal to the f32 pipeline's (the int8 products ran).
+#[test]
+fn loras_apply_to_an_int8_unet() {
+    if !int8_gemm::available() {
+        eprintln!("skipped: this CPU has no AVX512-VNNI");
+        return;
+    }
+    /// int8 against f32 on the tiny pipeline (both through the same 8-bit-per-channel rounding of every
+    /// convolution and feed-forward layer wide enough for the int8 path).
+    const INT8_TOLERANCE: f64 = 5e-2;
+    let int8 = load_with(
+        "sd1",
+        &LoadOptions {
+            quantize: Some(Quantization::Int8),
+            ..Default::default()
+        },
+    );
+    let f32 = load("sd1");
+    let mut failures = Vec::new();
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        if !["sd1_locon", "sd1_kohya"].contains(&name) {
+            continue;
+        }
+        let seed = case["seed"].as_u64().unwrap();
+        let plain = generate(&int8, &request(&int8, &case, false), seed);
+        let latents = generate(&int8, &request(&int8, &case, true), seed);
+        let reference = load_reference(&fixtures("loras").join(format!("{name}.safetensors")));
+        let expected = get(&reference, "latents");
+        let error = relative_error(&latents, expected);
+        let moved = relative_error(&plain, expected);
+        let from_f32 = relative_error(&latents, &generate(&f32, &request(&f32, &case, true), seed));
+        eprintln!("{name} int8: latents {error:.2e}, without the LoRAs {moved:.2e}, from f32 {from_f32:.2e}");
+        if error > INT8_TOLERANCE {
+            failures.push(format!(
+                "{name}: int8 latents {error:.2e} from the reference"
+            ));
+        }
+        if moved < 2.0 * error.max(MOVED) {
+            failures.push(format!(
+                "{name}: the LoRAs move the int8 latents by {moved:.2e} only"
+            ));
+        }
+        if from_f32 == 0.0 {
+            failures.push(format!("{name}: the int8 pipeline gave the f32 latents"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 fn error_of(pipe: &StableDiffusion, req: GenerationRequest) -> String {
