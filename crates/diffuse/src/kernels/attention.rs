@@ -199,28 +199,42 @@ impl CustomOp3 for FlashAttention {
     }
 }
 
-/// Runs `block(b, first, scratch, out_block)` for every block of up to [`Q_BLOCK`] query rows of every batch item,
-/// in parallel: `out` is `[batch, dims.nq, dims.channels]`, `out_block` the block's rows of it, `first` the index
-/// of its first row among all batch items' rows, `scratch` fresh working memory for the block's heads.
+/// Runs `block(b, h, first, scratch, out_block)` for every head `h` of every block of up to [`Q_BLOCK`] query rows
+/// of every batch item `b`, in parallel: `out` is `[batch, dims.nq, dims.channels]`, `out_block` the block's rows
+/// of it, `first` the index of its first row among all batch items' rows, `scratch` the task's working memory.
+/// A task takes a group of consecutive blocks (up to [`GROUP_BLOCKS`], fewer when that would leave under four
+/// tasks per thread) and runs all of them for one head before the next head, so that the head's keys and values
+/// are reused from the core's caches across the group.
 fn query_blocks<T: Send>(
     dims: &Dims,
+    heads: usize,
     out: &mut [T],
-    block: impl Fn(usize, usize, &mut attention_avx512::Scratch, &mut [T]) + Sync,
+    block: impl Fn(usize, usize, usize, &mut attention_avx512::Scratch, &mut [T]) + Sync,
 ) {
     let c = dims.channels;
     if dims.nq == 0 || c == 0 {
         return;
     }
+    let batch = out.len() / (dims.nq * c);
+    let wanted_tasks = 4 * rayon::current_num_threads();
+    let group = (batch * dims.nq.div_ceil(Q_BLOCK) / wanted_tasks).clamp(1, GROUP_BLOCKS);
     out.par_chunks_mut(dims.nq * c)
         .enumerate()
-        .for_each(|(b, out_batch)| {
-            out_batch
-                .par_chunks_mut(Q_BLOCK * c)
+        .for_each(|(b, out_item)| {
+            out_item
+                .par_chunks_mut(group * Q_BLOCK * c)
                 .enumerate()
-                .for_each(|(i, out_block)| {
-                    let mut scratch = attention_avx512::Scratch::new(dims.d);
-                    block(b, b * dims.nq + i * Q_BLOCK, &mut scratch, out_block);
-                });
+                .for_each_init(
+                    || attention_avx512::Scratch::new(dims.d),
+                    |scratch, (g, out_group)| {
+                        for h in 0..heads {
+                            for (i, out_block) in out_group.chunks_mut(Q_BLOCK * c).enumerate() {
+                                let first = b * dims.nq + (g * group + i) * Q_BLOCK;
+                                block(b, h, first, scratch, out_block);
+                            }
+                        }
+                    },
+                );
         });
 }
 
@@ -265,16 +279,19 @@ fn contiguous<'a, T>(values: &'a [T], layout: &Layout) -> Option<&'a [T]> {
 }
 
 impl FlashAttention {
-    /// The int8 path: the keys quantized once, then every (batch item, query block) runs
-    /// [`attention_int8::head_block_int8`] for each head.
+    /// The int8 path: the keys quantized once, then [`attention_int8::head_block_int8`] for every head of every
+    /// query block ([`query_blocks`]).
     fn forward_int8(&self, dims: &Dims, batch: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (c, d, nk) = (dims.channels, dims.d, dims.nk);
         let keys = KeysInt8::quantize(k, batch, nk, self.heads, d);
         let mut out = vec![0f32; batch * dims.nq * c];
-        query_blocks(dims, &mut out, |b, first, scratch, out_block| {
-            let rows = out_block.len() / c;
-            let q_rows = &q[first * c..][..rows * c];
-            for h in 0..self.heads {
+        query_blocks(
+            dims,
+            self.heads,
+            &mut out,
+            |b, h, first, scratch, out_block| {
+                let rows = out_block.len() / c;
+                let q_rows = &q[first * c..][..rows * c];
                 let head = (b * self.heads + h) * nk;
                 let kv = attention_int8::HeadKvInt8 {
                     k: &keys.quads[head * keys.dq..(head + nk) * keys.dq],
@@ -288,15 +305,13 @@ impl FlashAttention {
                     tokens: nk,
                 };
                 attention_int8::head_block_int8(q_rows, rows, &kv, self.scale, scratch, out_block);
-            }
-        });
+            },
+        );
         out
     }
 
-    /// The f32 path on AVX-512: keys and values rearranged head by head ([`head_major`]); each task takes a
-    /// group of query blocks of one batch item and runs [`attention_avx512::head_block`] on every block of the
-    /// group for one head before the next head, so the head's keys and values are reused from the core's
-    /// caches across the group.
+    /// The f32 path on AVX-512: keys and values rearranged head by head ([`head_major`]), then
+    /// [`attention_avx512::head_block`] for every head of every query block ([`query_blocks`]).
     fn forward_avx512(
         &self,
         dims: &Dims,
@@ -327,53 +342,32 @@ impl FlashAttention {
 
     /// [`FlashAttention::forward_avx512`] once the keys and values are head-major.
     fn heads_avx512(&self, dims: &Dims, batch: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
-        let (heads, c, d, nq, nk) = (self.heads, dims.channels, dims.d, dims.nq, dims.nk);
-        let mut out = vec![0f32; batch * nq * c];
-        if nq == 0 || c == 0 {
-            return out;
-        }
-        // Up to GROUP_BLOCKS blocks per task, fewer when that would leave fewer than four tasks per thread.
-        let blocks = nq.div_ceil(Q_BLOCK);
-        let wanted_tasks = 4 * rayon::current_num_threads();
-        let group = (batch * blocks / wanted_tasks).clamp(1, GROUP_BLOCKS);
-        out.par_chunks_mut(nq * c)
-            .enumerate()
-            .for_each(|(b, out_item)| {
-                let q_item = &q[b * nq * c..(b + 1) * nq * c];
-                out_item
-                    .par_chunks_mut(group * Q_BLOCK * c)
-                    .zip(q_item.par_chunks(group * Q_BLOCK * c))
-                    .for_each_init(
-                        || attention_avx512::Scratch::new(d),
-                        |scratch, (out_group, q_group)| {
-                            for h in 0..heads {
-                                let head = (b * heads + h) * nk * d;
-                                let kv = attention_avx512::HeadKv {
-                                    k: &k[head..head + nk * d],
-                                    v: &v[head..head + nk * d],
-                                    stride: c,
-                                    offset: h * d,
-                                    d,
-                                    tokens: nk,
-                                };
-                                for (out_block, q_block) in out_group
-                                    .chunks_mut(Q_BLOCK * c)
-                                    .zip(q_group.chunks(Q_BLOCK * c))
-                                {
-                                    let rows = out_block.len() / c;
-                                    attention_avx512::head_block(
-                                        q_block, rows, &kv, self.scale, scratch, out_block,
-                                    );
-                                }
-                            }
-                        },
-                    );
-            });
+        let (c, d, nk) = (dims.channels, dims.d, dims.nk);
+        let mut out = vec![0f32; batch * dims.nq * c];
+        query_blocks(
+            dims,
+            self.heads,
+            &mut out,
+            |b, h, first, scratch, out_block| {
+                let rows = out_block.len() / c;
+                let head = (b * self.heads + h) * nk * d;
+                let kv = attention_avx512::HeadKv {
+                    k: &k[head..head + nk * d],
+                    v: &v[head..head + nk * d],
+                    stride: c,
+                    offset: h * d,
+                    d,
+                    tokens: nk,
+                };
+                let q_rows = &q[first * c..][..rows * c];
+                attention_avx512::head_block(q_rows, rows, &kv, self.scale, scratch, out_block);
+            },
+        );
         out
     }
 
-    /// The bf16 path: values paired by consecutive tokens once, then every (batch item, query block) runs
-    /// [`attention_avx512::head_block_bf16`] for each head.
+    /// The bf16 path: values paired by consecutive tokens once, then [`attention_avx512::head_block_bf16`] for
+    /// every head of every query block ([`query_blocks`]).
     fn forward_bf16(
         &self,
         dims: &Dims,
@@ -403,10 +397,13 @@ impl FlashAttention {
                 }
             });
         let mut out = vec![bf16::ZERO; batch * dims.nq * c];
-        query_blocks(dims, &mut out, |b, first, scratch, out_block| {
-            let rows = out_block.len() / c;
-            let q_rows = &q[first * c..][..rows * c];
-            for h in 0..self.heads {
+        query_blocks(
+            dims,
+            self.heads,
+            &mut out,
+            |b, h, first, scratch, out_block| {
+                let rows = out_block.len() / c;
+                let q_rows = &q[first * c..][..rows * c];
                 let kv = attention_avx512::HeadKvBf16 {
                     k: &k[b * dims.nk * c..(b + 1) * dims.nk * c],
                     v_pairs: &v_pairs[b * pairs * c..(b + 1) * pairs * c],
@@ -418,8 +415,8 @@ impl FlashAttention {
                 attention_avx512::head_block_bf16(
                     q_rows, rows, &kv, self.scale, scratch, out_block,
                 );
-            }
-        });
+            },
+        );
         out
     }
 
