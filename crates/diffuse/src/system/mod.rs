@@ -172,9 +172,9 @@ fn dispatch() -> Vec<(&'static str, String)> {
         simd::SimdLevel::Baseline => "the baseline instruction set (no AVX2/FMA found)",
     };
     let bf16 = if bf16_gemm::available() {
-        "bf16 operands with f32 accumulation on AVX512-BF16 (VDPBF16PS); without AMX these dot products run at \
-         or below the f32 FMA's multiply-add rate (see the measured rates), so bf16 halves the weights' memory but \
-         may run slower than f32"
+        "bf16 operands with f32 accumulation on AVX512-BF16 (VDPBF16PS); how fast against f32 depends on the CPU \
+         (some issue these dot products at twice the f32 FMA's multiply-add rate, others at or below it: see the \
+         measured rates), bf16 always halves the weights' memory"
     } else {
         "no AVX512-BF16: bf16 tensors are widened to f32 for every product"
     };
