@@ -265,3 +265,85 @@ fn bf16_loading_rounds_like_candle() {
     assert_eq!(bits(&loaded), bits(&tensor.to_dtype(DType::BF16).unwrap()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A CLIP text encoder with heads of 64 (the shape whose causal attention runs on the f32 kernel, which bf16
+/// and f16 models widen their projections for): in bf16 and f16 its output stays within those dtypes' rounding of
+/// the same weights in f32 (random weights, two layers, two heads).
+#[test]
+fn text_encoder_with_heads_of_64_keeps_its_precision_in_bf16_and_f16() {
+    use candle_nn::VarBuilder;
+    use diffuse::models::clip::config::ClipTextConfig;
+    use diffuse::models::clip::text_model::ClipTextModel;
+    use diffuse::rng::{randn_tensor, TorchCpuRng};
+    use std::collections::HashMap;
+
+    let config: ClipTextConfig = serde_json::from_str(
+        r#"{"vocab_size": 99, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+            "eos_token_id": 2}"#,
+    )
+    .unwrap();
+    let mut rng = TorchCpuRng::new(64);
+    let mut randn = |shape: &[usize], scale: f64| {
+        (randn_tensor(&mut rng, shape, &Device::Cpu, DType::F32).unwrap() * scale).unwrap()
+    };
+    let (h, inner) = (config.hidden_size, config.intermediate_size);
+    let mut tensors = HashMap::new();
+    tensors.insert(
+        "embeddings.token_embedding.weight".to_string(),
+        randn(&[99, h], 1.0),
+    );
+    tensors.insert(
+        "embeddings.position_embedding.weight".to_string(),
+        randn(&[77, h], 1.0),
+    );
+    let mut norm = |tensors: &mut HashMap<String, Tensor>, name: String| {
+        tensors.insert(format!("{name}.weight"), (randn(&[h], 0.1) + 1.0).unwrap());
+        tensors.insert(format!("{name}.bias"), randn(&[h], 0.1));
+    };
+    for layer in 0..config.num_hidden_layers {
+        let at = format!("encoder.layers.{layer}");
+        norm(&mut tensors, format!("{at}.layer_norm1"));
+        norm(&mut tensors, format!("{at}.layer_norm2"));
+    }
+    norm(&mut tensors, "final_layer_norm".to_string());
+    for layer in 0..config.num_hidden_layers {
+        let at = format!("encoder.layers.{layer}");
+        for (name, (rows, cols)) in [
+            ("self_attn.q_proj", (h, h)),
+            ("self_attn.k_proj", (h, h)),
+            ("self_attn.v_proj", (h, h)),
+            ("self_attn.out_proj", (h, h)),
+            ("mlp.fc1", (inner, h)),
+            ("mlp.fc2", (h, inner)),
+        ] {
+            let scale = (cols as f64).powf(-0.5);
+            tensors.insert(format!("{at}.{name}.weight"), randn(&[rows, cols], scale));
+            tensors.insert(format!("{at}.{name}.bias"), randn(&[rows], 0.1));
+        }
+    }
+    // A prompt of 9 tokens padded to 77 with the end-of-text id, two rows.
+    let mut ids: Vec<u32> = (0..2 * 77)
+        .map(|i| {
+            if i % 77 < 9 {
+                (i * 7 % 90 + 3) as u32
+            } else {
+                2
+            }
+        })
+        .collect();
+    ids[0] = 1;
+    ids[77] = 1;
+    let ids = Tensor::from_vec(ids, (2, 77), &Device::Cpu).unwrap();
+    let encode = |dtype: DType| {
+        let vb = VarBuilder::from_tensors(tensors.clone(), dtype, &Device::Cpu);
+        let model = ClipTextModel::new(vb, &config, false).unwrap();
+        model.forward(&ids).unwrap().last_hidden_state
+    };
+    let f32 = encode(DType::F32);
+    for (dtype, tolerance) in [(DType::BF16, 3e-2), (DType::F16, 4e-3)] {
+        let out = encode(dtype);
+        assert_eq!(out.dtype(), dtype);
+        assert_close(&format!("{dtype:?} text encoder"), &out, &f32, tolerance);
+    }
+}

@@ -55,11 +55,20 @@ impl ClipAttention {
             self.v_proj.forward(x)?,
         );
         let out = if x.device().is_cpu()
-            && q.dtype() == DType::F32
             && causal_attention::suits(q.dim(2)?, self.heads)
             && !crate::kernels::tracked(&[&q, &k, &v])
         {
-            causal_attention(&q, &k, &v, self.heads, self.scale as f32)?
+            // The kernel computes in f32; a prompt's projections are small enough to widen (bf16, f16) and
+            // narrow back for it.
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            causal_attention(
+                &f32(&q)?,
+                &f32(&k)?,
+                &f32(&v)?,
+                self.heads,
+                self.scale as f32,
+            )?
+            .to_dtype(q.dtype())?
         } else {
             let (q, k, v) = (
                 split_heads(&q, self.heads)?,
