@@ -199,17 +199,31 @@ impl CustomOp3 for FlashAttention {
     }
 }
 
-/// Runs `block(b, h, first, scratch, out_block)` for every head `h` of every block of up to [`Q_BLOCK`] query rows
-/// of every batch item `b`, in parallel: `out` is `[batch, dims.nq, dims.channels]`, `out_block` the block's rows
-/// of it, `first` the index of its first row among all batch items' rows, `scratch` the task's working memory.
-/// A task takes a group of consecutive blocks (up to [`GROUP_BLOCKS`], fewer when that would leave under four
-/// tasks per thread) and runs all of them for one head before the next head, so that the head's keys and values
-/// are reused from the core's caches across the group.
-fn query_blocks<T: Send>(
+/// One (batch item, head, query block) of [`query_blocks`].
+struct Block<'a, Q, T> {
+    /// The batch item.
+    item: usize,
+    /// The head.
+    head: usize,
+    /// Query rows in the block (up to [`Q_BLOCK`]).
+    rows: usize,
+    /// The block's query rows, all channels.
+    q: &'a [Q],
+    /// The block's output rows, all channels (the kernel writes the head's).
+    out: &'a mut [T],
+}
+
+/// Runs `block` for every head of every block of up to [`Q_BLOCK`] query rows of every batch item, in parallel:
+/// `q` is `[batch, dims.nq, dims.channels]` and so is `out`; `block` gets the task's working memory too. A task
+/// takes a group of consecutive blocks (up to [`GROUP_BLOCKS`], fewer when that would leave under four tasks per
+/// thread) and runs all of them for one head before the next head, so that the head's keys and values are reused
+/// from the core's caches across the group.
+fn query_blocks<Q: Sync, T: Send>(
     dims: &Dims,
     heads: usize,
+    q: &[Q],
     out: &mut [T],
-    block: impl Fn(usize, usize, usize, &mut attention_avx512::Scratch, &mut [T]) + Sync,
+    block: impl Fn(Block<'_, Q, T>, &mut attention_avx512::Scratch) + Sync,
 ) {
     let c = dims.channels;
     if dims.nq == 0 || c == 0 {
@@ -218,19 +232,31 @@ fn query_blocks<T: Send>(
     let batch = out.len() / (dims.nq * c);
     let wanted_tasks = 4 * rayon::current_num_threads();
     let group = (batch * dims.nq.div_ceil(Q_BLOCK) / wanted_tasks).clamp(1, GROUP_BLOCKS);
+    let rows_per_group = group * Q_BLOCK * c;
     out.par_chunks_mut(dims.nq * c)
+        .zip(q.par_chunks(dims.nq * c))
         .enumerate()
-        .for_each(|(b, out_item)| {
+        .for_each(|(item, (out_item, q_item))| {
             out_item
-                .par_chunks_mut(group * Q_BLOCK * c)
-                .enumerate()
+                .par_chunks_mut(rows_per_group)
+                .zip(q_item.par_chunks(rows_per_group))
                 .for_each_init(
                     || attention_avx512::Scratch::new(dims.d),
-                    |scratch, (g, out_group)| {
-                        for h in 0..heads {
-                            for (i, out_block) in out_group.chunks_mut(Q_BLOCK * c).enumerate() {
-                                let first = b * dims.nq + (g * group + i) * Q_BLOCK;
-                                block(b, h, first, scratch, out_block);
+                    |scratch, (out_group, q_group)| {
+                        for head in 0..heads {
+                            let blocks = out_group
+                                .chunks_mut(Q_BLOCK * c)
+                                .zip(q_group.chunks(Q_BLOCK * c));
+                            for (out, q) in blocks {
+                                let rows = out.len() / c;
+                                let block_of = Block {
+                                    item,
+                                    head,
+                                    rows,
+                                    q,
+                                    out,
+                                };
+                                block(block_of, scratch);
                             }
                         }
                     },
@@ -285,28 +311,23 @@ impl FlashAttention {
         let (c, d, nk) = (dims.channels, dims.d, dims.nk);
         let keys = KeysInt8::quantize(k, batch, nk, self.heads, d);
         let mut out = vec![0f32; batch * dims.nq * c];
-        query_blocks(
-            dims,
-            self.heads,
-            &mut out,
-            |b, h, first, scratch, out_block| {
-                let rows = out_block.len() / c;
-                let q_rows = &q[first * c..][..rows * c];
-                let head = (b * self.heads + h) * nk;
-                let kv = attention_int8::HeadKvInt8 {
-                    k: &keys.quads[head * keys.dq..(head + nk) * keys.dq],
-                    k_scale: &keys.scale[head..head + nk],
-                    k_shift: &keys.shift[head..head + nk],
-                    dq: keys.dq,
-                    v: &v[b * nk * c..(b + 1) * nk * c],
-                    stride: c,
-                    offset: h * d,
-                    d,
-                    tokens: nk,
-                };
-                attention_int8::head_block_int8(q_rows, rows, &kv, self.scale, scratch, out_block);
-            },
-        );
+        query_blocks(dims, self.heads, q, &mut out, |block, scratch| {
+            let head = (block.item * self.heads + block.head) * nk;
+            let kv = attention_int8::HeadKvInt8 {
+                k: &keys.quads[head * keys.dq..(head + nk) * keys.dq],
+                k_scale: &keys.scale[head..head + nk],
+                k_shift: &keys.shift[head..head + nk],
+                dq: keys.dq,
+                v: &v[block.item * nk * c..(block.item + 1) * nk * c],
+                stride: c,
+                offset: block.head * d,
+                d,
+                tokens: nk,
+            };
+            attention_int8::head_block_int8(
+                block.q, block.rows, &kv, self.scale, scratch, block.out,
+            );
+        });
         out
     }
 
@@ -344,25 +365,18 @@ impl FlashAttention {
     fn heads_avx512(&self, dims: &Dims, batch: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (c, d, nk) = (dims.channels, dims.d, dims.nk);
         let mut out = vec![0f32; batch * dims.nq * c];
-        query_blocks(
-            dims,
-            self.heads,
-            &mut out,
-            |b, h, first, scratch, out_block| {
-                let rows = out_block.len() / c;
-                let head = (b * self.heads + h) * nk * d;
-                let kv = attention_avx512::HeadKv {
-                    k: &k[head..head + nk * d],
-                    v: &v[head..head + nk * d],
-                    stride: c,
-                    offset: h * d,
-                    d,
-                    tokens: nk,
-                };
-                let q_rows = &q[first * c..][..rows * c];
-                attention_avx512::head_block(q_rows, rows, &kv, self.scale, scratch, out_block);
-            },
-        );
+        query_blocks(dims, self.heads, q, &mut out, |block, scratch| {
+            let head = (block.item * self.heads + block.head) * nk * d;
+            let kv = attention_avx512::HeadKv {
+                k: &k[head..head + nk * d],
+                v: &v[head..head + nk * d],
+                stride: c,
+                offset: block.head * d,
+                d,
+                tokens: nk,
+            };
+            attention_avx512::head_block(block.q, block.rows, &kv, self.scale, scratch, block.out);
+        });
         out
     }
 
@@ -397,26 +411,19 @@ impl FlashAttention {
                 }
             });
         let mut out = vec![bf16::ZERO; batch * dims.nq * c];
-        query_blocks(
-            dims,
-            self.heads,
-            &mut out,
-            |b, h, first, scratch, out_block| {
-                let rows = out_block.len() / c;
-                let q_rows = &q[first * c..][..rows * c];
-                let kv = attention_avx512::HeadKvBf16 {
-                    k: &k[b * dims.nk * c..(b + 1) * dims.nk * c],
-                    v_pairs: &v_pairs[b * pairs * c..(b + 1) * pairs * c],
-                    stride: c,
-                    offset: h * dims.d,
-                    d: dims.d,
-                    tokens: dims.nk,
-                };
-                attention_avx512::head_block_bf16(
-                    q_rows, rows, &kv, self.scale, scratch, out_block,
-                );
-            },
-        );
+        query_blocks(dims, self.heads, q, &mut out, |block, scratch| {
+            let b = block.item;
+            let kv = attention_avx512::HeadKvBf16 {
+                k: &k[b * dims.nk * c..(b + 1) * dims.nk * c],
+                v_pairs: &v_pairs[b * pairs * c..(b + 1) * pairs * c],
+                stride: c,
+                offset: block.head * dims.d,
+                d: dims.d,
+                tokens: dims.nk,
+            };
+            let (q, rows, out) = (block.q, block.rows, block.out);
+            attention_avx512::head_block_bf16(q, rows, &kv, self.scale, scratch, out);
+        });
         out
     }
 
