@@ -100,9 +100,10 @@ impl KeysInt8 {
 /// 127 / max |value| plus 128 into `bytes` (as long as `values`); returns the value of one step: 0 for all-zero
 /// values, NaN when a value is not finite (so that, as in f32, the scores it enters become NaN).
 fn quantize_unsigned(values: &[f32], bytes: &mut [u8]) -> f32 {
-    // `max_abs` passes over NaNs; they are looked for apart.
+    // `max_abs` passes over NaNs; they are looked for apart, without stopping at the first (a search that may stop
+    // early runs one value at a time, a fold over all of them runs a vector at a time).
     let max = int8_gemm::max_abs(values);
-    let max = if values.iter().any(|v| v.is_nan()) {
+    let max = if values.iter().fold(false, |nan, v| nan | v.is_nan()) {
         f32::NAN
     } else {
         max
