@@ -23,7 +23,7 @@ use super::vmath::{self, LANES};
 pub const Q_BLOCK: usize = attention_avx512::QB;
 /// Keys per score block.
 pub const K_BLOCK: usize = 512;
-/// The most query blocks one task of the f32 AVX-512 path runs per head before moving to the next head.
+/// The most query blocks one attention task runs for a head before the next head ([`query_blocks`]).
 const GROUP_BLOCKS: usize = 16;
 
 /// softmax(q·kᵀ · scale) · v per head, on token-major tensors: `q` `[batch, q_tokens, heads · d]`, `k` and `v`
