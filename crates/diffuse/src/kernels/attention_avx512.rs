@@ -32,8 +32,8 @@ const SCORE_ROWS: usize = 6;
 /// Head dimensions per output micro-kernel call.
 const OUT_ROWS: usize = 5;
 
-/// One head of one batch item: its keys and values on their own (`[tokens, d]` each, see [`head_major`]); the
-/// queries and the output are token rows of `stride` channels with the head's columns at `offset`.
+/// One head of one batch item: its keys and values on their own (`[tokens, d]` each, as `attention` lays them
+/// out); the queries and the output are token rows of `stride` channels with the head's columns at `offset`.
 pub struct HeadKv<'a> {
     /// The head's keys, `[tokens, d]`.
     pub k: &'a [f32],
