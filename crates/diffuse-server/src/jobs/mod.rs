@@ -190,9 +190,14 @@ impl Engine {
         Ok(())
     }
 
-    /// The job with `id`: one this server knows, or (with a broker) one any server submitted.
+    /// The job with `id`: one this server knows, or (with a broker) one any server submitted. A mirrored job
+    /// that has not ended is re-read first, so that an answer never lags what the broker holds (a worker's
+    /// result stored a moment ago); with the broker away, the mirror is answered as it last stood.
     pub async fn find(&self, id: &str) -> Result<Option<Arc<Job>>, ApiError> {
         if let Some(job) = self.store.get(id) {
+            if let Err(e) = self.refresh(&job).await {
+                tracing::debug!("job {id} answered as last mirrored: {}", e.message);
+            }
             return Ok(Some(job));
         }
         match &self.broker {

@@ -554,6 +554,23 @@ fn sigterm_lets_a_worker_finish_its_job() {
 }
 
 #[test]
+fn a_job_read_right_after_the_broker_changes_shows_the_change() {
+    if !redis_available("a_job_read_right_after_the_broker_changes_shows_the_change") {
+        return;
+    }
+    let redis = Redis::start(None);
+    let url = redis.url();
+    let server = Process::serve(&["--broker", &url, "--workers", "0"]);
+    let id = submit(&server.addr, body("a lantern", 1, 3));
+    assert_eq!(job(&server.addr, &id)["state"], "queued");
+    // As a worker on another machine ends it, but without the announcement (lost, or not yet heard): the
+    // next read must still answer what the broker holds, not wait for the periodic sweep.
+    let job_key = format!("diffuse:job:{id}");
+    redis.cli(&["HSET", &job_key, "state", "cancelled", "finished_at", "1"]);
+    assert_eq!(job(&server.addr, &id)["state"], "cancelled");
+}
+
+#[test]
 fn the_broker_password_never_shows_and_full_streams_answer_429() {
     if !redis_available("the_broker_password_never_shows_and_full_streams_answer_429") {
         return;
