@@ -98,6 +98,28 @@ pub fn pair(lo: bf16, hi: bf16) -> u32 {
     u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16)
 }
 
+/// The bits of `v` rounded to the nearest bf16 (ties to even) in the high half of a u32, the low half zero;
+/// NaN stays a quiet NaN. Branch-free, so that the packing loops vectorize.
+#[inline(always)]
+fn bf16_high(v: f32) -> u32 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1));
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { b | 0x0040_0000 } else { rounded }) & 0xffff_0000
+}
+
+/// `v` rounded to the nearest bf16.
+#[inline(always)]
+pub(crate) fn to_bf16(v: f32) -> bf16 {
+    bf16::from_bits((bf16_high(v) >> 16) as u16)
+}
+
+/// `lo` and `hi` rounded to bf16 and paired as the dot-product instruction reads them.
+#[inline(always)]
+pub fn pair_of(lo: f32, hi: f32) -> u32 {
+    (bf16_high(lo) >> 16) | bf16_high(hi)
+}
+
 /// Runs the product into `out` (f32 or bf16), in parallel over (batch, column panel, row group).
 pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_core::Result<()> {
     if !available() {

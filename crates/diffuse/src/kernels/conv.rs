@@ -11,8 +11,10 @@ use super::bf16_gemm::{self, pair, Bias, PackB, Problem, NR};
 use super::gemm::{matmul, MatMut, MatRef};
 use super::storage::{as_f32, from_f32, Elem};
 use super::winograd;
+use super::winograd_bf16::{self, TransformedKernel};
 use half::bf16;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The unfolded tile holds at most about this many f32 values (8 MiB).
 const TILE_VALUES: usize = 1 << 21;
@@ -25,7 +27,8 @@ pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 const WINOGRAD_MAX_CHANNEL_PAIRS: usize = 1 << 21;
 
 /// `x` (`[batch, in, h, w]`) convolved with `weight` (`[out, in, kh, kw]`) plus `bias` (`[out]`), zero padding
-/// `padding` on every side, step `stride`. CPU tensors of one dtype; f32 arithmetic.
+/// `padding` on every side, step `stride`. CPU tensors of one dtype; f32 arithmetic, or bf16 products with f32
+/// sums for bf16 tensors on AVX512-BF16.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -33,7 +36,24 @@ pub fn conv2d(
     padding: usize,
     stride: usize,
 ) -> Result<Tensor> {
-    let op = Conv2dOp { padding, stride };
+    conv2d_keeping(x, weight, bias, padding, stride, None)
+}
+
+/// [`conv2d`] for a layer that keeps what it can of its weight's preparation in `kept` (which must belong to
+/// this `weight`): the Winograd-transformed kernel of a bf16 3×3 convolution.
+pub fn conv2d_keeping(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    stride: usize,
+    kept: Option<Arc<TransformedKernel>>,
+) -> Result<Tensor> {
+    let op = Conv2dOp {
+        padding,
+        stride,
+        kept,
+    };
     x.contiguous()?
         .apply_op3_no_bwd(&weight.contiguous()?, bias, &op)
 }
@@ -57,6 +77,7 @@ pub fn conv2d_reference(
 struct Conv2dOp {
     padding: usize,
     stride: usize,
+    kept: Option<Arc<TransformedKernel>>,
 }
 
 /// The geometry of one convolution.
@@ -124,7 +145,21 @@ impl CustomOp3 for Conv2dOp {
                 else {
                     bail!("conv2d: the kernel needs contiguous tensors");
                 };
-                let out = forward_bf16(&g, &xs[x0..x1], &ws[w0..w1], &bias)?;
+                let (x, w) = (&xs[x0..x1], &ws[w0..w1]);
+                let shape = winograd::Shape {
+                    batch,
+                    cin,
+                    cout,
+                    h,
+                    w: g.w,
+                };
+                let out = if uses_winograd_bf16(&g, &shape) {
+                    let mut out = vec![bf16::ZERO; batch * cout * h * g.w];
+                    winograd_bf16::conv3x3(&shape, x, w, self.kept.as_deref(), &bias, &mut out)?;
+                    out
+                } else {
+                    forward_bf16(&g, x, w, &bias)?
+                };
                 return Ok((
                     CpuStorage::BF16(out),
                     Shape::from((batch, cout, g.ho, g.wo)),
@@ -255,6 +290,12 @@ fn forward_image(
         r0 += rows;
     }
     Ok(())
+}
+
+/// Whether a bf16 convolution runs as Winograd F(2×2, 3×3) ([`winograd_bf16`]): 3×3, stride 1, padding 1, a shape
+/// it suits.
+fn uses_winograd_bf16(g: &Geometry, shape: &winograd::Shape) -> bool {
+    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && winograd_bf16::suits(shape)
 }
 
 /// `x` (`[batch, cin, h, w]`, bf16) convolved with a square `weight` (`[cout, cin, k, k]`, bf16, cin·k·k even)

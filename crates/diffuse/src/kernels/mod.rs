@@ -1,5 +1,5 @@
 //! CPU kernels that replace candle's slowest operations in the diffusion models: flash-style attention,
-//! tiled im2col convolution, Winograd F(2×2, 3×3) and F(4×4, 3×3) convolution (f32), the vocoder's 1-D convolutions (dilated and
+//! tiled im2col convolution, Winograd F(2×2, 3×3) and F(4×4, 3×3) convolution (f32; F(2×2) in bf16 too), the vocoder's 1-D convolutions (dilated and
 //! transposed, with the leaky ReLU before them fused), fused GroupNorm(+SiLU), fused GEGLU,
 //! one-pass activations, the text encoder's causal attention, bf16 products on AVX512-BF16 (convolution, linear, attention), f32 linear layers over
 //! few rows, int8 products and attention scores on AVX512-VNNI. Each has a reference
@@ -33,9 +33,10 @@ pub mod train_products;
 pub mod train_softmax;
 pub mod vmath;
 pub mod winograd;
+pub mod winograd_bf16;
 
 pub use attention::attention;
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_keeping};
 pub use group_norm::{group_norm, group_norm_silu, GroupNorm};
 
 /// Whether any of `tensors` takes part in a tracked computation (training): the inference kernels have no

@@ -10,7 +10,7 @@ use candle_core::Result;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::bf16_gemm::{self, Bias, PackB, Problem, NR};
+use super::bf16_gemm::{self, pair_of, to_bf16, Bias, PackB, Problem, NR};
 use super::gemm::MatRef;
 
 thread_local! {
@@ -36,28 +36,6 @@ pub fn with_mixed_precision<R>(bf16: bool, f: impl FnOnce() -> R) -> R {
 /// by this CPU (without AVX512-BF16 they stay f32).
 pub fn mixed_precision() -> bool {
     MIXED_PRECISION.with(Cell::get) && bf16_gemm::available()
-}
-
-/// The bits of `v` rounded to the nearest bf16 (ties to even) in the high half of a u32, the low half zero;
-/// NaN stays a quiet NaN. Branch-free, so that the packing loops vectorize.
-#[inline(always)]
-fn bf16_high(v: f32) -> u32 {
-    let b = v.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1));
-    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
-    (if nan { b | 0x0040_0000 } else { rounded }) & 0xffff_0000
-}
-
-/// `v` rounded to the nearest bf16.
-#[inline(always)]
-fn to_bf16(v: f32) -> bf16 {
-    bf16::from_bits((bf16_high(v) >> 16) as u16)
-}
-
-/// `lo` and `hi` rounded to bf16 and paired as the dot-product instruction reads them.
-#[inline(always)]
-fn pair_of(lo: f32, hi: f32) -> u32 {
-    (bf16_high(lo) >> 16) | bf16_high(hi)
 }
 
 /// `values` rounded to bf16 (ties to even).

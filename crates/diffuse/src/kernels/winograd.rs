@@ -10,12 +10,13 @@ use candle_core::Result;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatMut, MatRef};
+use super::storage::Elem;
 
 /// The transformed input and products of a band hold at most about this many f32 values (16 MiB).
 const BAND_VALUES: usize = 1 << 22;
 
 /// G (4×3), the kernel transform.
-const G: [[f32; 3]; 4] = [
+pub(super) const G: [[f32; 3]; 4] = [
     [1.0, 0.0, 0.0],
     [0.5, 0.5, 0.5],
     [0.5, -0.5, 0.5],
@@ -155,7 +156,7 @@ pub fn conv3x3_tiled(
             v.par_chunks_mut(nn * tiles)
                 .zip(padded.par_chunks(ph * pw))
                 .for_each_init(Vec::new, |scratch, (v_ci, p)| match tile {
-                    OutputTile::Two => transform_input(p, pw, tw, ty0, rows, v_ci, scratch),
+                    OutputTile::Two => transform_input(p, pw, tw, ty0, rows, v_ci, tiles, scratch),
                     OutputTile::Four => transform_input4(p, pw, tw, ty0, rows, v_ci, scratch),
                 });
             // M_ξ (cout × tiles) = U_ξ (cout × cin) · V_ξ (cin × tiles), the products side by side.
@@ -270,18 +271,19 @@ fn pad(s: &Shape, image: &[f32], padded: &mut [f32], pw: usize) {
         });
 }
 
-/// Bᵀ·d·B of every 4×4 tile in tile rows `ty0..ty0 + rows` of one padded channel `p`: `v[ξ · tiles + t]`
-/// for the 16 entries ξ of tile t (`tw` tiles per row); `hb` is reusable scratch.
-fn transform_input(
+/// Bᵀ·d·B of every 4×4 tile in tile rows `ty0..ty0 + rows` of one padded channel `p`: `v[ξ · stride + t]`
+/// for the 16 entries ξ of tile t (`tw` tiles per row, `stride` ≥ `rows · tw`); `hb` is reusable scratch.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn transform_input(
     p: &[f32],
     pw: usize,
     tw: usize,
     ty0: usize,
     rows: usize,
     v: &mut [f32],
+    stride: usize,
     hb: &mut Vec<f32>,
 ) {
-    let tiles = rows * tw;
     // The rows' horizontal transforms d·B: hb[r][b][tx] for padded rows 2·ty0 .. 2·(ty0 + rows) + 1.
     hb.resize((2 * rows + 2) * 4 * tw, 0.0);
     for (r, h) in hb.chunks_exact_mut(4 * tw).enumerate() {
@@ -302,7 +304,7 @@ fn transform_input(
             |k: usize, b: usize| &hb[((2 * ty + k) * 4 + b) * tw..((2 * ty + k) * 4 + b + 1) * tw];
         for b in 0..4 {
             let (q0, q1, q2, q3) = (q(0, b), q(1, b), q(2, b), q(3, b));
-            let at = |a: usize| (4 * a + b) * tiles + ty * tw;
+            let at = |a: usize| (4 * a + b) * stride + ty * tw;
             for tx in 0..tw {
                 v[at(0) + tx] = q0[tx] - q2[tx];
                 v[at(1) + tx] = q1[tx] + q2[tx];
@@ -316,7 +318,7 @@ fn transform_input(
 /// Aᵀ·m·A + `bias` of output channel `co` for tile rows `ty0..ty0 + rows` into its plane `y`, clipped to the
 /// image; `m` holds the 16 products (`[16, cout, tiles]`).
 #[allow(clippy::too_many_arguments)]
-fn transform_output(
+pub(super) fn transform_output<T: Elem>(
     m: &[f32],
     s: &Shape,
     co: usize,
@@ -324,7 +326,7 @@ fn transform_output(
     ty0: usize,
     rows: usize,
     bias: f32,
-    y: &mut [f32],
+    y: &mut [T],
 ) {
     let tw = s.w.div_ceil(2);
     let entry = |xi: usize, ty: usize| {
@@ -346,10 +348,17 @@ fn transform_output(
             bottom[2 * tx + 1] = bias + r1[1] - r1[2] - r1[3];
         }
         let oy = 2 * (ty0 + ty);
-        y[oy * s.w..(oy + 1) * s.w].copy_from_slice(&top[..s.w]);
+        store(&mut y[oy * s.w..(oy + 1) * s.w], &top);
         if oy + 1 < s.h {
-            y[(oy + 1) * s.w..(oy + 2) * s.w].copy_from_slice(&bottom[..s.w]);
+            store(&mut y[(oy + 1) * s.w..(oy + 2) * s.w], &bottom);
         }
+    }
+}
+
+/// `values` (at least as many as `row`) into `row`, rounded to its type.
+fn store<T: Elem>(row: &mut [T], values: &[f32]) {
+    for (d, &v) in row.iter_mut().zip(values) {
+        *d = T::from_f32(v);
     }
 }
 

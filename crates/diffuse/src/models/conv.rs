@@ -6,6 +6,7 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::int8::{self, Int8Weights};
+use crate::kernels::winograd_bf16::TransformedKernel;
 
 use crate::kernels::train_conv::conv2d_tracked;
 
@@ -17,6 +18,7 @@ pub struct Conv2d {
     padding: usize,
     stride: usize,
     int8: Option<Arc<Int8Weights>>,
+    winograd: Arc<TransformedKernel>,
 }
 
 impl Conv2d {
@@ -35,6 +37,7 @@ impl Conv2d {
             padding,
             stride,
             int8: Int8Weights::for_new_layer(),
+            winograd: Arc::default(),
         })
     }
 
@@ -54,6 +57,7 @@ impl Conv2d {
             padding,
             stride,
             int8: Int8Weights::for_new_layer(),
+            winograd: Arc::default(),
         })
     }
 
@@ -83,7 +87,14 @@ impl Module for Conv2d {
             }
         }
         if x.device().is_cpu() && !tracked {
-            return crate::kernels::conv2d(x, &self.weight, &self.bias, self.padding, self.stride);
+            return crate::kernels::conv2d_keeping(
+                x,
+                &self.weight,
+                &self.bias,
+                self.padding,
+                self.stride,
+                Some(self.winograd.clone()),
+            );
         }
         // candle has no bf16 convolution on the CPU: compute in f32 there and round back.
         let widen = x.dtype() == DType::BF16 && x.device().is_cpu();

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::device::{host_memory, HostMemory};
 use crate::internals::kernels::{
     attention_avx512, bf16_gemm, causal_attention, conv, few_rows_gemm, int8_gemm, simd, winograd,
+    winograd_bf16,
 };
 use crate::Result;
 
@@ -195,11 +196,20 @@ fn dispatch() -> Vec<(&'static str, String)> {
     let convolutions = format!(
         "f32 3×3 convolutions (stride 1) as Winograd F(2×2, 3×3) on planes of {} pixels or more with {} input \
          channels or more, F(4×4, 3×3) on planes of {} pixels or more with {} input channels or more; unfolded \
-         (im2col) products otherwise",
+         (im2col) products otherwise; {}",
         conv::WINOGRAD_MIN_PIXELS,
         conv::WINOGRAD_MIN_CHANNELS,
         winograd::F4_MIN_PIXELS,
-        winograd::F4_MIN_CHANNELS
+        winograd::F4_MIN_CHANNELS,
+        if bf16_gemm::available() {
+            format!(
+                "bf16 ones as Winograd F(2×2, 3×3) on planes of {} pixels or more with {} channels or more in and                  out (bf16 products of the transformed operands, f32 sums), unfolded otherwise",
+                winograd_bf16::MIN_PIXELS,
+                winograd_bf16::MIN_CHANNELS
+            )
+        } else {
+            "bf16 ones widened to f32 (no AVX512-BF16)".to_string()
+        }
     );
     let text = if few_rows_gemm::available() {
         format!(

@@ -116,6 +116,58 @@ fn winograd_tilings_match_reference() {
 }
 
 #[test]
+fn winograd_bf16_matches_the_f32_convolution_of_its_rounded_operands() {
+    use diffuse::internals::kernels::winograd::Shape;
+    use diffuse::internals::kernels::{bf16_gemm, winograd_bf16};
+    if !bf16_gemm::available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let mut rng = TorchCpuRng::new(11);
+    for (b, cin, cout, h, w) in [
+        // Odd sides (partial tiles) and a last panel of the product part-filled.
+        (2, 34, 40, 33, 37),
+        // Two bands of tile rows.
+        (1, 256, 96, 90, 70),
+        // The UNet's first level.
+        (1, 320, 320, 64, 64),
+    ] {
+        let round = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = round(randn(&mut rng, &[b, cin, h, w]));
+        let weight = round((randn(&mut rng, &[cout, cin, 3, 3]) * 0.05).unwrap());
+        let bias = randn(&mut rng, &[cout]);
+        let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let want = conv::conv2d_reference(&widen(&x), &widen(&weight), &bias, 1, 1).unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        let shape = Shape {
+            batch: b,
+            cin,
+            cout,
+            h,
+            w,
+        };
+        let bf16s = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
+        let bs = bias.to_vec1::<f32>().unwrap();
+        let mut out = vec![f32::NAN; b * cout * h * w];
+        winograd_bf16::conv3x3(&shape, &bf16s(&x), &bf16s(&weight), None, &bs, &mut out).unwrap();
+        let got = Tensor::from_vec(out, &[b, cout, h, w], &Device::Cpu).unwrap();
+        let err = max_abs_diff(&got, &want);
+        // The transformed operands rounded to bf16 (relative step 2⁻⁸), the products summed in f32: measured
+        // 3.0e-3–3.6e-3 of the largest output here (the unfolded bf16 product of the same operands: f32 rounding
+        // only).
+        assert!(
+            err <= 5e-3 * scale,
+            "{cin}→{cout} {h}×{w}: {err} (scale {scale})"
+        );
+        // The same through `conv2d`, rounded to bf16 at the end.
+        let through = conv::conv2d(&x, &weight, &round(bias.clone()), 1, 1).unwrap();
+        assert_eq!(through.dtype(), DType::BF16);
+        assert!(max_abs_diff(&widen(&through), &want) <= 8e-3 * scale);
+    }
+}
+
+#[test]
 fn conv2d_matches_reference() {
     let mut rng = TorchCpuRng::new(2);
     // (batch, in, out, h, w, kernel, padding, stride)

@@ -1,0 +1,388 @@
+//! 3×3 convolutions with stride 1 and padding 1 on bf16 tensors by Winograd's F(2×2, 3×3), as [`winograd`]
+//! does in f32: 16 multiplications per 2×2 block of outputs and channel pair instead of 36. The transforms run in
+//! f32 (the input's Bᵀ·d·B with [`winograd`]'s own routine, then rounded to bf16 straight into the dot-product
+//! kernel's panel order; the kernel's G·g·Gᵀ rounded to bf16), the 16 products on [`bf16_gemm`] with f32
+//! accumulation, and the output transform Aᵀ·m·A in f32 before the one rounding to the output type. Only
+//! F(2×2): F(4×4)'s coefficients (up to 8, down to 1/24) on bf16 operands would cost more precision than bf16
+//! has to spare.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use candle_core::Result;
+use half::bf16;
+use rayon::prelude::*;
+
+use super::bf16_gemm::{self, pair_of, Bias, PackB, Problem, NR};
+use super::storage::{Elem, SharedOut};
+use super::winograd::{transform_input, transform_output, Shape, G};
+
+/// The smallest plane (pixels) a bf16 3×3 convolution takes Winograd's algorithm on: below it the transformed
+/// kernel, streamed once per band, outweighs the products saved.
+pub const MIN_PIXELS: usize = 256;
+/// The fewest input and output channels a bf16 3×3 convolution takes Winograd's algorithm with: below it the
+/// transforms, whose cost grows with the channels rather than with their pairs, outweigh the products saved.
+pub const MIN_CHANNELS: usize = 128;
+
+/// The transformed input, products and padded input of a band take at most about this many bytes.
+const BAND_BYTES: usize = 16 << 20;
+
+/// Whether a 3×3, stride 1, padding 1 convolution of this shape runs here: a plane of at least [`MIN_PIXELS`],
+/// at least [`MIN_CHANNELS`] channels in and out, an even input channel count (the dot product's pairs), and
+/// the bf16 kernel present.
+pub fn suits(s: &Shape) -> bool {
+    bf16_gemm::available()
+        && s.h * s.w >= MIN_PIXELS
+        && s.cin >= MIN_CHANNELS
+        && s.cout >= MIN_CHANNELS
+        && s.cin.is_multiple_of(2)
+}
+
+/// A layer's kernel as [`conv3x3`] multiplies it (G·g·Gᵀ in bf16, `[16, cout, cin]`): made at the layer's first
+/// such convolution and kept, since making it costs a large part of a convolution on the smaller planes.
+#[derive(Default)]
+pub struct TransformedKernel(OnceLock<Vec<bf16>>);
+
+impl std::fmt::Debug for TransformedKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values = self.0.get().map_or(0, Vec::len);
+        write!(f, "TransformedKernel({values} values)")
+    }
+}
+
+/// `out` (`[batch, cout, h, w]`) = bias + the 3×3 convolution (stride 1, zero padding 1) of `x`
+/// (`[batch, cin, h, w]`) with `weight` (`[cout, cin, 3, 3]`); `cin` must be even. With `kept`, the transformed
+/// kernel is made once there (it must belong to this `weight`); without, per call.
+pub fn conv3x3<T: Elem>(
+    s: &Shape,
+    x: &[bf16],
+    weight: &[bf16],
+    kept: Option<&TransformedKernel>,
+    bias: &[f32],
+    out: &mut [T],
+) -> Result<()> {
+    let plane = s.h * s.w;
+    if x.len() != s.batch * s.cin * plane
+        || weight.len() != s.cout * s.cin * 9
+        || bias.len() != s.cout
+        || out.len() != s.batch * s.cout * plane
+    {
+        candle_core::bail!("winograd conv (bf16): buffers do not match the shape");
+    }
+    if !s.cin.is_multiple_of(2) {
+        candle_core::bail!("winograd conv (bf16): odd input channel count {}", s.cin);
+    }
+    if plane == 0 || s.batch == 0 || s.cout == 0 || s.cin == 0 {
+        return Ok(());
+    }
+    let made;
+    let u = match kept {
+        Some(kept) => kept
+            .0
+            .get_or_init(|| transform_weights(weight, s.cout, s.cin)),
+        None => {
+            made = transform_weights(weight, s.cout, s.cin);
+            &made
+        }
+    };
+    if u.len() != 16 * s.cout * s.cin {
+        candle_core::bail!("winograd conv (bf16): the kept kernel belongs to another shape");
+    }
+    let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
+    // Per tile: 16 bf16 values per input channel, 16 f32 products per output channel, and the 2×2 pixels of
+    // each input channel in f32 (with padding, a little more).
+    let most_rows = (BAND_BYTES / (16 * (3 * s.cin + 4 * s.cout) * tw)).max(1);
+    let bands = Bands::plan(s.batch, th, most_rows);
+    let ph = 2 * bands.rows + 2;
+    let pw = 2 * tw + 2;
+    let most_tiles = bands.images * bands.rows * tw;
+    BUFFERS.with(|cell| {
+        let mut fresh = Buffers::default();
+        let mut kept = cell.try_borrow_mut();
+        let buffers = match kept.as_mut() {
+            Ok(kept) => &mut **kept,
+            Err(_) => &mut fresh,
+        };
+        let padded = grown(&mut buffers.padded, bands.images * s.cin * ph * pw);
+        let v = grown(
+            &mut buffers.v,
+            16 * most_tiles.div_ceil(NR) * s.cin / 2 * NR,
+        );
+        let m = grown(&mut buffers.m, 16 * s.cout * most_tiles);
+        for band in bands.iter(s.batch, th) {
+            run_band(s, &band, tw, x, u, bias, out, padded, v, m)?;
+        }
+        Ok(())
+    })
+}
+
+thread_local! {
+    /// The padded input, transformed input and products, kept by the calling thread between calls (they only
+    /// grow), so that each call does not fault in fresh pages for them.
+    static BUFFERS: RefCell<Buffers> = RefCell::default();
+}
+
+#[derive(Default)]
+struct Buffers {
+    padded: Vec<f32>,
+    v: Vec<u32>,
+    m: Vec<f32>,
+}
+
+/// The first `len` values of `buffer`, grown to hold them.
+fn grown<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buffer.len() < len {
+        buffer.resize(len, T::default());
+    }
+    &mut buffer[..len]
+}
+
+/// How the tiles are cut into bands, each one batch of 16 products: whole images together while they fit (so
+/// that the transformed kernel streams once for all of them), otherwise bands of equal height in one image (a
+/// short last band would be a product too thin to run at speed).
+struct Bands {
+    /// Images per band.
+    images: usize,
+    /// Tile rows per band (of one image).
+    rows: usize,
+}
+
+/// A band: tile rows `ty0..ty0 + rows` of images `first..first + images`.
+struct Band {
+    first: usize,
+    images: usize,
+    ty0: usize,
+    rows: usize,
+}
+
+impl Bands {
+    /// Bands of at most `most_rows` tile rows in all, over `batch` images of `th` tile rows.
+    fn plan(batch: usize, th: usize, most_rows: usize) -> Self {
+        if th <= most_rows {
+            Self {
+                images: (most_rows / th).clamp(1, batch),
+                rows: th,
+            }
+        } else {
+            Self {
+                images: 1,
+                rows: th.div_ceil(th.div_ceil(most_rows)),
+            }
+        }
+    }
+
+    fn iter(&self, batch: usize, th: usize) -> impl Iterator<Item = Band> + '_ {
+        (0..batch).step_by(self.images).flat_map(move |first| {
+            (0..th).step_by(self.rows).map(move |ty0| Band {
+                first,
+                images: self.images.min(batch - first),
+                ty0,
+                rows: self.rows.min(th - ty0),
+            })
+        })
+    }
+}
+
+/// One band of the convolution (`tw` tiles per row), in the buffers given.
+#[allow(clippy::too_many_arguments)]
+fn run_band<T: Elem>(
+    s: &Shape,
+    band: &Band,
+    tw: usize,
+    x: &[bf16],
+    u: &[bf16],
+    bias: &[f32],
+    out: &mut [T],
+    padded: &mut [f32],
+    v: &mut [u32],
+    m: &mut [f32],
+) -> Result<()> {
+    let plane = s.h * s.w;
+    let per_image = band.rows * tw;
+    let tiles = band.images * per_image;
+    let (ph, pw) = (2 * band.rows + 2, 2 * tw + 2);
+    let images = band.first..band.first + band.images;
+    let padded = &mut padded[..band.images * s.cin * ph * pw];
+    pad_band(
+        s,
+        &x[images.start * s.cin * plane..images.end * s.cin * plane],
+        2 * band.ty0,
+        padded,
+        pw,
+    );
+    let (pairs, count) = (s.cin / 2, tiles.div_ceil(NR));
+    let v = &mut v[..16 * count * pairs * NR];
+    fill_panels(v, pairs, padded, (ph, pw), tw, band);
+    let m = &mut m[..16 * s.cout * tiles];
+    // M_ξ (cout × tiles) = U_ξ (cout × cin) · V_ξ (cin × tiles), the 16 products as one batch.
+    let problem = Problem {
+        m: s.cout,
+        n: tiles,
+        k: s.cin,
+        batch: 16,
+        a: u,
+        a_batch_stride: s.cout * s.cin,
+        c_rs: tiles,
+        c_batch_stride: s.cout * tiles,
+        bias: Bias::None,
+    };
+    let panels = Panels {
+        v,
+        pairs,
+        panels: count,
+    };
+    bf16_gemm::run(&problem, &panels, m)?;
+    let m = &*m;
+    out[images.start * s.cout * plane..images.end * s.cout * plane]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(plane_index, y)| {
+            let (image, co) = (plane_index / s.cout, plane_index % s.cout);
+            let m = &m[image * per_image..];
+            transform_output(m, s, co, tiles, band.ty0, band.rows, bias[co], y)
+        });
+    Ok(())
+}
+
+/// U (`[16, cout, cin]`, bf16) = G·g·Gᵀ of every kernel g, computed in f32.
+fn transform_weights(weight: &[bf16], cout: usize, cin: usize) -> Vec<bf16> {
+    let mut u = vec![bf16::ZERO; 16 * cout * cin];
+    let shared = SharedOut::new(&mut u);
+    weight
+        .par_chunks(cin * 9)
+        .enumerate()
+        .for_each(|(co, kernels)| {
+            for (ci, g) in kernels.chunks_exact(9).enumerate() {
+                let g: [f32; 9] = std::array::from_fn(|i| g[i].to_f32());
+                // G·g (4×3), then (G·g)·Gᵀ (4×4).
+                let gg: [[f32; 3]; 4] = std::array::from_fn(|a| {
+                    std::array::from_fn(|j| (0..3).map(|i| G[a][i] * g[3 * i + j]).sum())
+                });
+                for (a, ga) in gg.iter().enumerate() {
+                    for (b, gb) in G.iter().enumerate() {
+                        let value: f32 = ga.iter().zip(gb).map(|(x, y)| x * y).sum();
+                        // SAFETY: entry (4a + b, co, ci) lies inside `u` and only this task (output channel
+                        // `co`) writes it.
+                        unsafe {
+                            *shared.at(((4 * a + b) * cout + co) * cin + ci) = bf16::from_f32(value)
+                        };
+                    }
+                }
+            }
+        });
+    u
+}
+
+/// Rows `top − 1 .. top − 1 + ph` of each channel of `images` (bf16), with one zero column before them and zeros
+/// after them up to `pw` values per row (rows outside the image zero too), into `padded` (f32, `[images, cin, ph, pw]`):
+/// the input of the tiles whose outputs start at row `top`.
+fn pad_band(s: &Shape, images: &[bf16], top: usize, padded: &mut [f32], pw: usize) {
+    let ph = padded.len() / (images.len() / (s.h * s.w)) / pw;
+    padded
+        .par_chunks_mut(ph * pw)
+        .zip(images.par_chunks(s.h * s.w))
+        .for_each(|(dst, src)| {
+            for (r, row) in dst.chunks_exact_mut(pw).enumerate() {
+                row.fill(0.0);
+                // Padded row r holds image row top + r − 1.
+                let Some(y) = (top + r).checked_sub(1).filter(|&y| y < s.h) else {
+                    continue;
+                };
+                for (d, &v) in row[1..=s.w].iter_mut().zip(&src[y * s.w..(y + 1) * s.w]) {
+                    *d = v.to_f32();
+                }
+            }
+        });
+}
+
+/// The transformed input of a band as [`bf16_gemm`] panels: `v[((ξ · panels + j) · pairs + kp) · NR + c]` pairs
+/// input channels 2·kp and 2·kp + 1 of entry ξ of tile j·NR + c (zero past the band's last tile).
+struct Panels<'a> {
+    v: &'a [u32],
+    pairs: usize,
+    panels: usize,
+}
+
+impl PackB for Panels<'_> {
+    fn panel<'a>(&'a self, b: usize, j0: usize, _scratch: &'a mut [u32]) -> &'a [u32] {
+        let size = self.pairs * NR;
+        let start = (b * self.panels + j0 / NR) * size;
+        &self.v[start..start + size]
+    }
+}
+
+/// Writes [`Panels`] of `band` from its padded images (`[images, cin, ph, pw]`) into `v`, a channel pair per
+/// task; tile t of the band is tile t mod (rows · tw) of its image t / (rows · tw).
+fn fill_panels(
+    v: &mut [u32],
+    pairs: usize,
+    padded: &[f32],
+    (ph, pw): (usize, usize),
+    tw: usize,
+    band: &Band,
+) {
+    let per_image = band.rows * tw;
+    let tiles = band.images * per_image;
+    let panels = tiles.div_ceil(NR);
+    assert_eq!(
+        v.len(),
+        16 * panels * pairs * NR,
+        "winograd conv (bf16): panel buffer"
+    );
+    let shared = SharedOut::new(v);
+    let channel_values = ph * pw;
+    (0..pairs).into_par_iter().for_each_init(
+        || (vec![0f32; 16 * tiles], vec![0f32; 16 * tiles], Vec::new()),
+        |(lo, hi, scratch), kp| {
+            for image in 0..band.images {
+                let channel = |c: usize| {
+                    let start = (image * 2 * pairs + c) * channel_values;
+                    &padded[start..start + channel_values]
+                };
+                let at = image * per_image;
+                transform_input(
+                    channel(2 * kp),
+                    pw,
+                    tw,
+                    0,
+                    band.rows,
+                    &mut lo[at..],
+                    tiles,
+                    scratch,
+                );
+                transform_input(
+                    channel(2 * kp + 1),
+                    pw,
+                    tw,
+                    0,
+                    band.rows,
+                    &mut hi[at..],
+                    tiles,
+                    scratch,
+                );
+            }
+            for xi in 0..16 {
+                let (lo, hi) = (
+                    &lo[xi * tiles..(xi + 1) * tiles],
+                    &hi[xi * tiles..(xi + 1) * tiles],
+                );
+                for j in 0..panels {
+                    let start = ((xi * panels + j) * pairs + kp) * NR;
+                    // SAFETY: this row of NR pairs lies inside `v` (16 entries of `panels` panels of `pairs`
+                    // rows, checked above) and only this task (channel pair `kp`) writes it.
+                    let row = unsafe { std::slice::from_raw_parts_mut(shared.at(start), NR) };
+                    let t0 = j * NR;
+                    let used = NR.min(tiles - t0);
+                    for ((d, &l), &h) in row
+                        .iter_mut()
+                        .zip(&lo[t0..t0 + used])
+                        .zip(&hi[t0..t0 + used])
+                    {
+                        *d = pair_of(l, h);
+                    }
+                    row[used..].fill(0);
+                }
+            }
+        },
+    );
+}
