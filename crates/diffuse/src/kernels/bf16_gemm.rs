@@ -120,6 +120,52 @@ pub fn pair_of(lo: f32, hi: f32) -> u32 {
     (bf16_high(lo) >> 16) | bf16_high(hi)
 }
 
+/// `dst[i] = pair_of(lo[i], hi[i])` for every i of `dst` (`lo` and `hi` at least as long): 16 pairs per
+/// instruction on AVX512-BF16 (`vcvtneps2bf16`, which rounds alike but reads f32 subnormals as zero), one by one
+/// elsewhere.
+pub fn pair_rows(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    assert!(
+        lo.len() >= dst.len() && hi.len() >= dst.len(),
+        "pair_rows: short rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX512-BF16 is present; every access lies inside the three slices (lengths checked above).
+        unsafe { pair_rows_avx512(dst, lo, hi) };
+        return;
+    }
+    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+        *d = pair_of(l, h);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pair_rows_avx512(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let mut i = 0;
+    while i < n {
+        let count = (n - i).min(16);
+        let mask: __mmask16 = if count == 16 {
+            0xffff
+        } else {
+            (1u16 << count) - 1
+        };
+        let l = _mm512_maskz_loadu_ps(mask, lo.as_ptr().add(i));
+        let h = _mm512_maskz_loadu_ps(mask, hi.as_ptr().add(i));
+        let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+            _mm512_cvtneps_pbh(l),
+        ));
+        let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+            _mm512_cvtneps_pbh(h),
+        ));
+        let pairs = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
+        _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i) as *mut i32, mask, pairs);
+        i += 16;
+    }
+}
+
 /// Runs the product into `out` (f32 or bf16), in parallel over (batch, column panel, row group).
 pub fn run<T: Elem>(p: &Problem, packer: &dyn PackB, out: &mut [T]) -> candle_core::Result<()> {
     if !available() {

@@ -33,6 +33,7 @@ pub mod train_products;
 pub mod train_softmax;
 pub mod vmath;
 pub mod winograd;
+pub mod winograd_avx512;
 pub mod winograd_bf16;
 
 pub use attention::attention;

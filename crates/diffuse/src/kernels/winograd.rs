@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, MatMut, MatRef};
 use super::storage::Elem;
+use super::winograd_avx512;
 
 /// The transformed input and products of a band hold at most about this many f32 values (16 MiB).
 const BAND_VALUES: usize = 1 << 22;
@@ -291,7 +292,8 @@ pub(super) fn transform_input(
         let (h0, rest) = h.split_at_mut(tw);
         let (h1, rest) = rest.split_at_mut(tw);
         let (h2, h3) = rest.split_at_mut(tw);
-        for tx in 0..tw {
+        let done = winograd_avx512::horizontal(row, [&mut *h0, &mut *h1, &mut *h2, &mut *h3], tw);
+        for tx in done..tw {
             let d = &row[2 * tx..2 * tx + 4];
             h0[tx] = d[0] - d[2];
             h1[tx] = d[1] + d[2];
@@ -337,7 +339,8 @@ pub(super) fn transform_output<T: Elem>(
     let mut bottom = vec![0f32; 2 * tw];
     for ty in 0..rows {
         let mm: [&[f32]; 16] = std::array::from_fn(|xi| entry(xi, ty));
-        for tx in 0..tw {
+        let done = winograd_avx512::output(&mm, bias, &mut top, &mut bottom, tw);
+        for tx in done..tw {
             let e = |a: usize, b: usize| mm[4 * a + b][tx];
             // Aᵀ·m: rows 0 and 1 of the 2×4 intermediate.
             let r0: [f32; 4] = std::array::from_fn(|b| e(0, b) + e(1, b) + e(2, b));

@@ -13,7 +13,7 @@ use candle_core::Result;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::bf16_gemm::{self, pair_of, Bias, PackB, Problem, NR};
+use super::bf16_gemm::{self, pair_rows, Bias, PackB, Problem, NR};
 use super::storage::{Elem, SharedOut};
 use super::winograd::{transform_input, transform_output, Shape, G};
 
@@ -373,13 +373,7 @@ fn fill_panels(
                     let row = unsafe { std::slice::from_raw_parts_mut(shared.at(start), NR) };
                     let t0 = j * NR;
                     let used = NR.min(tiles - t0);
-                    for ((d, &l), &h) in row
-                        .iter_mut()
-                        .zip(&lo[t0..t0 + used])
-                        .zip(&hi[t0..t0 + used])
-                    {
-                        *d = pair_of(l, h);
-                    }
+                    pair_rows(&mut row[..used], &lo[t0..t0 + used], &hi[t0..t0 + used]);
                     row[used..].fill(0);
                 }
             }

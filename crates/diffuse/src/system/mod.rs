@@ -203,7 +203,8 @@ fn dispatch() -> Vec<(&'static str, String)> {
         winograd::F4_MIN_CHANNELS,
         if bf16_gemm::available() {
             format!(
-                "bf16 ones as Winograd F(2×2, 3×3) on planes of {} pixels or more with {} channels or more in and                  out (bf16 products of the transformed operands, f32 sums), unfolded otherwise",
+                "bf16 ones as Winograd F(2×2, 3×3) on planes of {} pixels or more with {} channels or more in and \
+                 out (bf16 products of the transformed operands, f32 sums), unfolded otherwise",
                 winograd_bf16::MIN_PIXELS,
                 winograd_bf16::MIN_CHANNELS
             )

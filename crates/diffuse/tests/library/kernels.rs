@@ -116,6 +116,59 @@ fn winograd_tilings_match_reference() {
 }
 
 #[test]
+fn winograd_transform_rows_on_avx512_equal_the_portable_arithmetic() {
+    use diffuse::internals::kernels::winograd_avx512::{available, horizontal, output};
+    if !available() {
+        eprintln!("skipped: this CPU has no AVX-512");
+        return;
+    }
+    let mut rng = TorchCpuRng::new(12);
+    let values = |n: usize, rng: &mut TorchCpuRng| randn(rng, &[n]).to_vec1::<f32>().unwrap();
+    // 37 tiles: two whole chunks of 16 and a rest the caller finishes.
+    let tw = 37;
+    let row = values(2 * tw + 2, &mut rng);
+    let mut h: [Vec<f32>; 4] = std::array::from_fn(|_| vec![f32::NAN; tw]);
+    let done = horizontal(&row, h.each_mut().map(|v| v.as_mut_slice()), tw);
+    assert_eq!(done, 32);
+    for tx in 0..done {
+        let d = &row[2 * tx..2 * tx + 4];
+        let want = [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]];
+        for (b, w) in want.iter().enumerate() {
+            assert_eq!(
+                h[b][tx].to_bits(),
+                w.to_bits(),
+                "horizontal, tile {tx}, entry {b}"
+            );
+        }
+    }
+    let products: Vec<Vec<f32>> = (0..16).map(|_| values(tw, &mut rng)).collect();
+    let mm: [&[f32]; 16] = std::array::from_fn(|i| products[i].as_slice());
+    let bias = 0.37;
+    let (mut top, mut bottom) = (vec![f32::NAN; 2 * tw], vec![f32::NAN; 2 * tw]);
+    assert_eq!(output(&mm, bias, &mut top, &mut bottom, tw), 32);
+    for tx in 0..32 {
+        let e = |a: usize, b: usize| mm[4 * a + b][tx];
+        let r0: [f32; 4] = std::array::from_fn(|b| e(0, b) + e(1, b) + e(2, b));
+        let r1: [f32; 4] = std::array::from_fn(|b| e(1, b) - e(2, b) - e(3, b));
+        let want = [
+            bias + r0[0] + r0[1] + r0[2],
+            bias + r0[1] - r0[2] - r0[3],
+            bias + r1[0] + r1[1] + r1[2],
+            bias + r1[1] - r1[2] - r1[3],
+        ];
+        let got = [
+            top[2 * tx],
+            top[2 * tx + 1],
+            bottom[2 * tx],
+            bottom[2 * tx + 1],
+        ];
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.to_bits(), w.to_bits(), "output, tile {tx}");
+        }
+    }
+}
+
+#[test]
 fn winograd_bf16_matches_the_f32_convolution_of_its_rounded_operands() {
     use diffuse::internals::kernels::winograd::Shape;
     use diffuse::internals::kernels::{bf16_gemm, winograd_bf16};
