@@ -17,7 +17,7 @@ use super::winograd_avx512;
 const BAND_VALUES: usize = 1 << 22;
 
 /// G (4×3), the kernel transform.
-pub(super) const G: [[f32; 3]; 4] = [
+const G: [[f32; 3]; 4] = [
     [1.0, 0.0, 0.0],
     [0.5, 0.5, 0.5],
     [0.5, -0.5, 0.5],
@@ -205,7 +205,7 @@ pub fn conv3x3_tiled(
 
 /// U (`[n², cout, cin]`) = G·g·Gᵀ for every kernel g, as one product: U = T · Wᵀ with T (n²×9) the transform
 /// written out, T[n·a + b][3i + j] = G[a][i] · G[b][j] (n = 4 or 6, the tile's input side).
-fn transform_weights(
+pub(super) fn transform_weights(
     tile: OutputTile,
     weight: &[f32],
     cout: usize,

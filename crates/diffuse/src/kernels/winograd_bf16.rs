@@ -13,9 +13,9 @@ use candle_core::Result;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::bf16_gemm::{self, pair_rows, Bias, PackB, Problem, NR};
+use super::bf16_gemm::{self, pair_rows, to_bf16, Bias, PackB, Problem, NR};
 use super::storage::{Elem, SharedOut};
-use super::winograd::{transform_input, transform_output, Shape, G};
+use super::winograd::{self, transform_input, transform_output, OutputTile, Shape};
 
 /// The smallest plane (pixels) a bf16 3×3 convolution takes Winograd's algorithm on: below it the transformed
 /// kernel, streamed once per band, outweighs the products saved.
@@ -23,6 +23,9 @@ pub const MIN_PIXELS: usize = 256;
 /// The fewest input and output channels a bf16 3×3 convolution takes Winograd's algorithm with: below it the
 /// transforms, whose cost grows with the channels rather than with their pairs, outweigh the products saved.
 pub const MIN_CHANNELS: usize = 128;
+
+/// Channel pairs of the kernel one task transforms.
+const KERNEL_BLOCK_PAIRS: usize = 1 << 16;
 
 /// The transformed input, products and padded input of a band take at most about this many bytes.
 const BAND_BYTES: usize = 16 << 20;
@@ -77,11 +80,16 @@ pub fn conv3x3<T: Elem>(
     }
     let made;
     let u = match kept {
-        Some(kept) => kept
-            .0
-            .get_or_init(|| transform_weights(weight, s.cout, s.cin)),
+        Some(kept) => match kept.0.get() {
+            Some(u) => u,
+            None => {
+                // Two threads may both make it; one copy is kept.
+                let _ = kept.0.set(transform_weights(weight, s.cout, s.cin)?);
+                kept.0.get().expect("the kernel was kept just above")
+            }
+        },
         None => {
-            made = transform_weights(weight, s.cout, s.cin);
+            made = transform_weights(weight, s.cout, s.cin)?;
             &made
         }
     };
@@ -244,33 +252,33 @@ fn run_band<T: Elem>(
     Ok(())
 }
 
-/// U (`[16, cout, cin]`, bf16) = G·g·Gᵀ of every kernel g, computed in f32.
-fn transform_weights(weight: &[bf16], cout: usize, cin: usize) -> Vec<bf16> {
+/// U (`[16, cout, cin]`, bf16) = G·g·Gᵀ of every kernel g: [`winograd`]'s f32 transform (one small product)
+/// over a block of output channels per task, rounded to bf16 into the block's rows of the 16 planes.
+fn transform_weights(weight: &[bf16], cout: usize, cin: usize) -> Result<Vec<bf16>> {
+    // Output channels per task: about 2¹⁶ channel pairs, a transient of 4 MiB of f32 transformed values.
+    let block = (KERNEL_BLOCK_PAIRS / cin.max(1)).clamp(1, cout.max(1));
     let mut u = vec![bf16::ZERO; 16 * cout * cin];
     let shared = SharedOut::new(&mut u);
     weight
-        .par_chunks(cin * 9)
+        .par_chunks(block * cin * 9)
         .enumerate()
-        .for_each(|(co, kernels)| {
-            for (ci, g) in kernels.chunks_exact(9).enumerate() {
-                let g: [f32; 9] = std::array::from_fn(|i| g[i].to_f32());
-                // G·g (4×3), then (G·g)·Gᵀ (4×4).
-                let gg: [[f32; 3]; 4] = std::array::from_fn(|a| {
-                    std::array::from_fn(|j| (0..3).map(|i| G[a][i] * g[3 * i + j]).sum())
-                });
-                for (a, ga) in gg.iter().enumerate() {
-                    for (b, gb) in G.iter().enumerate() {
-                        let value: f32 = ga.iter().zip(gb).map(|(x, y)| x * y).sum();
-                        // SAFETY: entry (4a + b, co, ci) lies inside `u` and only this task (output channel
-                        // `co`) writes it.
-                        unsafe {
-                            *shared.at(((4 * a + b) * cout + co) * cin + ci) = bf16::from_f32(value)
-                        };
-                    }
+        .try_for_each(|(index, kernels)| -> Result<()> {
+            let (co0, outputs) = (index * block, kernels.len() / (cin * 9));
+            let wide: Vec<f32> = kernels.iter().map(|w| w.to_f32()).collect();
+            let planes = winograd::transform_weights(OutputTile::Two, &wide, outputs, cin, 1)?;
+            for (xi, plane) in planes.chunks_exact(outputs * cin).enumerate() {
+                let start = (xi * cout + co0) * cin;
+                // SAFETY: rows co0..co0 + outputs of plane ξ lie inside `u` (co0 + outputs ≤ cout) and only
+                // this task (that block of output channels) writes them.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(shared.at(start), outputs * cin) };
+                for (d, &v) in dst.iter_mut().zip(plane) {
+                    *d = to_bf16(v);
                 }
             }
-        });
-    u
+            Ok(())
+        })?;
+    Ok(u)
 }
 
 /// Rows `top − 1 .. top − 1 + ph` of each channel of `images` (bf16), with one zero column before them and zeros
