@@ -213,6 +213,43 @@ fn winograd_bf16_matches_the_f32_convolution_of_its_rounded_operands() {
             err <= 5e-3 * scale,
             "{cin}→{cout} {h}×{w}: {err} (scale {scale})"
         );
+        // A kept kernel gives the same values, the first call and every later one; a kernel kept for another
+        // shape is refused, not misread.
+        let kept = winograd_bf16::TransformedKernel::default();
+        for _ in 0..2 {
+            let mut again = vec![f32::NAN; b * cout * h * w];
+            winograd_bf16::conv3x3(
+                &shape,
+                &bf16s(&x),
+                &bf16s(&weight),
+                Some(&kept),
+                &bs,
+                &mut again,
+            )
+            .unwrap();
+            assert!(again
+                .iter()
+                .zip(got.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .all(|(a, g)| a.to_bits() == g.to_bits()));
+        }
+        if cout > 2 {
+            let fewer = Shape {
+                cout: cout - 2,
+                ..shape
+            };
+            let mut out = vec![0f32; b * (cout - 2) * h * w];
+            let weight = bf16s(&weight);
+            let err = winograd_bf16::conv3x3(
+                &fewer,
+                &bf16s(&x),
+                &weight[..(cout - 2) * cin * 9],
+                Some(&kept),
+                &bs[..cout - 2],
+                &mut out,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("another shape"), "{err}");
+        }
         // The same through `conv2d`, rounded to bf16 at the end.
         let through = conv::conv2d(&x, &weight, &round(bias.clone()), 1, 1).unwrap();
         assert_eq!(through.dtype(), DType::BF16);
