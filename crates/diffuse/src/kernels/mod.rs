@@ -2,7 +2,7 @@
 //! tiled im2col convolution, Winograd F(2×2, 3×3) and F(4×4, 3×3) convolution (f32; F(2×2) in bf16 too), the vocoder's 1-D convolutions (dilated and
 //! transposed, with the leaky ReLU before them fused), fused GroupNorm(+SiLU), fused GEGLU,
 //! one-pass activations, the text encoder's causal attention, bf16 products on AVX512-BF16 (convolution, linear, attention), f32 linear layers over
-//! few rows, int8 products and attention scores on AVX512-VNNI. Each has a reference
+//! few rows, int8 products and attention scores on AVX512-VNNI, bf16 residual additions. Each has a reference
 //! composed of plain candle ops and a parity test against it (`crates/diffuse/tests/library/kernels.rs`; the `train_*` kernels' values
 //! and gradients in `crates/diffuse/tests/library/gradients.rs`); each dispatches on CPU features at run time. Training takes the
 //! `train_*` kernels (hand-written backward passes) or the composed references whenever a gradient is tracked.
@@ -22,6 +22,7 @@ pub mod group_norm;
 pub mod int8;
 pub mod int8_gemm;
 pub mod linear;
+pub mod residual;
 pub mod simd;
 mod storage;
 pub mod train_conv;

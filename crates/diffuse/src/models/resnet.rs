@@ -7,6 +7,7 @@ use super::activations::Activation;
 use super::conv::Conv2d;
 use crate::kernels::group_norm::{group_norm, GroupNorm};
 use crate::kernels::linear::{linear, Linear};
+use crate::kernels::residual;
 
 /// The shape of one residual block.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +87,7 @@ impl ResnetBlock2D {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        let out = (shortcut + h)?;
+        let out = residual::add(&shortcut, &h)?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {

@@ -9,6 +9,7 @@ use super::layer_norm::{layer_norm, LayerNorm};
 use crate::device::Quantization;
 use crate::kernels::group_norm::{group_norm, GroupNorm};
 use crate::kernels::linear::{linear, linear_no_bias, Linear};
+use crate::kernels::residual;
 
 /// The shape of one spatial transformer.
 #[derive(Debug, Clone, Copy)]
@@ -160,11 +161,14 @@ impl BasicTransformerBlock {
         } else {
             None
         };
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, first_context)? + x)?;
+        let x = residual::add(
+            &self.attn1.forward(&self.norm1.forward(x)?, first_context)?,
+            x,
+        )?;
         // Without a context (AudioLDM), the second attention attends to the block's own tokens, as diffusers'
         // attention processors do when `encoder_hidden_states` is None.
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, context)? + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        let x = residual::add(&self.attn2.forward(&self.norm2.forward(&x)?, context)?, &x)?;
+        residual::add(&self.ff.forward(&self.norm3.forward(&x)?)?, &x)
     }
 }
 
@@ -220,6 +224,6 @@ impl Transformer2DModel {
             Projection::Conv(conv) => conv.forward(&to_map(tokens)?.contiguous()?)?,
             Projection::Linear(lin) => to_map(lin.forward(&tokens)?)?,
         };
-        out + x
+        residual::add(&out, x)
     }
 }

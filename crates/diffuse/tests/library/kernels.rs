@@ -116,6 +116,54 @@ fn winograd_tilings_match_reference() {
 }
 
 #[test]
+fn bf16_residual_additions_equal_candles() {
+    use diffuse::internals::kernels::residual;
+    let mut rng = TorchCpuRng::new(13);
+    // Odd sizes (a partial last task and vector), values of every magnitude, and the specials.
+    let n = 70_001;
+    let a = (randn(&mut rng, &[n]) * 300.0).unwrap();
+    let b = (randn(&mut rng, &[n]) * 0.01).unwrap();
+    let specials = Tensor::new(
+        &[
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            0.0,
+            -0.0,
+            1e-40,
+            3.0e38,
+            -3.0e38,
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let a = Tensor::cat(&[&a, &specials], 0)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let b = Tensor::cat(&[&b, &specials], 0)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let bits = |t: &Tensor| {
+        t.to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .map(|v| if v.is_nan() { u16::MAX } else { v.to_bits() })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bits(&residual::add(&a, &b).unwrap()),
+        bits(&(&a + &b).unwrap())
+    );
+    // What the kernel does not take goes to candle: f32, broadcasting.
+    let wide = a.to_dtype(DType::F32).unwrap();
+    assert_eq!(residual::add(&wide, &wide).unwrap().dtype(), DType::F32);
+    let row = b.narrow(0, 0, 1).unwrap();
+    assert!(residual::add(&a, &row).is_err());
+}
+
+#[test]
 fn winograd_transform_rows_on_avx512_equal_the_portable_arithmetic() {
     use diffuse::internals::kernels::winograd_avx512::{available, horizontal, output};
     if !available() {
