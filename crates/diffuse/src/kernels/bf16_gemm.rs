@@ -116,14 +116,14 @@ pub(crate) fn to_bf16(v: f32) -> bf16 {
 
 /// `lo` and `hi` rounded to bf16 and paired as the dot-product instruction reads them.
 #[inline(always)]
-pub fn pair_of(lo: f32, hi: f32) -> u32 {
+pub(crate) fn pair_of(lo: f32, hi: f32) -> u32 {
     (bf16_high(lo) >> 16) | bf16_high(hi)
 }
 
 /// `dst[i] = pair_of(lo[i], hi[i])` for every i of `dst` (`lo` and `hi` at least as long): 16 pairs per
 /// instruction on AVX512-BF16 (`vcvtneps2bf16`, which rounds alike but reads f32 subnormals as zero), one by one
 /// elsewhere.
-pub fn pair_rows(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+pub(crate) fn pair_rows(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
     assert!(
         lo.len() >= dst.len() && hi.len() >= dst.len(),
         "pair_rows: short rows"
