@@ -9,7 +9,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::simd::multiversion;
-use super::storage::Elem;
+use super::storage::{filled, Elem};
 use super::vmath;
 
 /// An activation the kernel computes.
@@ -65,7 +65,7 @@ impl CustomOp1 for Op {
 }
 
 fn run<T: Elem>(x: &[T], f: Pointwise) -> Vec<T> {
-    let mut out = vec![T::default(); x.len()];
+    let mut out = filled(x.len(), T::default());
     out.par_chunks_mut(TASK)
         .zip(x.par_chunks(TASK))
         .for_each(|(o, x)| match f {

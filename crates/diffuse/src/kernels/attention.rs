@@ -16,7 +16,7 @@ use super::attention_int8::{self, KeysInt8};
 use super::bf16_gemm::pair;
 use super::gemm::{matmul, MatMut, MatRef};
 use super::simd::multiversion;
-use super::storage::{as_f32, from_f32};
+use super::storage::{as_f32, filled, from_f32};
 use super::vmath::{self, LANES};
 
 /// Query rows per task (the AVX-512 kernel's block).
@@ -180,7 +180,7 @@ impl CustomOp3 for FlashAttention {
         let out = if self.avx512 {
             self.forward_avx512(&dims, batch, &q, &k, &v)
         } else {
-            let mut out = vec![0f32; batch * nq * channels];
+            let mut out = filled(batch * nq * channels, 0f32);
             if nq > 0 {
                 out.par_chunks_mut(nq * channels)
                     .enumerate()
@@ -310,7 +310,7 @@ impl FlashAttention {
     fn forward_int8(&self, dims: &Dims, batch: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (c, d, nk) = (dims.channels, dims.d, dims.nk);
         let keys = KeysInt8::quantize(k, batch, nk, self.heads, d);
-        let mut out = vec![0f32; batch * dims.nq * c];
+        let mut out = filled(batch * dims.nq * c, 0f32);
         query_blocks(dims, self.heads, q, &mut out, |block, scratch| {
             let head = (block.item * self.heads + block.head) * nk;
             let kv = attention_int8::HeadKvInt8 {
@@ -364,7 +364,7 @@ impl FlashAttention {
     /// [`FlashAttention::forward_avx512`] once the keys and values are head-major.
     fn heads_avx512(&self, dims: &Dims, batch: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (c, d, nk) = (dims.channels, dims.d, dims.nk);
-        let mut out = vec![0f32; batch * dims.nq * c];
+        let mut out = filled(batch * dims.nq * c, 0f32);
         query_blocks(dims, self.heads, q, &mut out, |block, scratch| {
             let head = (block.item * self.heads + block.head) * nk * d;
             let kv = attention_avx512::HeadKv {
@@ -392,7 +392,7 @@ impl FlashAttention {
     ) -> Vec<bf16> {
         let c = dims.channels;
         let pairs = dims.nk.div_ceil(2);
-        let mut v_pairs = vec![0u32; batch * pairs * c];
+        let mut v_pairs = filled(batch * pairs * c, 0u32);
         v_pairs
             .par_chunks_mut(c)
             .enumerate()
@@ -410,7 +410,7 @@ impl FlashAttention {
                     }
                 }
             });
-        let mut out = vec![bf16::ZERO; batch * dims.nq * c];
+        let mut out = filled(batch * dims.nq * c, bf16::ZERO);
         query_blocks(dims, self.heads, q, &mut out, |block, scratch| {
             let b = block.item;
             let kv = attention_avx512::HeadKvBf16 {

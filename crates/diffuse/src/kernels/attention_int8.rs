@@ -16,6 +16,7 @@ use super::attention_avx512::{
 };
 use super::attention_avx512::{Scratch, QB};
 use super::int8_gemm;
+use super::storage::filled;
 
 /// The byte that stands for 0 in the unsigned query quads: VPDPBUSD multiplies unsigned by signed bytes, so
 /// queries are stored as value + 128 and 128 · Σ key bytes is taken off each score ([`KeysInt8::shift`]).
@@ -51,7 +52,7 @@ impl KeysInt8 {
     /// its keys' mean per head dimension.
     pub fn quantize(k: &[f32], batch: usize, tokens: usize, heads: usize, d: usize) -> Self {
         let (c, dq) = (heads * d, d.div_ceil(4));
-        let mut quads = vec![0u32; batch * heads * tokens * dq];
+        let mut quads = filled(batch * heads * tokens * dq, 0u32);
         let mut scale = vec![0f32; batch * heads * tokens];
         let mut shift = vec![0f32; batch * heads * tokens];
         quads

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::bf16_gemm::{self, pair, Bias, PackB, Problem, NR};
 use super::gemm::{matmul, MatMut, MatRef};
-use super::storage::{as_f32, from_f32, Elem};
+use super::storage::{as_f32, filled, from_f32, Elem};
 use super::winograd;
 use super::winograd_bf16::{self, TransformedKernel};
 use half::bf16;
@@ -154,7 +154,7 @@ impl CustomOp3 for Conv2dOp {
                     w: g.w,
                 };
                 let out = if uses_winograd_bf16(&g, &shape) {
-                    let mut out = vec![bf16::ZERO; batch * cout * h * g.w];
+                    let mut out = filled(batch * cout * h * g.w, bf16::ZERO);
                     winograd_bf16::conv3x3(&shape, x, w, self.kept.as_deref(), &bias, &mut out)?;
                     out
                 } else {
@@ -176,7 +176,7 @@ impl CustomOp3 for Conv2dOp {
 
 fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
     let plane = g.ho * g.wo;
-    let mut out = vec![0f32; g.batch * g.cout * plane];
+    let mut out = filled(g.batch * g.cout * plane, 0f32);
     if plane == 0 {
         return Ok(out);
     }
@@ -349,7 +349,7 @@ fn forward_bf16<T: Elem>(
 ) -> Result<Vec<T>> {
     let plane = g.ho * g.wo;
     let k = g.cin * g.kh * g.kw;
-    let mut out = vec![T::default(); g.batch * g.cout * plane];
+    let mut out = filled(g.batch * g.cout * plane, T::default());
     let problem = Problem {
         m: g.cout,
         n: plane,
@@ -385,7 +385,7 @@ impl<'a> Im2colPanels<'a> {
         let padded = if g.pad == 0 {
             Cow::Borrowed(x)
         } else {
-            let mut padded = vec![bf16::ZERO; g.batch * g.cin * hp * wp];
+            let mut padded = filled(g.batch * g.cin * hp * wp, bf16::ZERO);
             padded
                 .par_chunks_mut(hp * wp)
                 .zip(x.par_chunks(g.h * g.w))

@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::simd::multiversion;
-use super::storage::Elem;
+use super::storage::{filled, Elem};
 use super::vmath;
 
 /// value · gelu_erf(gate) where `h` = [value, gate] along the last dimension. CPU tensors only.
@@ -54,7 +54,7 @@ impl CustomOp1 for Geglu {
 
 fn run<T: Elem>(h: &[T], width: usize) -> Vec<T> {
     let n = width / 2;
-    let mut out = vec![T::default(); h.len() / 2];
+    let mut out = filled(h.len() / 2, T::default());
     if n == 0 {
         return out;
     }

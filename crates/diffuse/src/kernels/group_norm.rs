@@ -10,7 +10,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::simd::multiversion;
-use super::storage::{as_f32, Elem};
+use super::storage::{as_f32, filled, Elem};
 use super::vmath::{self, LANES};
 use crate::models::activations::Activation;
 
@@ -171,7 +171,7 @@ struct Params {
 
 fn run<T: Elem>(x: &[T], weight: &[f32], bias: &[f32], p: &Params) -> Vec<T> {
     let chunk = p.cpg * p.spatial;
-    let mut out = vec![T::default(); x.len()];
+    let mut out = filled(x.len(), T::default());
     if chunk == 0 {
         return out;
     }

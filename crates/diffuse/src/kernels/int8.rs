@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::int8_gemm::{
     self, max_abs, quantize_into, OutLayout, PackedInt8, RowBase, Rows, ZERO_POINT,
 };
-use super::storage::F32Values;
+use super::storage::{filled, F32Values};
 use crate::device::Quantization;
 
 /// Layers with fewer inputs per output than this stay in f32.
@@ -97,7 +97,7 @@ pub fn linear(
     let x = x.contiguous()?;
     let m = x.elem_count() / k;
     let xv = F32Values::of(&x, "int8 linear input")?;
-    let mut bytes = vec![ZERO_POINT; m * kp];
+    let mut bytes = filled(m * kp, ZERO_POINT);
     let mut scale = vec![0f32; m];
     bytes
         .par_chunks_mut(kp)
@@ -111,7 +111,7 @@ pub fn linear(
     let bias = bias
         .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
         .transpose()?;
-    let mut out = vec![0f32; m * n];
+    let mut out = filled(m * n, 0f32);
     let rows = Rows {
         data: &bytes,
         m,
@@ -180,8 +180,8 @@ pub fn conv2d(
     let x = x.contiguous()?;
     let xv = F32Values::of(&x, "int8 conv2d input")?;
     let plane = ho * wo;
-    let mut out = vec![0f32; batch * cout * plane];
-    let mut bytes = vec![ZERO_POINT; hp * wp * cp];
+    let mut out = filled(batch * cout * plane, 0f32);
+    let mut bytes = filled(hp * wp * cp, ZERO_POINT);
     for (image, dst) in xv
         .get()
         .chunks(cin * h * w)

@@ -16,7 +16,7 @@ use super::activation::Pointwise;
 use super::bf16_gemm::{self, pair, Bias, PackedPanels, Problem, NR};
 use super::few_rows_gemm;
 use super::int8::{self, Int8Weights};
-use super::storage::{as_f32, F32Values};
+use super::storage::{as_f32, filled, F32Values};
 
 /// A linear layer with diffusers' weight names (`weight` `[out, in]`, optional `bias` `[out]`).
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ fn few_rows(
     let bias = bias
         .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
         .transpose()?;
-    let mut y = vec![0f32; m * n];
+    let mut y = filled(m * n, 0f32);
     let epilogue = few_rows_gemm::Epilogue {
         bias: bias.as_deref(),
         activation,
@@ -195,7 +195,7 @@ fn forward_bf16(
     }
     let m = lx.shape().elem_count() / k.max(1);
     let bias = bias.map(|(s, l)| as_f32(s, l, "linear bias")).transpose()?;
-    let mut out = vec![bf16::ZERO; m * n];
+    let mut out = filled(m * n, bf16::ZERO);
     let problem = Problem {
         m,
         n,
@@ -259,7 +259,7 @@ impl CustomOp3 for LinearBf16<'_> {
 /// Wᵀ (`[k, n]`, read from W `[n, k]`) as the kernel's panels, all of them: weight rows give the pairs directly.
 fn pack_weight(w: &[bf16], n: usize, k: usize) -> Vec<u32> {
     let size = k / 2 * NR;
-    let mut panels = vec![0u32; n.div_ceil(NR) * size];
+    let mut panels = filled(n.div_ceil(NR) * size, 0u32);
     panels
         .par_chunks_mut(size)
         .enumerate()

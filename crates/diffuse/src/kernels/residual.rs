@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::bf16_gemm::to_bf16;
 use super::simd::multiversion;
-use super::storage::Elem;
+use super::storage::{filled, Elem};
 
 /// Elements per parallel task.
 const TASK: usize = 1 << 15;
@@ -52,7 +52,7 @@ impl CustomOp2 for AddBf16 {
             );
         }
         let (a, b) = (&a[a0..a1], &b[b0..b1]);
-        let mut out = vec![bf16::ZERO; a.len()];
+        let mut out = filled(a.len(), bf16::ZERO);
         out.par_chunks_mut(TASK)
             .zip(a.par_chunks(TASK).zip(b.par_chunks(TASK)))
             .for_each(|(o, (a, b))| sum(a, b, o));

@@ -130,6 +130,30 @@ impl Elem for f16 {
     }
 }
 
+/// Buffers of at least this many bytes are filled by [`filled`] on the thread pool.
+const PARALLEL_FILL_BYTES: usize = 1 << 20;
+
+/// A buffer of `len` copies of `value`, as `vec![value; len]`, but written by the pool's threads in parallel
+/// when it is large: a kernel's output buffer is often fresh memory, and the first write to each page faults
+/// it in (the kernel zeroes it), so one thread filling it would serialize those faults and the fill itself.
+pub(crate) fn filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
+    if len * std::mem::size_of::<T>() < PARALLEL_FILL_BYTES {
+        return vec![value; len];
+    }
+    let mut buffer = Vec::with_capacity(len);
+    let chunk = (PARALLEL_FILL_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+    buffer.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .for_each(|part| {
+            for slot in part {
+                slot.write(value);
+            }
+        });
+    // SAFETY: the loop above initialized every one of the first `len` elements.
+    unsafe { buffer.set_len(len) };
+    buffer
+}
+
 /// An output buffer shared by parallel tasks, each of which writes its own disjoint elements.
 pub(crate) struct SharedOut<T> {
     ptr: *mut T,
@@ -161,5 +185,21 @@ impl<T> SharedOut<T> {
     pub(crate) unsafe fn at(&self, offset: usize) -> *mut T {
         debug_assert!(offset < self.len);
         self.ptr.add(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::bf16;
+
+    #[test]
+    fn filled_equals_vec_of_copies_on_both_sides_of_the_parallel_threshold() {
+        let threshold = super::PARALLEL_FILL_BYTES / 2;
+        for len in [0, 1, threshold - 1, threshold, 3 * threshold + 7] {
+            let got = super::filled(len, bf16::from_f32(-1.5));
+            assert_eq!(got, vec![bf16::from_f32(-1.5); len], "length {len}");
+            let got = super::filled(len, 7u32);
+            assert_eq!(got, vec![7u32; len], "length {len}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use candle_core::Result;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatMut, MatRef};
-use super::storage::Elem;
+use super::storage::{filled, Elem};
 use super::winograd_avx512;
 
 /// The transformed input and products of a band hold at most about this many f32 values (16 MiB).
@@ -143,9 +143,9 @@ pub fn conv3x3_tiled(
     let (th, tw) = (s.h.div_ceil(m_side), s.w.div_ceil(m_side));
     let band_rows = (BAND_VALUES / (nn * (s.cin + s.cout) * tw)).clamp(1, th);
     let (ph, pw) = (m_side * th + 2, m_side * tw + 2);
-    let mut padded = vec![0f32; s.cin * ph * pw];
-    let mut v = vec![0f32; nn * s.cin * band_rows * tw];
-    let mut m = vec![0f32; nn * s.cout * band_rows * tw];
+    let mut padded = filled(s.cin * ph * pw, 0f32);
+    let mut v = filled(nn * s.cin * band_rows * tw, 0f32);
+    let mut m = filled(nn * s.cout * band_rows * tw, 0f32);
     for (image, output) in x.chunks(s.cin * plane).zip(out.chunks_mut(s.cout * plane)) {
         pad(s, image, &mut padded, pw);
         let mut ty0 = 0;
@@ -228,7 +228,7 @@ pub(super) fn transform_weights(
         }
     }
     let n = cout * cin;
-    let mut u = vec![0f32; side * side * n];
+    let mut u = filled(side * side * n, 0f32);
     matmul(
         MatMut {
             data: &mut u,

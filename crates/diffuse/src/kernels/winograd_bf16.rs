@@ -14,7 +14,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::bf16_gemm::{self, pair_rows, to_bf16, Bias, PackB, Problem, NR};
-use super::storage::{Elem, SharedOut};
+use super::storage::{filled, Elem, SharedOut};
 use super::winograd::{self, transform_input, transform_output, OutputTile, Shape};
 
 /// The smallest plane (pixels) a bf16 3×3 convolution takes Winograd's algorithm on: below it the transformed
@@ -257,7 +257,7 @@ fn run_band<T: Elem>(
 fn transform_weights(weight: &[bf16], cout: usize, cin: usize) -> Result<Vec<bf16>> {
     // Output channels per task: about 2¹⁶ channel pairs, a transient of 4 MiB of f32 transformed values.
     let block = (KERNEL_BLOCK_PAIRS / cin.max(1)).clamp(1, cout.max(1));
-    let mut u = vec![bf16::ZERO; 16 * cout * cin];
+    let mut u = filled(16 * cout * cin, bf16::ZERO);
     let shared = SharedOut::new(&mut u);
     weight
         .par_chunks(block * cin * 9)
