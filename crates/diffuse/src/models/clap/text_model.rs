@@ -6,6 +6,7 @@ use candle_nn::{embedding, Embedding, VarBuilder};
 
 use super::config::ClapTextConfig;
 use crate::kernels::linear::{linear, Linear};
+use crate::kernels::residual;
 use crate::models::activations::Activation;
 use crate::models::attention::{merge_heads, scaled_dot_product_attention, split_heads};
 use crate::models::layer_norm::{layer_norm, LayerNorm};
@@ -56,13 +57,14 @@ impl ClapTextLayer {
         let head_dim = q.dim(3)?;
         let attended =
             scaled_dot_product_attention(&q, &k, &v, (head_dim as f64).powf(-0.5), None, false)?;
-        let h = self
-            .attention_norm
-            .forward(&(self.attention_out.forward(&merge_heads(&attended)?)? + x)?)?;
+        let h = self.attention_norm.forward(&residual::add(
+            &self.attention_out.forward(&merge_heads(&attended)?)?,
+            x,
+        )?)?;
         let mlp = self
             .output
             .forward(&self.act.forward(&self.intermediate.forward(&h)?)?)?;
-        self.output_norm.forward(&(mlp + h)?)
+        self.output_norm.forward(&residual::add(&mlp, &h)?)
     }
 }
 

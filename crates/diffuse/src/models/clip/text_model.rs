@@ -2,6 +2,7 @@
 
 use crate::kernels::causal_attention::{self, causal_attention};
 use crate::kernels::linear::{linear, linear_no_bias, Linear};
+use crate::kernels::residual;
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{embedding, Embedding, VarBuilder};
 
@@ -111,14 +112,15 @@ impl ClipEncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (x + self
+        let attention = self
             .self_attn
-            .forward(&self.layer_norm1.forward(x)?, mask)?)?;
+            .forward(&self.layer_norm1.forward(x)?, mask)?;
+        let h = residual::add(x, &attention)?;
         let hidden = self
             .act
             .after_linear(&self.fc1, &self.layer_norm2.forward(&h)?)?;
         let mlp = self.fc2.forward(&hidden)?;
-        h + mlp
+        residual::add(&h, &mlp)
     }
 }
 

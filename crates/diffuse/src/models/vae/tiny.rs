@@ -5,6 +5,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::kernels::residual;
 use crate::models::activations::Activation;
 use crate::models::conv::Conv2d;
 use crate::{Error, Result};
@@ -96,7 +97,7 @@ impl TinyBlock {
         let h = self.act.forward(&self.convs[0].forward(x)?)?;
         let h = self.act.forward(&self.convs[1].forward(&h)?)?;
         let h = self.convs[2].forward(&h)?;
-        (h + x)?.relu()
+        residual::add(&h, x)?.relu()
     }
 }
 

@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 
 use super::config::HifiGanConfig;
 use crate::kernels::conv1d::{conv1d, conv_transpose1d, Conv1dParams};
+use crate::kernels::residual;
 use crate::{Error, Result};
 
 const FILE: &str = "vocoder/config.json";
@@ -148,7 +149,7 @@ impl ResidualBlock {
         for (conv1, conv2) in &self.convs {
             let h = conv1.forward(&x, Some(self.slope))?;
             let h = conv2.forward(&h, Some(self.slope))?;
-            x = (h + x)?;
+            x = residual::add(&h, &x)?;
         }
         Ok(x)
     }
