@@ -5,6 +5,9 @@
 //! `int8` times the VNNI products (weights and activations in int8) and attention's int8 scores against diffuse's
 //! own f32 kernels.
 
+#[path = "support/allocator.rs"]
+mod allocator;
+
 use std::time::Instant;
 
 use candle_core::Module;
@@ -38,6 +41,7 @@ fn row(name: &str, flop: f64, ours: f64, candle: f64) {
 }
 
 fn main() -> candle_core::Result<()> {
+    allocator::keep_freed_memory();
     let dtype = match std::env::args().nth(1).as_deref() {
         Some("bf16") => DType::BF16,
         Some("int8") => return int8_rows(),

@@ -4,6 +4,9 @@
 //!
 //!     cargo run --release -p diffuse --example train_kernel_bench
 
+#[path = "support/allocator.rs"]
+mod allocator;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
@@ -92,6 +95,7 @@ fn bench() -> candle_core::Result<()> {
 }
 
 fn main() -> candle_core::Result<()> {
+    allocator::keep_freed_memory();
     // One thread, as each data-parallel worker of `diffuse train` runs its share: single-threaded products
     // (candle reads the variable) inside a one-thread pool.
     std::env::set_var("RAYON_NUM_THREADS", "1");
