@@ -135,7 +135,8 @@ const PARALLEL_FILL_BYTES: usize = 1 << 20;
 
 /// A buffer of `len` copies of `value`, as `vec![value; len]`, but written by the pool's threads in parallel
 /// when it is large: a kernel's output buffer is often fresh memory, and the first write to each page faults
-/// it in (the kernel zeroes it), so one thread filling it would serialize those faults and the fill itself.
+/// it in (the operating system zeroes the page), so one thread filling it would serialize those faults and the
+/// fill itself.
 pub(crate) fn filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
     if len * std::mem::size_of::<T>() < PARALLEL_FILL_BYTES {
         return vec![value; len];
