@@ -61,7 +61,7 @@ fn info_describes_the_system() {
         "logical CPUs: ",
         "caches: ",
         "vector kernels: ",
-        "convolutions: f32 3×3 convolutions (stride 1) as Winograd F(2×2, 3×3) on planes of 1024 pixels",
+        "convolutions: f32 3×3 convolutions (stride 1) as Winograd F(2×2, 3×3) on planes of 256 pixels",
         "text encoders: ",
         "bf16 products: ",
         "threads: ",

@@ -19,12 +19,13 @@ use std::sync::Arc;
 /// The unfolded tile holds at most about this many f32 values (8 MiB).
 const TILE_VALUES: usize = 1 << 21;
 /// The smallest plane (pixels) an f32 3×3 convolution takes Winograd's algorithm on.
-pub const WINOGRAD_MIN_PIXELS: usize = 1024;
+pub const WINOGRAD_MIN_PIXELS: usize = 256;
 /// The fewest input channels an f32 3×3 convolution takes Winograd's algorithm with.
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// The most channel pairs (in × out) an f32 3×3 convolution takes Winograd's algorithm with: the transformed
-/// kernel then holds at most 128 MiB (SD 1.5's largest at 32×32, 1280 → 1280, takes 105 MiB).
-const WINOGRAD_MAX_CHANNEL_PAIRS: usize = 1 << 21;
+/// kernel, made per call, then holds at most 256 MiB (SD 1.5's largest, 2560 → 1280 at 16×16 with F(2×2), takes
+/// 210 MiB).
+const WINOGRAD_MAX_CHANNEL_PAIRS: usize = 1 << 22;
 
 /// `x` (`[batch, in, h, w]`) convolved with `weight` (`[out, in, kh, kw]`) plus `bias` (`[out]`), zero padding
 /// `padding` on every side, step `stride`. CPU tensors of one dtype; f32 arithmetic, or bf16 products with f32

@@ -3,8 +3,11 @@
 //! cut into overlapping 4×4 tiles and transformed (Bᵀ·d·B, additions only), the kernel is transformed (G·g·Gᵀ,
 //! itself one small matrix product per call, so no transformed copy of the weights is kept), the 16 transformed
 //! planes are multiplied as 16 independent matrix products (`gemm`), and each product is folded back into 2×2
-//! outputs (Aᵀ·m·A). Tiles go in bands of rows, so the transformed data stays a few MiB whatever the image.
-//! Large planes take F(4×4, 3×3) instead: 6×6 input tiles, 36 products, 4×4 outputs per tile.
+//! outputs (Aᵀ·m·A). Tiles go in bands (whole images together while they fit, else rows of one image), so the
+//! products are as wide as the transformed data's budget allows and that data stays a few tens of MiB whatever
+//! the image. Planes of 32×32 and more take F(4×4, 3×3) instead: 6×6 input tiles, 36 products, 4×4 outputs per
+//! tile, its transforms written out ([`bt4`], [`at4`]) and run along whole rows of tiles (on AVX-512 by
+//! [`winograd_avx512`], with equal results).
 
 use candle_core::Result;
 use rayon::prelude::*;
@@ -13,8 +16,9 @@ use super::gemm::{matmul, MatMut, MatRef};
 use super::storage::{filled, Elem};
 use super::winograd_avx512;
 
-/// The transformed input and products of a band hold at most about this many f32 values (16 MiB).
-const BAND_VALUES: usize = 1 << 22;
+/// The transformed input and products of a band hold at most about this many f32 values (32 MiB): enough for
+/// both images of a batch of two at SD's 32×32 level in one band of F(4×4) products.
+const BAND_VALUES: usize = 1 << 23;
 
 /// G (4×3), the kernel transform.
 const G: [[f32; 3]; 4] = [
@@ -25,9 +29,12 @@ const G: [[f32; 3]; 4] = [
 ];
 
 /// The smallest plane (pixels) F(4×4, 3×3) is used on.
-pub const F4_MIN_PIXELS: usize = 128 * 128;
+pub const F4_MIN_PIXELS: usize = 32 * 32;
 /// The fewest input channels F(4×4, 3×3) is used with.
-pub const F4_MIN_CHANNELS: usize = 256;
+pub const F4_MIN_CHANNELS: usize = 32;
+/// The most channel pairs (in × out) F(4×4, 3×3) is used with: its transformed kernel, 36 values a pair made per
+/// call, then holds at most 288 MiB (SD 1.5's largest, 1280 → 1280 at 32×32, takes 236 MiB).
+pub const F4_MAX_CHANNEL_PAIRS: usize = 1 << 21;
 
 /// G (6×3), the kernel transform of F(4×4, 3×3) (interpolation points 0, ±1, ±2 and ∞).
 const G4: [[f32; 3]; 6] = [
@@ -37,24 +44,6 @@ const G4: [[f32; 3]; 6] = [
     [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
     [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
     [0.0, 0.0, 1.0],
-];
-
-/// Bᵀ (6×6), the input transform of F(4×4, 3×3).
-const BT4: [[f32; 6]; 6] = [
-    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
-    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
-    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
-    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
-    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
-    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
-];
-
-/// Aᵀ (4×6), the output transform of F(4×4, 3×3).
-const AT4: [[f32; 6]; 4] = [
-    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
-    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
-    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
 ];
 
 /// The shape of one convolution.
@@ -96,10 +85,13 @@ pub enum OutputTile {
 
 impl OutputTile {
     /// F(4×4, 3×3) on planes of at least [`F4_MIN_PIXELS`] with at least [`F4_MIN_CHANNELS`] input channels (the
-    /// VAE decoder's upper blocks) and at most 2²⁰ channel pairs (its transformed kernel, 36 values a pair, then
-    /// stays under 144 MiB); F(2×2) elsewhere: its transforms cost more per tile, which only wide products repay.
+    /// UNet's 64×64 and 32×32 levels, the VAE decoder) and at most [`F4_MAX_CHANNEL_PAIRS`]; F(2×2) elsewhere: on
+    /// smaller planes F(4×4)'s few tiles make products too thin to repay its costlier transforms.
     pub fn for_shape(s: &Shape) -> Self {
-        if s.h * s.w >= F4_MIN_PIXELS && s.cin >= F4_MIN_CHANNELS && s.cin * s.cout <= 1 << 20 {
+        if s.h * s.w >= F4_MIN_PIXELS
+            && s.cin >= F4_MIN_CHANNELS
+            && s.cin * s.cout <= F4_MAX_CHANNEL_PAIRS
+        {
             OutputTile::Four
         } else {
             OutputTile::Two
@@ -141,66 +133,140 @@ pub fn conv3x3_tiled(
     }
     let u = transform_weights(tile, weight, s.cout, s.cin, threads)?;
     let (th, tw) = (s.h.div_ceil(m_side), s.w.div_ceil(m_side));
-    let band_rows = (BAND_VALUES / (nn * (s.cin + s.cout) * tw)).clamp(1, th);
-    let (ph, pw) = (m_side * th + 2, m_side * tw + 2);
-    let mut padded = filled(s.cin * ph * pw, 0f32);
-    let mut v = filled(nn * s.cin * band_rows * tw, 0f32);
-    let mut m = filled(nn * s.cout * band_rows * tw, 0f32);
-    for (image, output) in x.chunks(s.cin * plane).zip(out.chunks_mut(s.cout * plane)) {
-        pad(s, image, &mut padded, pw);
-        let mut ty0 = 0;
-        while ty0 < th {
-            let rows = band_rows.min(th - ty0);
-            let tiles = rows * tw;
-            let v = &mut v[..nn * s.cin * tiles];
-            let m = &mut m[..nn * s.cout * tiles];
-            v.par_chunks_mut(nn * tiles)
-                .zip(padded.par_chunks(ph * pw))
-                .for_each_init(Vec::new, |scratch, (v_ci, p)| match tile {
-                    OutputTile::Two => transform_input(p, pw, tw, ty0, rows, v_ci, tiles, scratch),
-                    OutputTile::Four => transform_input4(p, pw, tw, ty0, rows, v_ci, scratch),
-                });
-            // M_ξ (cout × tiles) = U_ξ (cout × cin) · V_ξ (cin × tiles), the products side by side.
-            m.par_chunks_mut(s.cout * tiles)
-                .enumerate()
-                .try_for_each(|(xi, m_xi)| {
-                    matmul(
-                        MatMut {
-                            data: m_xi,
-                            rows: s.cout,
-                            cols: tiles,
-                            rs: tiles,
-                            cs: 1,
-                        },
-                        MatRef {
-                            data: &u[xi * s.cout * s.cin..(xi + 1) * s.cout * s.cin],
-                            rows: s.cout,
-                            cols: s.cin,
-                            rs: s.cin,
-                            cs: 1,
-                        },
-                        MatRef {
-                            data: &v[xi * tiles..],
-                            rows: s.cin,
-                            cols: tiles,
-                            rs: nn * tiles,
-                            cs: 1,
-                        },
-                        false,
-                        1,
-                    )
-                })?;
-            let m = &*m;
-            output.par_chunks_mut(plane).zip(bias).enumerate().for_each(
-                |(co, (y, &b))| match tile {
-                    OutputTile::Two => transform_output(m, s, co, tiles, ty0, rows, b, y),
-                    OutputTile::Four => transform_output4(m, s, co, tiles, ty0, rows, b, y),
-                },
-            );
-            ty0 += rows;
-        }
+    let bands = Bands::plan(s.batch, th, BAND_VALUES / (nn * (s.cin + s.cout) * tw));
+    let (ph, pw) = (m_side * bands.rows + 2, m_side * tw + 2);
+    let most_tiles = bands.images * bands.rows * tw;
+    let mut padded = filled(bands.images * s.cin * ph * pw, 0f32);
+    let mut v = filled(nn * s.cin * most_tiles, 0f32);
+    let mut m = filled(nn * s.cout * most_tiles, 0f32);
+    for band in bands.iter(s.batch, th) {
+        let per_image = band.rows * tw;
+        let tiles = band.images * per_image;
+        let images = band.first..band.first + band.images;
+        let ph = m_side * band.rows + 2;
+        let padded = &mut padded[..band.images * s.cin * ph * pw];
+        pad_band(
+            s,
+            &x[images.start * s.cin * plane..images.end * s.cin * plane],
+            m_side * band.ty0,
+            padded,
+            pw,
+        );
+        let padded = &*padded;
+        // v: `[cin, n², tiles]`, tile t of the band being tile t mod per_image of its image t / per_image.
+        let v = &mut v[..nn * s.cin * tiles];
+        let m = &mut m[..nn * s.cout * tiles];
+        v.par_chunks_mut(nn * tiles)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (ci, v_ci)| {
+                for image in 0..band.images {
+                    let p = &padded[(image * s.cin + ci) * ph * pw..][..ph * pw];
+                    let v_image = &mut v_ci[image * per_image..];
+                    match tile {
+                        OutputTile::Two => {
+                            transform_input(p, pw, tw, 0, band.rows, v_image, tiles, scratch)
+                        }
+                        OutputTile::Four => {
+                            transform_input4(p, pw, tw, band.rows, v_image, tiles, scratch)
+                        }
+                    }
+                }
+            });
+        // M_ξ (cout × tiles) = U_ξ (cout × cin) · V_ξ (cin × tiles), the products side by side.
+        m.par_chunks_mut(s.cout * tiles)
+            .enumerate()
+            .try_for_each(|(xi, m_xi)| {
+                matmul(
+                    MatMut {
+                        data: m_xi,
+                        rows: s.cout,
+                        cols: tiles,
+                        rs: tiles,
+                        cs: 1,
+                    },
+                    MatRef {
+                        data: &u[xi * s.cout * s.cin..(xi + 1) * s.cout * s.cin],
+                        rows: s.cout,
+                        cols: s.cin,
+                        rs: s.cin,
+                        cs: 1,
+                    },
+                    MatRef {
+                        data: &v[xi * tiles..],
+                        rows: s.cin,
+                        cols: tiles,
+                        rs: nn * tiles,
+                        cs: 1,
+                    },
+                    false,
+                    1,
+                )
+            })?;
+        let m = &*m;
+        out[images.start * s.cout * plane..images.end * s.cout * plane]
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (plane_index, y)| {
+                let (image, co) = (plane_index / s.cout, plane_index % s.cout);
+                let m = &m[image * per_image..];
+                let b = bias[co];
+                match tile {
+                    OutputTile::Two => transform_output(m, s, co, tiles, band.ty0, band.rows, b, y),
+                    OutputTile::Four => {
+                        transform_output4(m, s, co, tiles, band.ty0, band.rows, b, y, scratch)
+                    }
+                }
+            });
     }
     Ok(())
+}
+
+/// How the tiles are cut into bands, each one batch of products: whole images together while they fit (so that
+/// the transformed kernel streams once for all of them), otherwise bands of equal height in one image (a short
+/// last band would be a product too thin to run at speed).
+pub(super) struct Bands {
+    /// Images per band.
+    pub(super) images: usize,
+    /// Tile rows per band (of one image).
+    pub(super) rows: usize,
+}
+
+/// A band: tile rows `ty0..ty0 + rows` of images `first..first + images`.
+pub(super) struct Band {
+    pub(super) first: usize,
+    pub(super) images: usize,
+    pub(super) ty0: usize,
+    pub(super) rows: usize,
+}
+
+impl Bands {
+    /// Bands of at most `most_rows` tile rows in all (at least one), over `batch` images of `th` tile rows.
+    pub(super) fn plan(batch: usize, th: usize, most_rows: usize) -> Self {
+        let most_rows = most_rows.max(1);
+        if th <= most_rows {
+            Self {
+                images: (most_rows / th).clamp(1, batch),
+                rows: th,
+            }
+        } else {
+            Self {
+                images: 1,
+                rows: th.div_ceil(th.div_ceil(most_rows)),
+            }
+        }
+    }
+
+    /// The bands of `batch` images of `th` tile rows, in order.
+    pub(super) fn iter(&self, batch: usize, th: usize) -> impl Iterator<Item = Band> + '_ {
+        (0..batch).step_by(self.images).flat_map(move |first| {
+            (0..th).step_by(self.rows).map(move |ty0| Band {
+                first,
+                images: self.images.min(batch - first),
+                ty0,
+                rows: self.rows.min(th - ty0),
+            })
+        })
+    }
 }
 
 /// U (`[n², cout, cin]`) = G·g·Gᵀ for every kernel g, as one product: U = T · Wᵀ with T (n²×9) the transform
@@ -257,17 +323,30 @@ pub(super) fn transform_weights(
     Ok(u)
 }
 
-/// Copies each channel of `image` into `padded` with one zero row and column before it and enough after it
-/// for whole 4×4 tiles (`pw` values per row).
-fn pad(s: &Shape, image: &[f32], padded: &mut [f32], pw: usize) {
-    let ph = padded.len() / s.cin / pw;
+/// Rows `top − 1 .. top − 1 + ph` of each channel of `images`, with one zero column before them and zeros after
+/// them up to `pw` values per row (rows outside the image zero too), into `padded` (f32, `[images, cin, ph, pw]`):
+/// the input of the tiles whose outputs start at row `top`.
+pub(super) fn pad_band<E: Elem>(
+    s: &Shape,
+    images: &[E],
+    top: usize,
+    padded: &mut [f32],
+    pw: usize,
+) {
+    let ph = padded.len() / (images.len() / (s.h * s.w)) / pw;
     padded
         .par_chunks_mut(ph * pw)
-        .zip(image.par_chunks(s.h * s.w))
+        .zip(images.par_chunks(s.h * s.w))
         .for_each(|(dst, src)| {
-            dst.fill(0.0);
-            for (row, src_row) in dst[pw..].chunks_mut(pw).zip(src.chunks(s.w)) {
-                row[1..=s.w].copy_from_slice(src_row);
+            for (r, row) in dst.chunks_exact_mut(pw).enumerate() {
+                row.fill(0.0);
+                // Padded row r holds image row top + r − 1.
+                let Some(y) = (top + r).checked_sub(1).filter(|&y| y < s.h) else {
+                    continue;
+                };
+                for (d, &v) in row[1..=s.w].iter_mut().zip(&src[y * s.w..(y + 1) * s.w]) {
+                    *d = v.to_f32();
+                }
             }
         });
 }
@@ -365,63 +444,74 @@ fn store<T: Elem>(row: &mut [T], values: &[f32]) {
     }
 }
 
-/// Bᵀ·d·B of every 6×6 tile (stride 4) in tile rows `ty0..ty0 + rows` of one padded channel `p`:
-/// `v[ξ · tiles + t]` for the 36 entries ξ of tile t (`tw` tiles per row); `hb` is reusable scratch.
+/// Bᵀ·d for one column d of six values (or d·B for a row): [`BT4`] written out.
+#[inline(always)]
+fn bt4(d: [f32; 6]) -> [f32; 6] {
+    [
+        4.0 * d[0] - 5.0 * d[2] + d[4],
+        (d[3] + d[4]) - 4.0 * (d[1] + d[2]),
+        4.0 * (d[1] - d[2]) + (d[4] - d[3]),
+        2.0 * (d[3] - d[1]) + (d[4] - d[2]),
+        2.0 * (d[1] - d[3]) + (d[4] - d[2]),
+        4.0 * d[1] - 5.0 * d[3] + d[5],
+    ]
+}
+
+/// Aᵀ·m for one column m of six values (or m·A for a row): [`AT4`] written out.
+#[inline(always)]
+fn at4(m: [f32; 6]) -> [f32; 4] {
+    let (sum, diff) = (m[1] + m[2], m[1] - m[2]);
+    let (sum2, diff2) = (m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + sum + sum2,
+        diff + 2.0 * diff2,
+        sum + 4.0 * sum2,
+        diff + 8.0 * diff2 + m[5],
+    ]
+}
+
+/// Bᵀ·d·B of every 6×6 tile (stride 4) in the first `rows` tile rows of one padded channel `p`: `v[ξ · stride + t]`
+/// for the 36 entries ξ of tile t (`tw` tiles per row, `stride` ≥ `rows · tw`); `hb` is reusable scratch.
 fn transform_input4(
     p: &[f32],
     pw: usize,
     tw: usize,
-    ty0: usize,
     rows: usize,
     v: &mut [f32],
+    stride: usize,
     hb: &mut Vec<f32>,
 ) {
-    let tiles = rows * tw;
-    // The rows' horizontal transforms d·B: hb[r][b][tx] for padded rows 4·ty0 .. 4·(ty0 + rows) + 1.
-    hb.resize((4 * rows + 2) * 6 * tw, 0.0);
-    let mut d = vec![0f32; 6 * tw];
-    for (r, h) in hb.chunks_exact_mut(6 * tw).enumerate() {
-        let row = &p[(4 * ty0 + r) * pw..(4 * ty0 + r + 1) * pw];
-        // The row's six phases, d[j][tx] = row[4·tx + j], so the sums below run along tx.
-        for (j, dj) in d.chunks_exact_mut(tw).enumerate() {
-            for (tx, x) in dj.iter_mut().enumerate() {
-                *x = row[4 * tx + j];
-            }
-        }
-        for (b, hb_b) in h.chunks_exact_mut(tw).enumerate() {
-            combine(&BT4[b], &d, tw, hb_b);
+    let n = rows * tw;
+    // The rows' horizontal transforms d·B, by phase: padded row 4k + φ goes to hb[b][φ][k][tx], so that rows
+    // 4·ty + i of every tile row ty lie side by side (i = 4, 5 being phases 0, 1 one tile row on).
+    let run = (rows + 1) * tw;
+    hb.resize(6 * 4 * run, 0.0);
+    for r in 0..4 * rows + 2 {
+        let row = &p[r * pw..r * pw + 4 * tw + 2];
+        let at = (r % 4) * run + (r / 4) * tw;
+        let mut parts = hb.chunks_mut(4 * run).map(|h| &mut h[at..at + tw]);
+        let mut h: [&mut [f32]; 6] = std::array::from_fn(|_| parts.next().unwrap_or_default());
+        if !winograd_avx512::bt4_row(row, &mut h, tw) {
+            bt4_row(row, &mut h, tw);
         }
     }
-    let mut q = vec![0f32; 6 * tw];
-    for ty in 0..rows {
-        for b in 0..6 {
-            for (i, qi) in q.chunks_exact_mut(tw).enumerate() {
-                let at = ((4 * ty + i) * 6 + b) * tw;
-                qi.copy_from_slice(&hb[at..at + tw]);
-            }
-            for (a, coefficients) in BT4.iter().enumerate() {
-                let at = (6 * a + b) * tiles + ty * tw;
-                combine(coefficients, &q, tw, &mut v[at..at + tw]);
-            }
-        }
-    }
-}
-
-/// `out[tx] = Σ_j coefficients[j] · rows[j][tx]` for rows of `tw` values stored one after another, zero
-/// coefficients skipped.
-fn combine(coefficients: &[f32], rows: &[f32], tw: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    for (&c, row) in coefficients.iter().zip(rows.chunks_exact(tw)) {
-        if c != 0.0 {
-            for (o, &x) in out.iter_mut().zip(row) {
-                *o += c * x;
-            }
+    // The vertical transforms Bᵀ·(d·B) of all the band's tiles at once.
+    for b in 0..6 {
+        let h = &hb[b * 4 * run..(b + 1) * 4 * run];
+        let q: [&[f32]; 6] = std::array::from_fn(|i| {
+            let at = (i % 4) * run + (i / 4) * tw;
+            &h[at..at + n]
+        });
+        let mut outs = v.chunks_mut(stride).skip(b).step_by(6).map(|o| &mut o[..n]);
+        let mut out: [&mut [f32]; 6] = std::array::from_fn(|_| outs.next().unwrap_or_default());
+        if !winograd_avx512::bt4_columns(&q, &mut out, n) {
+            bt4_columns(&q, &mut out, n);
         }
     }
 }
 
 /// Aᵀ·m·A + `bias` of output channel `co` for tile rows `ty0..ty0 + rows` into its plane `y`, clipped to the
-/// image; `m` holds the 36 products (`[36, cout, tiles]`).
+/// image; `m` holds the 36 products (`[36, cout, tiles]`); `r` is reusable scratch.
 #[allow(clippy::too_many_arguments)]
 fn transform_output4(
     m: &[f32],
@@ -432,37 +522,206 @@ fn transform_output4(
     rows: usize,
     bias: f32,
     y: &mut [f32],
+    r: &mut Vec<f32>,
 ) {
     let tw = s.w.div_ceil(4);
-    let mut entries = vec![0f32; 6 * tw];
-    // Aᵀ·m: r[i][b][tx], the 4×6 intermediate of every tile of the row.
-    let mut r = vec![0f32; 4 * 6 * tw];
-    let mut cols = vec![0f32; 6 * tw];
-    let mut line = vec![0f32; 4 * tw];
-    for ty in 0..rows {
-        for b in 0..6 {
-            for (a, e) in entries.chunks_exact_mut(tw).enumerate() {
-                let start = ((6 * a + b) * s.cout + co) * tiles + ty * tw;
-                e.copy_from_slice(&m[start..start + tw]);
-            }
-            for (i, coefficients) in AT4.iter().enumerate() {
-                let at = (i * 6 + b) * tw;
-                combine(coefficients, &entries, tw, &mut r[at..at + tw]);
-            }
+    let n = rows * tw;
+    // Aᵀ·m of all the tiles at once: r[i][b][t], the 4×6 intermediate of tile t.
+    r.resize(4 * 6 * n, 0.0);
+    for b in 0..6 {
+        let e: [&[f32]; 6] = std::array::from_fn(|a| {
+            let start = ((6 * a + b) * s.cout + co) * tiles;
+            &m[start..start + n]
+        });
+        let mut outs = r.chunks_mut(n).skip(b).step_by(6);
+        let mut out: [&mut [f32]; 4] = std::array::from_fn(|_| outs.next().unwrap_or_default());
+        if !winograd_avx512::at4_columns(&e, &mut out, n) {
+            at4_columns(&e, &mut out, n);
         }
+    }
+    // (Aᵀ·m)·A, a row of tiles at a time, into four rows of the plane each.
+    for ty in 0..rows {
         for i in 0..4 {
             let oy = 4 * (ty0 + ty) + i;
             if oy >= s.h {
                 break;
             }
-            cols.copy_from_slice(&r[i * 6 * tw..(i + 1) * 6 * tw]);
-            for (j, out_j) in line.chunks_exact_mut(tw).enumerate() {
-                combine(&AT4[j], &cols, tw, out_j);
-            }
+            let ri: [&[f32]; 6] = std::array::from_fn(|b| {
+                let at = (i * 6 + b) * n + ty * tw;
+                &r[at..at + tw]
+            });
             let dst = &mut y[oy * s.w..(oy + 1) * s.w];
-            for (ox, o) in dst.iter_mut().enumerate() {
-                *o = bias + line[(ox % 4) * tw + ox / 4];
+            if !winograd_avx512::at4_row(&ri, bias, dst, tw) {
+                at4_row(&ri, bias, dst, tw);
             }
+        }
+    }
+}
+
+// F(4×4)'s row loops in portable arithmetic: what runs without AVX-512, and what [`winograd_avx512`]'s loops
+// equal bit for bit (the unit tests below).
+
+/// `h[b][tx] = bt4(row[4·tx..4·tx + 6])[b]` for tx < `tw`.
+fn bt4_row(row: &[f32], h: &mut [&mut [f32]; 6], tw: usize) {
+    for (tx, d) in row.windows(6).step_by(4).take(tw).enumerate() {
+        for (hb, value) in h.iter_mut().zip(bt4([d[0], d[1], d[2], d[3], d[4], d[5]])) {
+            hb[tx] = value;
+        }
+    }
+}
+
+/// `out[a][t] = bt4(q0[t], …, q5[t])[a]` for t < `n`.
+fn bt4_columns(q: &[&[f32]; 6], out: &mut [&mut [f32]; 6], n: usize) {
+    for t in 0..n {
+        for (o, value) in out.iter_mut().zip(bt4(std::array::from_fn(|i| q[i][t]))) {
+            o[t] = value;
+        }
+    }
+}
+
+/// `out[i][t] = at4(m0[t], …, m5[t])[i]` for t < `n`.
+fn at4_columns(m: &[&[f32]; 6], out: &mut [&mut [f32]; 4], n: usize) {
+    for t in 0..n {
+        for (o, value) in out.iter_mut().zip(at4(std::array::from_fn(|a| m[a][t]))) {
+            o[t] = value;
+        }
+    }
+}
+
+/// `out[4·tx..4·tx + 4] = bias + at4(r0[tx], …, r5[tx])`, clipped to `out`.
+fn at4_row(r: &[&[f32]; 6], bias: f32, out: &mut [f32], tw: usize) {
+    for (tx, dst) in out.chunks_mut(4).take(tw).enumerate() {
+        for (o, value) in dst.iter_mut().zip(at4(std::array::from_fn(|b| r[b][tx]))) {
+            *o = bias + value;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bᵀ (6×6), the input transform of F(4×4, 3×3) (Lavin and Gray, 2016).
+    const BT4: [[f32; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+
+    /// Aᵀ (4×6), the output transform of F(4×4, 3×3).
+    const AT4: [[f32; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+
+    /// Values exact in f32 whatever the order of the sums (small integers), so the written-out transforms must
+    /// equal the matrices exactly.
+    fn integers(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) % 201) as f32 - 100.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn written_out_transforms_equal_the_matrices() {
+        let d = integers(6 * 50, 1);
+        for d in d.chunks_exact(6) {
+            let d: [f32; 6] = std::array::from_fn(|i| d[i]);
+            let want: [f32; 6] = std::array::from_fn(|a| (0..6).map(|i| BT4[a][i] * d[i]).sum());
+            assert_eq!(bt4(d), want);
+            let want: [f32; 4] = std::array::from_fn(|a| (0..6).map(|i| AT4[a][i] * d[i]).sum());
+            assert_eq!(at4(d), want);
+        }
+    }
+
+    /// Random values (not integers): the AVX-512 loops must round as the portable ones do. Lengths with whole
+    /// chunks of 16 and a masked rest, and shorter than one chunk.
+    #[test]
+    fn avx512_row_loops_equal_the_portable_ones() {
+        if !winograd_avx512::available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let random = |n: usize, seed: u64| -> Vec<f32> {
+            integers(n, seed).iter().map(|v| v / 7.3 + 0.011).collect()
+        };
+        let bits = |v: &[Vec<f32>]| -> Vec<Vec<u32>> {
+            v.iter()
+                .map(|r| r.iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        for (seed, n) in [(2, 37), (3, 5), (4, 16), (5, 64)] {
+            let inputs: Vec<Vec<f32>> = (0..6).map(|i| random(n, seed * 10 + i)).collect();
+            let q: [&[f32]; 6] = std::array::from_fn(|i| inputs[i].as_slice());
+            let (mut a, mut b) = (vec![vec![f32::NAN; n]; 6], vec![vec![f32::NAN; n]; 6]);
+            let mut out: [&mut [f32]; 6] = a
+                .iter_mut()
+                .map(|v| v.as_mut_slice())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            assert!(winograd_avx512::bt4_columns(&q, &mut out, n));
+            let mut out: [&mut [f32]; 6] = b
+                .iter_mut()
+                .map(|v| v.as_mut_slice())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            bt4_columns(&q, &mut out, n);
+            assert_eq!(bits(&a), bits(&b), "bt4 columns, n {n}");
+
+            let (mut a, mut b) = (vec![vec![f32::NAN; n]; 4], vec![vec![f32::NAN; n]; 4]);
+            let mut out: [&mut [f32]; 4] = a
+                .iter_mut()
+                .map(|v| v.as_mut_slice())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            assert!(winograd_avx512::at4_columns(&q, &mut out, n));
+            let mut out: [&mut [f32]; 4] = b
+                .iter_mut()
+                .map(|v| v.as_mut_slice())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            at4_columns(&q, &mut out, n);
+            assert_eq!(bits(&a), bits(&b), "at4 columns, n {n}");
+
+            // A padded row of n tiles (4·n + 2 values), and an output row clipped short of the last tile.
+            let row = random(4 * n + 2, seed);
+            let (mut a, mut b) = (vec![vec![f32::NAN; n]; 6], vec![vec![f32::NAN; n]; 6]);
+            let mut h: [&mut [f32]; 6] = a
+                .iter_mut()
+                .map(|v| v.as_mut_slice())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            assert!(winograd_avx512::bt4_row(&row, &mut h, n));
+            let mut h: [&mut [f32]; 6] = b
+                .iter_mut()
+                .map(|v| v.as_mut_slice())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            bt4_row(&row, &mut h, n);
+            assert_eq!(bits(&a), bits(&b), "bt4 row, {n} tiles");
+
+            let width = 4 * n - 3;
+            let (mut a, mut b) = (vec![vec![f32::NAN; width]], vec![vec![f32::NAN; width]]);
+            assert!(winograd_avx512::at4_row(&q, 0.37, &mut a[0], n));
+            at4_row(&q, 0.37, &mut b[0], n);
+            assert_eq!(bits(&a), bits(&b), "at4 row, {n} tiles");
         }
     }
 }

@@ -109,3 +109,226 @@ unsafe fn output_avx512(
     }
     tx
 }
+
+// F(4×4, 3×3): whole rows (masked at their ends), the additions and multiplications of `winograd::bt4` and
+// `winograd::at4` in their order, so the results equal the portable loops'. Each returns whether it ran.
+
+/// Lanes `o..o + 16` of a run of `avail` values: the mask of those that exist.
+#[cfg(target_arch = "x86_64")]
+fn lanes(avail: usize, o: usize) -> u16 {
+    match avail.saturating_sub(o) {
+        0 => 0,
+        n if n >= 16 => u16::MAX,
+        n => (1u16 << n) - 1,
+    }
+}
+
+/// `winograd::bt4` on vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bt4_vec(d: [__m512; 6]) -> [__m512; 6] {
+    let (two, four, five) = (
+        _mm512_set1_ps(2.0),
+        _mm512_set1_ps(4.0),
+        _mm512_set1_ps(5.0),
+    );
+    let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+    [
+        add(sub(mul(four, d[0]), mul(five, d[2])), d[4]),
+        sub(add(d[3], d[4]), mul(four, add(d[1], d[2]))),
+        add(mul(four, sub(d[1], d[2])), sub(d[4], d[3])),
+        add(mul(two, sub(d[3], d[1])), sub(d[4], d[2])),
+        add(mul(two, sub(d[1], d[3])), sub(d[4], d[2])),
+        add(sub(mul(four, d[1]), mul(five, d[3])), d[5]),
+    ]
+}
+
+/// `winograd::at4` on vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn at4_vec(m: [__m512; 6]) -> [__m512; 4] {
+    let (two, four, eight) = (
+        _mm512_set1_ps(2.0),
+        _mm512_set1_ps(4.0),
+        _mm512_set1_ps(8.0),
+    );
+    let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+    let (sum, diff) = (add(m[1], m[2]), sub(m[1], m[2]));
+    let (sum2, diff2) = (add(m[3], m[4]), sub(m[3], m[4]));
+    [
+        add(add(m[0], sum), sum2),
+        add(diff, mul(two, diff2)),
+        add(sum, mul(four, sum2)),
+        add(add(diff, mul(eight, diff2)), m[5]),
+    ]
+}
+
+/// F(4×4)'s column transform Bᵀ·q: `out[a][t] = bt4(q0[t], …, q5[t])[a]` for t < `n`.
+pub fn bt4_columns(q: &[&[f32]; 6], out: &mut [&mut [f32]; 6], n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        assert!(q.iter().all(|q| q.len() >= n) && out.iter().all(|o| o.len() >= n));
+        // SAFETY: AVX-512 F is present; every load and store is masked to t < n (lengths checked above).
+        unsafe { bt4_columns_avx512(q, out, n) };
+        return true;
+    }
+    let _ = (q, out, n);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bt4_columns_avx512(q: &[&[f32]; 6], out: &mut [&mut [f32]; 6], n: usize) {
+    for t in (0..n).step_by(16) {
+        let k = lanes(n, t);
+        let d = std::array::from_fn(|i| _mm512_maskz_loadu_ps(k, q[i].as_ptr().add(t)));
+        for (o, e) in out.iter_mut().zip(bt4_vec(d)) {
+            _mm512_mask_storeu_ps(o.as_mut_ptr().add(t), k, e);
+        }
+    }
+}
+
+/// F(4×4)'s column transform Aᵀ·m: `out[i][t] = at4(m0[t], …, m5[t])[i]` for t < `n`.
+pub fn at4_columns(m: &[&[f32]; 6], out: &mut [&mut [f32]; 4], n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        assert!(m.iter().all(|m| m.len() >= n) && out.iter().all(|o| o.len() >= n));
+        // SAFETY: AVX-512 F is present; every load and store is masked to t < n (lengths checked above).
+        unsafe { at4_columns_avx512(m, out, n) };
+        return true;
+    }
+    let _ = (m, out, n);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn at4_columns_avx512(m: &[&[f32]; 6], out: &mut [&mut [f32]; 4], n: usize) {
+    for t in (0..n).step_by(16) {
+        let k = lanes(n, t);
+        let e = std::array::from_fn(|a| _mm512_maskz_loadu_ps(k, m[a].as_ptr().add(t)));
+        for (o, v) in out.iter_mut().zip(at4_vec(e)) {
+            _mm512_mask_storeu_ps(o.as_mut_ptr().add(t), k, v);
+        }
+    }
+}
+
+/// F(4×4)'s row transform d·B of one padded row: for tile tx < `tw`, with d = `row[4·tx..4·tx + 6]`,
+/// `h[b][tx] = bt4(d)[b]` (`row` holds at least 4·tw + 2 values).
+pub fn bt4_row(row: &[f32], h: &mut [&mut [f32]; 6], tw: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        assert!(row.len() >= 4 * tw + 2 && h.iter().all(|h| h.len() >= tw));
+        // SAFETY: AVX-512 F is present; loads are masked to `row`'s length and stores to tx < tw (lengths checked
+        // above).
+        unsafe { bt4_row_avx512(row, h, tw) };
+        return true;
+    }
+    let _ = (row, h, tw);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bt4_row_avx512(row: &[f32], h: &mut [&mut [f32]; 6], tw: usize) {
+    // Phase j of 16 tiles from the 64 values at 4·tx0 (+ 4 for phases 4 and 5): lanes j, j + 4, … of each pair
+    // of vectors, then the two halves side by side.
+    let phase = |j: i32| {
+        _mm512_setr_epi32(
+            j,
+            j + 4,
+            j + 8,
+            j + 12,
+            j + 16,
+            j + 20,
+            j + 24,
+            j + 28,
+            j,
+            j + 4,
+            j + 8,
+            j + 12,
+            j + 16,
+            j + 20,
+            j + 24,
+            j + 28,
+        )
+    };
+    let idx = [phase(0), phase(1), phase(2), phase(3)];
+    let p = row.as_ptr();
+    for tx0 in (0..tw).step_by(16) {
+        let base = 4 * tx0;
+        let avail = row.len() - base;
+        // Past the row's end the lanes are zero, and no pointer is formed there.
+        let load = |o: usize| match lanes(avail, o) {
+            0 => _mm512_setzero_ps(),
+            k => _mm512_maskz_loadu_ps(k, p.add(base + o)),
+        };
+        let split = |v: [__m512; 4], j: usize| {
+            let lo = _mm512_permutex2var_ps(v[0], idx[j], v[1]);
+            let hi = _mm512_permutex2var_ps(v[2], idx[j], v[3]);
+            _mm512_shuffle_f32x4::<0x44>(lo, hi)
+        };
+        let here = [load(0), load(16), load(32), load(48)];
+        let next = [load(4), load(20), load(36), load(52)];
+        let d = [
+            split(here, 0),
+            split(here, 1),
+            split(here, 2),
+            split(here, 3),
+            split(next, 0),
+            split(next, 1),
+        ];
+        let k = lanes(tw, tx0);
+        for (hb, e) in h.iter_mut().zip(bt4_vec(d)) {
+            _mm512_mask_storeu_ps(hb.as_mut_ptr().add(tx0), k, e);
+        }
+    }
+}
+
+/// F(4×4)'s row transform (Aᵀ·m)·A + `bias` of one row of tiles into one output row: for tile tx, outputs
+/// `out[4·tx..4·tx + 4] = bias + at4(r0[tx], …, r5[tx])`, clipped to `out`'s length (at most 4·tw values).
+pub fn at4_row(r: &[&[f32]; 6], bias: f32, out: &mut [f32], tw: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        assert!(r.iter().all(|r| r.len() >= tw) && out.len() <= 4 * tw);
+        // SAFETY: AVX-512 F is present; loads are masked to tx < tw and stores to `out`'s length (checked above).
+        unsafe { at4_row_avx512(r, bias, out, tw) };
+        return true;
+    }
+    let _ = (r, bias, out, tw);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn at4_row_avx512(r: &[&[f32]; 6], bias: f32, out: &mut [f32], tw: usize) {
+    // Pairs (o0, o1) and (o2, o3) interleaved, then the pairs interleaved: tile tx's four outputs side by side.
+    let pairs_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let pairs_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let quads_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    let quads_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    let bias = _mm512_set1_ps(bias);
+    let len = out.len();
+    let dst = out.as_mut_ptr();
+    for tx0 in (0..tw).step_by(16) {
+        let k = lanes(tw, tx0);
+        let q = std::array::from_fn(|b| _mm512_maskz_loadu_ps(k, r[b].as_ptr().add(tx0)));
+        let o = at4_vec(q).map(|v| _mm512_add_ps(bias, v));
+        let a_lo = _mm512_castps_pd(_mm512_permutex2var_ps(o[0], pairs_lo, o[1]));
+        let a_hi = _mm512_castps_pd(_mm512_permutex2var_ps(o[0], pairs_hi, o[1]));
+        let b_lo = _mm512_castps_pd(_mm512_permutex2var_ps(o[2], pairs_lo, o[3]));
+        let b_hi = _mm512_castps_pd(_mm512_permutex2var_ps(o[2], pairs_hi, o[3]));
+        let quads = [
+            _mm512_permutex2var_pd(a_lo, quads_lo, b_lo),
+            _mm512_permutex2var_pd(a_lo, quads_hi, b_lo),
+            _mm512_permutex2var_pd(a_hi, quads_lo, b_hi),
+            _mm512_permutex2var_pd(a_hi, quads_hi, b_hi),
+        ];
+        for (i, v) in quads.into_iter().enumerate() {
+            let at = 4 * tx0 + 16 * i;
+            if at < len {
+                _mm512_mask_storeu_ps(dst.add(at), lanes(len, at), _mm512_castpd_ps(v));
+            }
+        }
+    }
+}

@@ -15,7 +15,9 @@ use rayon::prelude::*;
 
 use super::bf16_gemm::{self, pair_rows, to_bf16, Bias, PackB, Problem, NR};
 use super::storage::{filled, Elem, SharedOut};
-use super::winograd::{self, transform_input, transform_output, OutputTile, Shape};
+use super::winograd::{
+    self, pad_band, transform_input, transform_output, Band, Bands, OutputTile, Shape,
+};
 
 /// The smallest plane (pixels) a bf16 3×3 convolution takes Winograd's algorithm on: below it the transformed
 /// kernel, streamed once per band, outweighs the products saved.
@@ -145,52 +147,6 @@ fn grown<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buffer[..len]
 }
 
-/// How the tiles are cut into bands, each one batch of 16 products: whole images together while they fit (so
-/// that the transformed kernel streams once for all of them), otherwise bands of equal height in one image (a
-/// short last band would be a product too thin to run at speed).
-struct Bands {
-    /// Images per band.
-    images: usize,
-    /// Tile rows per band (of one image).
-    rows: usize,
-}
-
-/// A band: tile rows `ty0..ty0 + rows` of images `first..first + images`.
-struct Band {
-    first: usize,
-    images: usize,
-    ty0: usize,
-    rows: usize,
-}
-
-impl Bands {
-    /// Bands of at most `most_rows` tile rows in all, over `batch` images of `th` tile rows.
-    fn plan(batch: usize, th: usize, most_rows: usize) -> Self {
-        if th <= most_rows {
-            Self {
-                images: (most_rows / th).clamp(1, batch),
-                rows: th,
-            }
-        } else {
-            Self {
-                images: 1,
-                rows: th.div_ceil(th.div_ceil(most_rows)),
-            }
-        }
-    }
-
-    fn iter(&self, batch: usize, th: usize) -> impl Iterator<Item = Band> + '_ {
-        (0..batch).step_by(self.images).flat_map(move |first| {
-            (0..th).step_by(self.rows).map(move |ty0| Band {
-                first,
-                images: self.images.min(batch - first),
-                ty0,
-                rows: self.rows.min(th - ty0),
-            })
-        })
-    }
-}
-
 /// One band of the convolution (`tw` tiles per row), in the buffers given.
 #[allow(clippy::too_many_arguments)]
 fn run_band<T: Elem>(
@@ -279,28 +235,6 @@ fn transform_weights(weight: &[bf16], cout: usize, cin: usize) -> Result<Vec<bf1
             Ok(())
         })?;
     Ok(u)
-}
-
-/// Rows `top − 1 .. top − 1 + ph` of each channel of `images` (bf16), with one zero column before them and zeros
-/// after them up to `pw` values per row (rows outside the image zero too), into `padded` (f32, `[images, cin, ph, pw]`):
-/// the input of the tiles whose outputs start at row `top`.
-fn pad_band(s: &Shape, images: &[bf16], top: usize, padded: &mut [f32], pw: usize) {
-    let ph = padded.len() / (images.len() / (s.h * s.w)) / pw;
-    padded
-        .par_chunks_mut(ph * pw)
-        .zip(images.par_chunks(s.h * s.w))
-        .for_each(|(dst, src)| {
-            for (r, row) in dst.chunks_exact_mut(pw).enumerate() {
-                row.fill(0.0);
-                // Padded row r holds image row top + r − 1.
-                let Some(y) = (top + r).checked_sub(1).filter(|&y| y < s.h) else {
-                    continue;
-                };
-                for (d, &v) in row[1..=s.w].iter_mut().zip(&src[y * s.w..(y + 1) * s.w]) {
-                    *d = v.to_f32();
-                }
-            }
-        });
 }
 
 /// The transformed input of a band as [`bf16_gemm`] panels: `v[((ξ · panels + j) · pairs + kp) · NR + c]` pairs

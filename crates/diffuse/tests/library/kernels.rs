@@ -74,8 +74,9 @@ fn attention_matches_reference() {
 }
 
 /// Both Winograd tilings against the direct convolution, called directly (the dispatcher picks F(4×4) only on
-/// planes of 64×64 and more): odd sides (partial tiles at the right and bottom), two bands of tile rows, and a
-/// 64×64 plane with SD 1.5's first-level channels. F(2×2) to 2e-6 of the output's largest value, F(4×4) to 4e-5
+/// planes of 64×64 and more): odd sides (partial tiles at the right and bottom), bands of several images (three
+/// images in bands of two: a band of two, then one), two images in several bands of tile rows each, and a 64×64
+/// plane with SD 1.5's first-level channels. F(2×2) to 2e-6 of the output's largest value, F(4×4) to 4e-5
 /// (its transforms' coefficients run from 1/24 to 8; measured 1.5e-5 at 320 channels).
 #[test]
 fn winograd_tilings_match_reference() {
@@ -84,7 +85,8 @@ fn winograd_tilings_match_reference() {
     for (b, cin, cout, h, w) in [
         (2, 24, 20, 33, 37),
         (1, 17, 5, 9, 6),
-        (1, 256, 96, 90, 70),
+        (3, 240, 160, 32, 32),
+        (2, 256, 96, 90, 70),
         (1, 320, 64, 64, 64),
     ] {
         let x = randn(&mut rng, &[b, cin, h, w]);
@@ -315,9 +317,10 @@ fn conv2d_matches_reference() {
         (2, 3, 5, 9, 7, 3, 0, 2),
         (2, 6, 4, 5, 6, 1, 0, 1),
         (1, 3, 2, 6, 5, 3, 0, 1),
-        // Several unfolded tiles per image.
-        (1, 64, 16, 130, 64, 3, 1, 1),
-        // Winograd F(2×2, 3×3) in f32: odd sides (partial tiles), and two bands of tile rows.
+        // Several unfolded tiles per image (stride 2: never Winograd).
+        (1, 64, 16, 260, 128, 3, 1, 2),
+        // Winograd in f32: F(2×2, 3×3) (fewer than 32 input channels; odd sides, so partial tiles), and
+        // F(4×4, 3×3) (planes of 32×32 and more), within its bound of winograd_tilings_match_reference.
         (2, 24, 20, 33, 37, 3, 1, 1),
         (1, 256, 256, 40, 66, 3, 1, 1),
     ] {
@@ -327,7 +330,11 @@ fn conv2d_matches_reference() {
         let got = conv::conv2d(&x, &weight, &bias, pad, stride).unwrap();
         let want = conv::conv2d_reference(&x, &weight, &bias, pad, stride).unwrap();
         let err = max_abs_diff(&got, &want);
-        let bound = 1e-6 * (cin * k * k) as f32;
+        let mut bound = 1e-6 * (cin * k * k) as f32;
+        if (k, pad, stride) == (3, 1, 1) {
+            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            bound = bound.max(4e-5 * scale.to_scalar::<f32>().unwrap());
+        }
         assert!(
             err < bound.max(1e-5),
             "conv {cin}→{cout} {h}×{w} k{k} p{pad} s{stride}: {err}"
