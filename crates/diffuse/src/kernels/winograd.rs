@@ -13,12 +13,15 @@ use candle_core::Result;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatMut, MatRef};
-use super::storage::{filled, Elem};
+use super::storage::{filled, Elem, SharedOut};
 use super::winograd_avx512;
 
 /// The transformed input and products of a band hold at most about this many f32 values (32 MiB): enough for
 /// both images of a batch of two at SD's 32×32 level in one band of F(4×4) products.
 const BAND_VALUES: usize = 1 << 23;
+
+/// Kernels (channel pairs) one task of the kernel transform takes.
+const KERNEL_BLOCK: usize = 1 << 14;
 
 /// G (4×3), the kernel transform.
 const G: [[f32; 3]; 4] = [
@@ -269,8 +272,8 @@ impl Bands {
     }
 }
 
-/// U (`[n², cout, cin]`) = G·g·Gᵀ for every kernel g, as one product: U = T · Wᵀ with T (n²×9) the transform
-/// written out, T[n·a + b][3i + j] = G[a][i] · G[b][j] (n = 4 or 6, the tile's input side).
+/// U (`[n², cout, cin]`) = G·g·Gᵀ for every kernel g (n = 4 or 6, the tile's input side): on AVX-512 one pass
+/// over the kernels, 16 at a time ([`winograd_avx512::transform_kernels`]), else [`transform_weights_product`].
 pub(super) fn transform_weights(
     tile: OutputTile,
     weight: &[f32],
@@ -282,6 +285,44 @@ pub(super) fn transform_weights(
         OutputTile::Two => &G,
         OutputTile::Four => &G4,
     };
+    let n = cout * cin;
+    if weight.len() != 9 * n {
+        candle_core::bail!("winograd conv: the kernel does not match its channels");
+    }
+    if !winograd_avx512::available() {
+        return transform_weights_product(g, weight, threads);
+    }
+    let side = g.len();
+    // Every entry is written below, so the planes are not zeroed first (at the 16×16 level that would double
+    // the memory written, which is what this transform's time is).
+    let len = side * side * n;
+    let mut u: Vec<f32> = Vec::with_capacity(len);
+    let shared = SharedOut::new(u.spare_capacity_mut());
+    let task = |block: usize| {
+        let (p0, p1) = (block * KERNEL_BLOCK, ((block + 1) * KERNEL_BLOCK).min(n));
+        let mut planes: Vec<&mut [f32]> = (0..side * side)
+            // SAFETY: entries p0..p1 of plane ξ lie inside `u` (ξ·n + p1 ≤ n²·n) and only this task (this block
+            // of kernels) writes them.
+            .map(|xi| unsafe {
+                std::slice::from_raw_parts_mut(shared.at(xi * n + p0).cast::<f32>(), p1 - p0)
+            })
+            .collect();
+        winograd_avx512::transform_kernels(g, &weight[9 * p0..9 * p1], &mut planes);
+    };
+    let blocks = n.div_ceil(KERNEL_BLOCK);
+    if threads > 1 {
+        (0..blocks).into_par_iter().for_each(task);
+    } else {
+        (0..blocks).for_each(task);
+    }
+    // SAFETY: the blocks cover kernels 0..n of every plane, and `transform_kernels` writes each of them.
+    unsafe { u.set_len(len) };
+    Ok(u)
+}
+
+/// U (`[n², kernels]`) = G·g·Gᵀ for every 3×3 kernel g in `weight` (G the n×3 matrix `g`) as one product:
+/// U = T · Wᵀ with T (n²×9) the transform written out, T[n·a + b][3i + j] = G[a][i] · G[b][j].
+fn transform_weights_product(g: &[[f32; 3]], weight: &[f32], threads: usize) -> Result<Vec<f32>> {
     let side = g.len();
     let mut t = vec![0f32; side * side * 9];
     for a in 0..side {
@@ -293,7 +334,7 @@ pub(super) fn transform_weights(
             }
         }
     }
-    let n = cout * cin;
+    let n = weight.len() / 9;
     let mut u = filled(side * side * n, 0f32);
     matmul(
         MatMut {
@@ -642,6 +683,33 @@ mod tests {
             assert_eq!(bt4(d), want);
             let want: [f32; 4] = std::array::from_fn(|a| (0..6).map(|i| AT4[a][i] * d[i]).sum());
             assert_eq!(at4(d), want);
+        }
+    }
+
+    /// The one-pass kernel transform against the product, both tilings, a number of kernels with a partial last
+    /// vector and a partial last block: the same sums in another order, so to a few f32 roundings.
+    #[test]
+    fn kernel_transform_equals_the_product() {
+        if !winograd_avx512::available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let (cout, cin) = (37, 455);
+        let weight: Vec<f32> = integers(9 * cout * cin, 6)
+            .iter()
+            .map(|v| v / 13.7)
+            .collect();
+        for (tile, g) in [(OutputTile::Two, &G[..]), (OutputTile::Four, &G4[..])] {
+            let fast = transform_weights(tile, &weight, cout, cin, 2).unwrap();
+            let product = transform_weights_product(g, &weight, 2).unwrap();
+            assert_eq!(fast.len(), product.len());
+            let scale = product.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in fast.iter().zip(&product).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * scale,
+                    "{tile:?} entry {i}: {a} against {b}"
+                );
+            }
         }
     }
 

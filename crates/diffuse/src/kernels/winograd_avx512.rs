@@ -332,3 +332,70 @@ unsafe fn at4_row_avx512(r: &[&[f32]; 6], bias: f32, out: &mut [f32], tw: usize)
         }
     }
 }
+
+/// The kernel transform G·g·Gᵀ (G the n×3 matrix `g`, n = 4 or 6) of every 3×3 kernel in `w` (9 values each,
+/// row-major), 16 kernels at a time: `planes[n·a + b][p]` gets entry (a, b) of kernel p's transform. Returns
+/// whether it ran.
+pub fn transform_kernels(g: &[[f32; 3]], w: &[f32], planes: &mut [&mut [f32]]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        let kernels = w.len() / 9;
+        assert!(
+            w.len().is_multiple_of(9)
+                && g.len() <= 6
+                && planes.len() == g.len() * g.len()
+                && planes.iter().all(|p| p.len() >= kernels)
+        );
+        // SAFETY: AVX-512 F is present; gathers and stores are masked to the kernels that exist (checked above).
+        unsafe { transform_kernels_avx512(g, w, planes, kernels) };
+        return true;
+    }
+    let _ = (g, w, planes);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_kernels_avx512(
+    g: &[[f32; 3]],
+    w: &[f32],
+    planes: &mut [&mut [f32]],
+    kernels: usize,
+) {
+    let side = g.len();
+    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let stride = _mm512_mullo_epi32(lane, _mm512_set1_epi32(9));
+    let offsets: [__m512i; 9] =
+        std::array::from_fn(|j| _mm512_add_epi32(stride, _mm512_set1_epi32(j as i32)));
+    let c: Vec<[__m512; 3]> = g.iter().map(|row| row.map(|v| _mm512_set1_ps(v))).collect();
+    let (mul, add) = (_mm512_mul_ps, _mm512_add_ps);
+    let dot = |c: &[__m512; 3], x: [__m512; 3]| {
+        add(add(mul(c[0], x[0]), mul(c[1], x[1])), mul(c[2], x[2]))
+    };
+    for p in (0..kernels).step_by(16) {
+        let k = lanes(kernels, p);
+        let base = w.as_ptr().add(9 * p);
+        // The gathers do not draw the hardware prefetcher along: ask for the kernels four steps on (a prefetch
+        // past the end is harmless; the address is only formed, never read).
+        for line in 0..9 {
+            let ahead = base.wrapping_add(9 * 16 * 4 + 16 * line);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+        }
+        let x: [__m512; 9] = std::array::from_fn(|j| {
+            _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), k, offsets[j], base)
+        });
+        // g·Gᵀ: t[i][b] for kernel row i, then G·(g·Gᵀ).
+        let mut t = [[_mm512_setzero_ps(); 6]; 3];
+        for (i, ti) in t.iter_mut().enumerate() {
+            for (b, cb) in c.iter().enumerate() {
+                ti[b] = dot(cb, [x[3 * i], x[3 * i + 1], x[3 * i + 2]]);
+            }
+        }
+        for (a, ca) in c.iter().enumerate() {
+            for b in 0..side {
+                let v = dot(ca, [t[0][b], t[1][b], t[2][b]]);
+                _mm512_mask_storeu_ps(planes[side * a + b].as_mut_ptr().add(p), k, v);
+            }
+        }
+    }
+}
