@@ -94,23 +94,30 @@ fn main() -> candle_core::Result<()> {
         let theirs = median_secs(reps * 4, || x.matmul(&w.t()?)?.broadcast_add(&bias));
         row(&format!("linear {m}×{k} → {n}"), flop, ours, theirs);
     }
-    for (c, side) in [(320, 64), (640, 32), (1280, 16)] {
-        let x = randn(&[2, c, side, side])?;
-        let w = (randn(&[c, c, 3, 3])? * 0.02)?;
+    // (in, out, side): the UNet's levels, and the widest inputs of its up blocks (skip connections concatenated).
+    for (cin, c, side) in [
+        (320, 320, 64),
+        (640, 640, 32),
+        (1920, 640, 32),
+        (1280, 1280, 16),
+        (2560, 1280, 16),
+    ] {
+        let x = randn(&[2, cin, side, side])?;
+        let w = (randn(&[c, cin, 3, 3])? * 0.02)?;
         let bias = randn(&[c])?;
-        let flop = 2.0 * 2.0 * (c * c * 9 * side * side) as f64;
+        let flop = 2.0 * 2.0 * (cin * c * 9 * side * side) as f64;
         // As a model's layer runs it: what the kernel prepares from the weight once is kept between calls.
         let kept = std::sync::Arc::new(TransformedKernel::default());
         let ours = median_secs(reps, || {
             conv::conv2d_keeping(&x, &w, &bias, 1, 1, Some(kept.clone()))
         });
         let theirs = median_secs(reps, || conv::conv2d_reference(&x, &w, &bias, 1, 1));
-        row(
-            &format!("conv 3×3, {c} ch, {side}×{side}"),
-            flop,
-            ours,
-            theirs,
-        );
+        let name = if cin == c {
+            format!("conv 3×3, {c} ch, {side}×{side}")
+        } else {
+            format!("conv 3×3, {cin} → {c} ch, {side}×{side}")
+        };
+        row(&name, flop, ours, theirs);
     }
     // (batch, heads per item, tokens, head dim): the UNet's first and second levels, the VAE's mid block. Queries,
     // keys and values are separate tensors, as in a model: one tensor passed three times would keep half the
