@@ -1,7 +1,7 @@
 //! 3×3 convolutions with stride 1 and padding 1, in f32, by Winograd's minimal filtering F(2×2, 3×3) (Lavin and
 //! Gray, 2016): a 2×2 block of outputs costs 16 multiplications per channel pair instead of 36. The input is
 //! cut into overlapping 4×4 tiles and transformed (Bᵀ·d·B, additions only), the kernel is transformed (G·g·Gᵀ,
-//! itself one small matrix product per call, so no transformed copy of the weights is kept), the 16 transformed
+//! made per call in one pass over the weights, so no transformed copy of them is kept), the 16 transformed
 //! planes are multiplied as 16 independent matrix products (`gemm`), and each product is folded back into 2×2
 //! outputs (Aᵀ·m·A). Tiles go in bands (whole images together while they fit, else rows of one image), so the
 //! products are as wide as the transformed data's budget allows and that data stays a few tens of MiB whatever
@@ -300,12 +300,10 @@ pub(super) fn transform_weights(
     let shared = SharedOut::new(u.spare_capacity_mut());
     let task = |block: usize| {
         let (p0, p1) = (block * KERNEL_BLOCK, ((block + 1) * KERNEL_BLOCK).min(n));
-        let mut planes: Vec<&mut [f32]> = (0..side * side)
-            // SAFETY: entries p0..p1 of plane ξ lie inside `u` (ξ·n + p1 ≤ n²·n) and only this task (this block
-            // of kernels) writes them.
-            .map(|xi| unsafe {
-                std::slice::from_raw_parts_mut(shared.at(xi * n + p0).cast::<f32>(), p1 - p0)
-            })
+        let mut planes: Vec<&mut [std::mem::MaybeUninit<f32>]> = (0..side * side)
+            // SAFETY: entries p0..p1 of plane ξ lie inside `u`'s capacity (ξ·n + p1 ≤ n²·n) and only this task
+            // (this block of kernels) writes them.
+            .map(|xi| unsafe { std::slice::from_raw_parts_mut(shared.at(xi * n + p0), p1 - p0) })
             .collect();
         winograd_avx512::transform_kernels(g, &weight[9 * p0..9 * p1], &mut planes);
     };

@@ -334,9 +334,13 @@ unsafe fn at4_row_avx512(r: &[&[f32]; 6], bias: f32, out: &mut [f32], tw: usize)
 }
 
 /// The kernel transform G·g·Gᵀ (G the n×3 matrix `g`, n = 4 or 6) of every 3×3 kernel in `w` (9 values each,
-/// row-major), 16 kernels at a time: `planes[n·a + b][p]` gets entry (a, b) of kernel p's transform. Returns
-/// whether it ran.
-pub fn transform_kernels(g: &[[f32; 3]], w: &[f32], planes: &mut [&mut [f32]]) -> bool {
+/// row-major), 16 kernels at a time: `planes[n·a + b][p]` gets entry (a, b) of kernel p's transform (every entry
+/// below the number of kernels is written, so the planes may start uninitialized). Returns whether it ran.
+pub fn transform_kernels(
+    g: &[[f32; 3]],
+    w: &[f32],
+    planes: &mut [&mut [std::mem::MaybeUninit<f32>]],
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     if available() {
         let kernels = w.len() / 9;
@@ -359,7 +363,7 @@ pub fn transform_kernels(g: &[[f32; 3]], w: &[f32], planes: &mut [&mut [f32]]) -
 unsafe fn transform_kernels_avx512(
     g: &[[f32; 3]],
     w: &[f32],
-    planes: &mut [&mut [f32]],
+    planes: &mut [&mut [std::mem::MaybeUninit<f32>]],
     kernels: usize,
 ) {
     let side = g.len();
@@ -394,7 +398,8 @@ unsafe fn transform_kernels_avx512(
         for (a, ca) in c.iter().enumerate() {
             for b in 0..side {
                 let v = dot(ca, [t[0][b], t[1][b], t[2][b]]);
-                _mm512_mask_storeu_ps(planes[side * a + b].as_mut_ptr().add(p), k, v);
+                let plane = planes[side * a + b].as_mut_ptr().cast::<f32>();
+                _mm512_mask_storeu_ps(plane.add(p), k, v);
             }
         }
     }
