@@ -711,6 +711,12 @@ mod tests {
         }
     }
 
+    /// The rows of `v` as the array of mutable slices the row loops take.
+    fn slices<const N: usize>(v: &mut [Vec<f32>]) -> [&mut [f32]; N] {
+        let mut rows = v.iter_mut().map(|r| r.as_mut_slice());
+        std::array::from_fn(|_| rows.next().expect("as many rows as slices"))
+    }
+
     /// Random values (not integers): the AVX-512 loops must round as the portable ones do. Lengths with whole
     /// chunks of 16 and a masked rest, and shorter than one chunk.
     #[test]
@@ -731,56 +737,20 @@ mod tests {
             let inputs: Vec<Vec<f32>> = (0..6).map(|i| random(n, seed * 10 + i)).collect();
             let q: [&[f32]; 6] = std::array::from_fn(|i| inputs[i].as_slice());
             let (mut a, mut b) = (vec![vec![f32::NAN; n]; 6], vec![vec![f32::NAN; n]; 6]);
-            let mut out: [&mut [f32]; 6] = a
-                .iter_mut()
-                .map(|v| v.as_mut_slice())
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap();
-            assert!(winograd_avx512::bt4_columns(&q, &mut out, n));
-            let mut out: [&mut [f32]; 6] = b
-                .iter_mut()
-                .map(|v| v.as_mut_slice())
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap();
-            bt4_columns(&q, &mut out, n);
+            assert!(winograd_avx512::bt4_columns(&q, &mut slices(&mut a), n));
+            bt4_columns(&q, &mut slices(&mut b), n);
             assert_eq!(bits(&a), bits(&b), "bt4 columns, n {n}");
 
             let (mut a, mut b) = (vec![vec![f32::NAN; n]; 4], vec![vec![f32::NAN; n]; 4]);
-            let mut out: [&mut [f32]; 4] = a
-                .iter_mut()
-                .map(|v| v.as_mut_slice())
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap();
-            assert!(winograd_avx512::at4_columns(&q, &mut out, n));
-            let mut out: [&mut [f32]; 4] = b
-                .iter_mut()
-                .map(|v| v.as_mut_slice())
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap();
-            at4_columns(&q, &mut out, n);
+            assert!(winograd_avx512::at4_columns(&q, &mut slices(&mut a), n));
+            at4_columns(&q, &mut slices(&mut b), n);
             assert_eq!(bits(&a), bits(&b), "at4 columns, n {n}");
 
             // A padded row of n tiles (4·n + 2 values), and an output row clipped short of the last tile.
             let row = random(4 * n + 2, seed);
             let (mut a, mut b) = (vec![vec![f32::NAN; n]; 6], vec![vec![f32::NAN; n]; 6]);
-            let mut h: [&mut [f32]; 6] = a
-                .iter_mut()
-                .map(|v| v.as_mut_slice())
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap();
-            assert!(winograd_avx512::bt4_row(&row, &mut h, n));
-            let mut h: [&mut [f32]; 6] = b
-                .iter_mut()
-                .map(|v| v.as_mut_slice())
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap();
-            bt4_row(&row, &mut h, n);
+            assert!(winograd_avx512::bt4_row(&row, &mut slices(&mut a), n));
+            bt4_row(&row, &mut slices(&mut b), n);
             assert_eq!(bits(&a), bits(&b), "bt4 row, {n} tiles");
 
             let width = 4 * n - 3;
